@@ -1,0 +1,57 @@
+"""Structured configuration (Hydra). Unknown keys are errors; every default is commented.
+
+The tree: ``RunConfig`` at the top, composed from ``conf/config.yaml`` and one suite file under
+``conf/suite/``; command-line overrides such as ``train.lr=3e-4`` or ``model.sasrec.layers=3``
+apply last. Typed dataclasses below the CLI; nothing downstream sees a raw dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+from baselines.popularity import PopularityConfig
+from baselines.sasrec import SASRecConfig
+from benchmark.data.adapt import AdaptConfig
+from benchmark.data.synthetic import SyntheticConfig
+from benchmark.trainer import TrainConfig
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50])  # HR@K / NDCG@K cut-offs, full catalog
+    js_k: int = 50  # JS@K semantic probe depth (the paper's JS@50)
+    tail_max_train: int = 5  # tail slice: test targets with at most this many training interactions
+    selection_metric: str = "NDCG@10"  # validation metric for epoch/model selection
+
+
+@dataclass
+class ModelsConfig:
+    popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+
+
+@dataclass
+class RunConfig:
+    suite: str = "smoke"  # set by the suite file
+    suite_version: str = "0"  # bump in the suite file when its definition changes
+    description: str = ""  # one line, shown by --help and in the leaderboard
+    data_dir: str | None = None  # data root; None -> $KARMA_BENCH_DATA or the user cache dir
+    results_dir: str = "results"  # records and figures go under here
+    leaderboard: str = "leaderboard.md"  # regenerated from all records after every suite run
+    datasets: list[str] = field(default_factory=list)  # names; "*" = every real set found under the data root
+    models: list[str] = field(default_factory=list)  # keys of benchmark.models.MODELS
+    seeds: list[int] = field(default_factory=lambda: [0])  # model seeds; data are identical across seeds
+    overwrite: bool = False  # re-run runs whose record exists
+    strict: bool = False  # raise on the first bad input record instead of counting it
+    allow_download: bool = True  # fetch missing Amazon files (with checksums) when online
+    threads: int = 2  # torch intra-op threads
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    model: ModelsConfig = field(default_factory=ModelsConfig)
+
+
+ConfigStore.instance().store(name="base_config", node=RunConfig)

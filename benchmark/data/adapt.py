@@ -1,0 +1,298 @@
+"""Adapt a loader's ``RawLog`` into the canonical ``SearchLog`` (DESIGN.md §2).
+
+Public review data has no queries and no exposures; we adapt it the way the product-search
+literature does (HEM, Ai et al. SIGIR 2017), and every choice here is a field of
+``AdaptConfig`` that is recorded in the dataset card and in every run record:
+
+1. k-core filter (users and items with at least ``k_core`` interactions, iterated to a fixed
+   point). Skipped when the source publishes its own split, which k-core would break.
+2. query = the target's category path, stop-words and duplicate terms removed; fallback when
+   an item has no category: its first ``query_fallback_terms`` title terms; ID-only sources get
+   an empty query. Sources that log real queries (the embedded catalog) keep theirs.
+3. exposures = the top ``n_exposures`` of a BM25 ranker (bm25s, Lucene variant) for that query
+   over the catalog text, minus the click: the hard negatives. Logged exposures are kept.
+4. split: chronological leave-last-out per user (valid = second-last, test = last), or a global
+   time split at timestamp quantiles, or the source's published split. The first event of a
+   sequence has no history and is never an impression; it still counts as a training interaction.
+
+The result is cached under ``<data root>/processed/<name>/<fingerprint>/``; the fingerprint hashes
+the raw files' checksums, the loader's own config, this config and ``ADAPT_VERSION``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.data.report import DataError, DataReport
+from benchmark.data.schema import SPLITS, RawLog, SearchLog
+from benchmark.data.text import unique_terms
+
+log = logging.getLogger(__name__)
+
+ADAPT_VERSION = "1"  # bump whenever this module's output changes for the same inputs
+
+
+@dataclass
+class AdaptConfig:
+    k_core: int = 5  # min interactions per user and per item; 0 disables (published splits skip it)
+    split: str = "leave_last_out"  # leave_last_out | global_time
+    valid_frac: float = 0.1  # global_time only: share of the latest events in valid
+    test_frac: float = 0.1  # global_time only: share of the latest events in test
+    max_history: int = 50  # most recent history items kept per impression (SASRec's usual maxlen)
+    n_exposures: int = 20  # BM25 hard negatives per impression
+    query_fallback_terms: int = 4  # title terms used as the query when an item has no category
+    max_text_chars: int = 512  # catalog text truncation (title + brand + category + description)
+    min_user_events: int = 3  # shorter users cannot give a train, a valid and a test event
+
+
+def fingerprint(raw: RawLog, config: AdaptConfig, source_config: dict | None = None) -> str:
+    payload = {"name": raw.name, "raw_files": dict(sorted(raw.raw_files.items())), "adapt": asdict(config),
+               "source_config": source_config or {}, "adapt_version": ADAPT_VERSION}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Iteratively keep users and items with at least ``k`` interactions."""
+    if k <= 1:
+        return interactions
+    frame = interactions
+    while True:
+        user_n = frame.groupby("user_id")["item_id"].transform("size")
+        item_n = frame.groupby("item_id")["user_id"].transform("size")
+        keep = (user_n >= k) & (item_n >= k)
+        if keep.all():
+            return frame
+        frame = frame[keep]
+
+
+def _item_text(row, max_chars: int) -> str:
+    parts = [row.title, row.brand, " > ".join(row.category), row.description]
+    return ". ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())[:max_chars]
+
+
+def _queries(catalog: pd.DataFrame, config: AdaptConfig, has_text: bool) -> list[str]:
+    """One query per item (it is the target's query), HEM-style."""
+    if not has_text:
+        return [""] * len(catalog)
+    out = []
+    for category, title in zip(catalog["category"], catalog["title"], strict=True):
+        words = unique_terms(" ".join(category)) if len(category) else []
+        if not words:  # documented fallback: no category path -> leading title terms
+            words = unique_terms(title or "")[: config.query_fallback_terms]
+        out.append(" ".join(words))
+    return out
+
+
+def bm25_exposures(texts: list[str], queries: list[str], targets: np.ndarray, n: int) -> list[np.ndarray]:
+    """Top-``n`` BM25 items for each impression's query, the clicked item removed.
+
+    Queries repeat (one per target item, and category paths are shared), so each distinct query
+    is retrieved once.
+    """
+    import bm25s
+
+    if n <= 0 or not texts:
+        return [np.zeros(0, dtype=np.int64) for _ in targets]
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    distinct = sorted({q for q in queries if q})
+    k = min(n + 1, len(texts))
+    ranked: dict[str, np.ndarray] = {}
+    if distinct:
+        docs, _ = retriever.retrieve(bm25s.tokenize(distinct, stopwords="en", show_progress=False), k=k,
+                                     show_progress=False, n_threads=1)
+        ranked = {q: np.asarray(row, dtype=np.int64) for q, row in zip(distinct, docs, strict=True)}
+    empty = np.zeros(0, dtype=np.int64)
+    return [ranked[q][ranked[q] != t][:n] if q in ranked else empty
+            for q, t in zip(queries, targets, strict=True)]
+
+
+def adapt(raw: RawLog, config: AdaptConfig, report: DataReport) -> SearchLog:
+    """RawLog -> SearchLog. Deterministic: every ordering is by value, never by hash."""
+    inter = raw.interactions.copy()
+    preset = "split" in inter.columns and inter["split"].notna().all()
+    if config.split == "global_time" and not raw.has_timestamps:
+        raise DataError(f"[{raw.name}] split=global_time needs timestamps; this source only has an order. "
+                        "Use split=leave_last_out.")
+    if not preset:
+        before = len(inter)
+        inter = k_core(inter, config.k_core)
+        report.stat("removed_by_k_core", before - len(inter))
+    inter = inter.sort_values(["user_id", "timestamp", "order"], kind="stable")
+    counts = inter.groupby("user_id")["item_id"].transform("size")
+    short = counts < config.min_user_events
+    if short.any():
+        for _ in range(int(short.groupby(inter["user_id"]).first().sum())):
+            report.issue("user_too_short_to_split", detail=f"< {config.min_user_events} events")
+        inter = inter[~short]
+    if inter.empty:
+        raise DataError(f"[{raw.name}] no interactions left after filtering (k_core={config.k_core}, "
+                        f"min_user_events={config.min_user_events})")
+
+    # Catalog: the interacted items, indexed by sorted source id.
+    raw_catalog = raw.catalog.drop_duplicates("item_id").set_index("item_id")
+    item_ids = np.array(sorted(inter["item_id"].unique()))
+    missing = set(item_ids) - set(raw_catalog.index)
+    if missing:
+        raise DataError(f"[{raw.name}] {len(missing)} interacted items are missing from the loader's catalog "
+                        f"(e.g. {sorted(missing)[:3]}); loaders must add a row per interacted item")
+    cat = raw_catalog.loc[item_ids].reset_index()
+    cat["category"] = [list(c) if isinstance(c, list | tuple | np.ndarray) else [] for c in cat["category"]]
+    for col in ("title", "brand", "description"):
+        cat[col] = cat[col].fillna("").astype(str)
+    catalog = pd.DataFrame({
+        "item": np.arange(len(cat), dtype=np.int64), "item_id": cat["item_id"].astype(str),
+        "title": cat["title"], "text": [_item_text(r, config.max_text_chars) for r in cat.itertuples()],
+        "category": cat["category"], "image": cat["image"].where(cat["image"].notna(), None),
+    })
+    index_of = pd.Series(catalog["item"].to_numpy(), index=catalog["item_id"].to_numpy())
+    user_ids = sorted(inter["user_id"].unique())
+    user_of = {u: i for i, u in enumerate(user_ids)}
+
+    inter = inter.assign(item=index_of.loc[inter["item_id"].astype(str)].to_numpy(),
+                         user=inter["user_id"].map(user_of).to_numpy())
+    inter["position"] = inter.groupby("user").cumcount()
+    inter["length"] = inter.groupby("user")["item"].transform("size")
+    if preset:
+        split = inter["split"].astype(str).to_numpy()
+        bad = ~np.isin(split, SPLITS)
+        if bad.any():
+            raise DataError(f"[{raw.name}] published split has labels {sorted(set(split[bad]))}; valid: {SPLITS}")
+    elif config.split == "leave_last_out":
+        split = np.where(inter["position"] == inter["length"] - 1, "test",
+                         np.where(inter["position"] == inter["length"] - 2, "valid", "train"))
+    elif config.split == "global_time":
+        ts = inter["timestamp"].to_numpy()
+        t_valid, t_test = np.quantile(ts, [1 - config.valid_frac - config.test_frac, 1 - config.test_frac])
+        split = np.where(ts > t_test, "test", np.where(ts > t_valid, "valid", "train"))
+    else:
+        raise DataError(f"unknown split {config.split!r}; valid: leave_last_out, global_time")
+    inter["split"] = split
+
+    # Training interaction counts per item (position 0 included): defines the tail slice.
+    train_count = np.bincount(inter.loc[inter["split"] == "train", "item"], minlength=len(catalog))
+    catalog["train_count"] = train_count
+
+    queries_per_item = _queries(catalog, config, raw.has_text)
+    impressions = _impressions(inter, config)
+    if "query" in inter.columns and inter["query"].notna().all():
+        impressions["query"] = inter.loc[inter["position"] > 0, "query"].astype(str).to_numpy()
+    else:
+        impressions["query"] = [queries_per_item[t] for t in impressions["target"]]
+    if "exposures" in inter.columns:
+        logged = inter.loc[inter["position"] > 0, "exposures"].tolist()
+        impressions["exposures"] = [
+            np.array([index_of[i] for i in (ex if isinstance(ex, list | tuple | np.ndarray) else [])
+                      if i in index_of.index and index_of[i] != t], dtype=np.int64)
+            for ex, t in zip(logged, impressions["target"], strict=True)]
+        exposure_source = "logged"
+    elif raw.has_text:
+        impressions["exposures"] = bm25_exposures(catalog["text"].tolist(), impressions["query"].tolist(),
+                                                  impressions["target"].to_numpy(), config.n_exposures)
+        exposure_source = "bm25"
+    else:
+        impressions["exposures"] = [np.zeros(0, dtype=np.int64)] * len(impressions)
+        exposure_source = "none (ID-only source)"
+
+    search_log = SearchLog(
+        name=raw.name, catalog=catalog, impressions=impressions[IMPRESSION_ORDER], n_users=len(user_ids),
+        has_text=raw.has_text, fingerprint="", user_ids=[str(u) for u in user_ids],
+        adaptation={**asdict(config), "split_source": "published" if preset else config.split,
+                    "exposure_source": exposure_source, "k_core_applied": not preset},
+    )
+    check_no_leakage(search_log)
+    for name, value in data_stats(search_log).items():
+        report.stat(name, value)
+    return search_log
+
+
+IMPRESSION_ORDER = ["user", "timestamp", "position", "query", "history", "target", "exposures", "split"]
+
+
+def _impressions(inter: pd.DataFrame, config: AdaptConfig) -> pd.DataFrame:
+    """One impression per event with a non-empty history; history = the most recent earlier items."""
+    rows = {"user": [], "timestamp": [], "position": [], "history": [], "target": [], "split": []}
+    for _, g in inter.groupby("user", sort=True):
+        items = g["item"].to_numpy(dtype=np.int64)
+        for pos in range(1, len(items)):
+            rows["user"].append(int(g["user"].iat[pos]))
+            rows["timestamp"].append(int(g["timestamp"].iat[pos]))
+            rows["position"].append(pos)
+            rows["history"].append(items[max(0, pos - config.max_history):pos])
+            rows["target"].append(int(items[pos]))
+            rows["split"].append(g["split"].iat[pos])
+    return pd.DataFrame(rows)
+
+
+def check_no_leakage(log_: SearchLog) -> None:
+    """Fail loudly if an evaluated event could see its own future.
+
+    Per user: every train impression precedes every valid one, which precedes every test one;
+    no history contains its target.
+    """
+    imp = log_.impressions
+    order = {"train": 0, "valid": 1, "test": 2}
+    rank = imp["split"].map(order).to_numpy()
+    by_user = pd.DataFrame({"user": imp["user"].to_numpy(), "pos": imp["position"].to_numpy(), "rank": rank})
+    by_user = by_user.sort_values(["user", "pos"])
+    steps = np.diff(by_user["rank"].to_numpy())
+    same_user = np.diff(by_user["user"].to_numpy()) == 0
+    if log_.adaptation.get("split") != "global_time" and np.any(steps[same_user] < 0):
+        raise DataError(f"[{log_.name}] leakage: an evaluated event precedes a training event of the same user")
+    for hist, target in zip(imp["history"], imp["target"], strict=True):
+        if target in hist:
+            raise DataError(f"[{log_.name}] leakage: a history contains its own target item {target}")
+
+
+def data_stats(log_: SearchLog) -> dict:
+    imp = log_.impressions
+    stats = {"users": log_.n_users, "items": log_.n_items, "impressions": len(imp)}
+    for s in SPLITS:
+        stats[f"{s}_impressions"] = int((imp["split"] == s).sum())
+    stats["mean_exposures"] = round(float(np.mean([len(e) for e in imp["exposures"]])), 2) if len(imp) else 0.0
+    test = imp[imp["split"] == "test"]
+    tail = log_.catalog["train_count"].to_numpy()[test["target"].to_numpy()] <= 5
+    stats["test_tail_share"] = round(float(tail.mean()), 4) if len(test) else 0.0
+    return stats
+
+
+def save(log_: SearchLog, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    cat = log_.catalog.copy()
+    imp = log_.impressions.copy()
+    cat.to_parquet(tmp / "catalog.parquet", index=False)
+    imp.to_parquet(tmp / "impressions.parquet", index=False)
+    meta = {"name": log_.name, "n_users": log_.n_users, "has_text": log_.has_text,
+            "fingerprint": log_.fingerprint, "adaptation": log_.adaptation, "user_ids": log_.user_ids}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    for f in tmp.iterdir():
+        f.replace(folder / f.name)
+    tmp.rmdir()
+
+
+def load_cached(folder: Path) -> SearchLog | None:
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        cat = pd.read_parquet(folder / "catalog.parquet")
+        imp = pd.read_parquet(folder / "impressions.parquet")
+    except Exception as err:  # a corrupt cache is rebuilt, not trusted
+        log.warning("ignoring unreadable processed cache %s: %s", folder, err)
+        return None
+    cat["category"] = cat["category"].map(list)
+    for col in ("history", "exposures"):
+        imp[col] = imp[col].map(lambda a: np.asarray(a, dtype=np.int64))
+    return SearchLog(name=meta["name"], catalog=cat, impressions=imp, n_users=meta["n_users"],
+                     has_text=meta["has_text"], fingerprint=meta["fingerprint"],
+                     adaptation=meta["adaptation"], user_ids=meta["user_ids"])

@@ -1,0 +1,162 @@
+"""UniSRec / RecBole atomic files (Hou et al., KDD 2022), e.g. the Amazon 2018 "Scientific" set.
+
+Files under ``<root>/unisrec/<Cat>/`` (each may also be gzip'd, ``.gz`` added):
+- ``<Cat>.text``: header ``item_id:token<TAB>text:token_seq``, then raw ASIN TAB
+  "title. category path. brand." (one string; the three parts cannot be told apart reliably,
+  since titles hold ". " too and brands may be missing, so the whole string is the description,
+  the title is the text before the first ". ", and category/brand stay empty);
+- ``<Cat>.{train,valid,test}.inter``: header, then user_idx TAB space-separated history
+  item_idx TAB target item_idx; train holds one row per prefix, valid/test the last two targets;
+- ``<Cat>.item2index`` / ``<Cat>.user2index``: raw id TAB index (no header).
+
+There are no timestamps: each user's sequence is rebuilt from the rows and ``timestamp`` is the
+position (``has_timestamps`` False). Histories are cut to the last 50 items (RecBole's
+MAX_ITEM_LIST_LENGTH), so "longest history + target" loses the start of long sequences;
+instead the rows are chained: the earliest row's history, then every row's target in order
+(train by history length, then valid, then test), and each row's history is checked to be the
+window just before its target (``inconsistent_history`` otherwise, and that user falls back to
+the longest history + target). The valid and test targets keep their split in ``split``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from benchmark.data.download import RemoteFile, ensure_files
+from benchmark.data.loading import (
+    Events,
+    catalog_row,
+    check_split_order,
+    finish,
+    local_variants,
+    read_lines,
+)
+from benchmark.data.report import DataError, DataReport
+from benchmark.data.schema import RawLog
+
+# The UniSRec release is on Google Drive; CoWPiRec's repository re-hosts the Scientific files
+# unchanged, so its pinned commit is the download address (checksums: of the uncompressed files).
+BASE = "https://raw.githubusercontent.com/ysh-1998/CoWPiRec/97b0c8e80346c1e5ac43257b420accd620a44d15/dataset"
+SHA256 = {
+    "Scientific.text": "95887e6bda76e54f59b71b566320520d5da74e21d3b6ff8f20bfb6e8e84aa831",
+    "Scientific.train.inter": "7284f6489d956fa20c9b64ffc84569264320edba5c3bc2fcb22db2ea083a1163",
+    "Scientific.valid.inter": "5f37c84d3b54617cdc46638c89dfe8741c7efc4987acd5eb64de2cbd4311f46c",
+    "Scientific.test.inter": "546da7e5f44002b4518d7fd58066684bc09613f76c240914e16976d57cfe7083",
+    "Scientific.item2index": "896ab1017508cf20834d3d0537da9f8f624324223a835af272a98ba16f8c087a",
+    "Scientific.user2index": "f0162b1a3a0c6b7e816f86208e7b36f65d6787923126f9558fbc6d368e4c4974",
+}
+SPLITS = ("train", "valid", "test")
+SUFFIXES = ("text", "train.inter", "valid.inter", "test.inter", "item2index", "user2index")
+
+
+def FILES(category: str) -> list[RemoteFile]:  # noqa: N802 (the loader protocol's name)
+    names = [f"{category}.{s}" for s in SUFFIXES]
+    url = BASE if category == "Scientific" else None  # other UniSRec sets: obtain by hand
+    return [RemoteFile(f"unisrec/{category}/{n}", f"{url}/{category}/{n}" if url else None, SHA256.get(n))
+            for n in names]
+
+
+def _read_index(path: Path, report: DataReport) -> dict[int, str]:
+    """index -> raw id, from a ``raw TAB index`` file."""
+    out: dict[int, str] = {}
+    for lineno, line in read_lines(path, report):
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip().isdigit():
+            report.issue("bad_row", path, lineno, f"{line[:60]!r}")
+            continue
+        idx = int(parts[1])
+        if idx in out:
+            report.issue("duplicate_index", path, lineno, f"index {idx} again (first kept)")
+            continue
+        out[idx] = parts[0].strip()
+    return out
+
+
+def _read_text(path: Path, report: DataReport) -> dict[str, dict]:
+    meta: dict[str, dict] = {}
+    for lineno, line in read_lines(path, report):
+        if lineno == 1 and line.startswith("item_id"):
+            continue
+        item, sep, text = line.partition("\t")
+        item, text = item.strip(), " ".join(text.split())
+        if not sep or not item or not text:
+            report.issue("missing_field", path, lineno, f"{line[:60]!r}")
+            continue
+        if item in meta:
+            report.issue("duplicate_meta", path, lineno, f"item {item} again (first kept)")
+            continue
+        title = text.split(". ", 1)[0].rstrip(".").strip()
+        meta[item] = catalog_row(item, title=title, description=text)
+    return meta
+
+
+def _read_inter(path: Path, split: str, report: DataReport, rows: dict) -> None:
+    """rows[user_idx] += (split, history, target, file, line)."""
+    for lineno, line in read_lines(path, report):
+        if lineno == 1 and line.startswith("user_id"):
+            continue
+        parts = line.split("\t")
+        try:
+            if len(parts) != 3:
+                raise ValueError(f"{len(parts)} fields, expected 3")
+            user, target = int(parts[0]), int(parts[2])
+            history = [int(x) for x in parts[1].split()]
+        except ValueError as exc:
+            report.issue("bad_row", path, lineno, f"{exc}: {line[:60]!r}")
+            continue
+        rows[user].append((split, history, target, path, lineno))
+
+
+def _chain(user_rows: list) -> list[tuple[int, str, Path, int]] | None:
+    """[(item_idx, split, file, line)] in order, or None when the rows do not chain."""
+    rank = {"train": 0, "valid": 1, "test": 2}
+    ordered = sorted(user_rows, key=lambda r: (rank[r[0]], len(r[1]), -r[4]))
+    first = ordered[0]
+    seq = [(i, "train", first[3], first[4]) for i in first[1]]
+    for split, history, target, file, line in ordered:
+        before = [s[0] for s in seq]
+        if history != before[max(0, len(before) - len(history)):] or (not history and before):
+            return None
+        seq.append((target, split, file, line))
+    return seq
+
+
+def load(root: Path, category: str, report: DataReport, *, allow_download: bool = True,
+         timeout: float = 30) -> RawLog:
+    root = Path(root)
+    specs = local_variants(root, FILES(category))
+    fetched = ensure_files(root, specs, allow_download=allow_download, timeout=timeout)
+    text_p, train_p, valid_p, test_p, item_p, user_p = (fetched[s.relpath] for s in specs)
+    items = _read_index(item_p, report)
+    users = _read_index(user_p, report)
+    meta = _read_text(text_p, report)
+    rows: dict[int, list] = defaultdict(list)
+    for split, path in zip(SPLITS, (train_p, valid_p, test_p), strict=True):
+        _read_inter(path, split, report, rows)
+    events = Events()
+    for user_idx in sorted(rows):
+        user_rows = rows[user_idx]
+        user = users.get(user_idx)
+        if user is None:
+            report.issue("unknown_index", user_p, None, f"user index {user_idx} (its rows dropped)")
+            continue
+        seq = _chain(user_rows)
+        if seq is None:
+            _, _, _, file, line = user_rows[0]
+            report.issue("inconsistent_history", file, line, f"user {user} (longest history + target used)")
+            split, history, target, file, line = max(
+                user_rows, key=lambda r: (len(r[1]), {"train": 0, "valid": 1, "test": 2}[r[0]]))
+            seq = [(i, "train", file, line) for i in history] + [(target, split, file, line)]
+        for position, (item_idx, split, file, line) in enumerate(seq):
+            item = items.get(item_idx)
+            if item is None:
+                report.issue("unknown_index", file, line, f"item index {item_idx} (event dropped)")
+                continue
+            events.add(user, item, position, file, line, split)
+    if not events.users:
+        raise DataError(f"[unisrec/{category}] no usable rows in {train_p}, {valid_p}, {test_p}")
+    log = finish(f"unisrec/{category}", events, meta, report, fetched, has_text=True,
+                 has_timestamps=False, meta_file=text_p)
+    check_split_order(log, report, f"{category}.*.inter")
+    return log

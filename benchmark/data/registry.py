@@ -1,0 +1,86 @@
+"""Which datasets exist, how to load each, and which are present under a data root.
+
+A dataset name is ``<family>/<Category>`` (for example ``amazon2018/Gift_Cards``) or
+``synthetic``. Each family maps to a loader module with ``FILES(category)`` and
+``load(root, category, report, allow_download=...)``. ``discover`` lists the real sets found
+under a data root, so the full suite runs on whatever the user has.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.data.report import DataError
+
+# family -> loader module. A plain dict: the CLI's choices come from here.
+FAMILIES: dict[str, str] = {
+    "amazon2018": "benchmark.data.amazon2018",
+    "amazon2023": "benchmark.data.amazon2023",
+    "amazon2014": "benchmark.data.amazon2014",
+    "s3rec": "benchmark.data.sequence",
+    "unisrec": "benchmark.data.atomic",
+}
+EMBEDDED = "synthetic"
+
+
+@dataclass(frozen=True)
+class DatasetName:
+    family: str
+    category: str
+
+    @property
+    def name(self) -> str:
+        return self.family if self.family == EMBEDDED else f"{self.family}/{self.category}"
+
+
+def parse(name: str) -> DatasetName:
+    if name == EMBEDDED:
+        return DatasetName(EMBEDDED, "")
+    family, _, category = name.partition("/")
+    if family not in FAMILIES or not category:
+        raise DataError(f"unknown dataset {name!r}; valid: '{EMBEDDED}', or <family>/<Category> with family in "
+                        f"{sorted(FAMILIES)} (e.g. amazon2018/Gift_Cards), or '*' for every set under the data root")
+    return DatasetName(family, category)
+
+
+def loader(family: str):
+    return importlib.import_module(FAMILIES[family])
+
+
+def _present(root: Path, family: str, category: str) -> bool:
+    """True when the folder holds something the family's loader can read without network."""
+    folder = root / family / category
+    if not folder.is_dir():
+        return False
+    files = [f.name for f in folder.iterdir() if f.is_file()]
+    stem = {
+        "amazon2018": (f"{category}_5.json", f"{category}.json"),
+        "amazon2023": (f"{category}.jsonl", f"{category}.train.csv"),
+        "amazon2014": (f"reviews_{category}_5.json",),
+        "s3rec": ("user_sequence.txt",),
+        "unisrec": (f"{category}.train.inter",),
+    }[family]
+    return any(f.removesuffix(".gz") in stem for f in files)
+
+
+def discover(root: Path) -> list[str]:
+    """Every real dataset found under ``root``, sorted by name."""
+    found = []
+    for family in sorted(FAMILIES):
+        base = root / family
+        if base.is_dir():
+            found += [f"{family}/{d.name}" for d in sorted(base.iterdir()) if _present(root, family, d.name)]
+    return found
+
+
+def expand(names: list[str], root: Path) -> list[str]:
+    """Resolve ``*`` to the discovered sets; keep order, drop repeats, validate every name."""
+    out: list[str] = []
+    for name in names:
+        for n in (discover(root) if name == "*" else [name]):
+            parse(n)
+            if n not in out:
+                out.append(n)
+    return out

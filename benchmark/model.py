@@ -1,0 +1,38 @@
+"""The one interface every model implements (DESIGN.md §3), and the trainer relies on.
+
+A model is a ``torch.nn.Module`` that
+- builds its own training examples from the canonical log (``train_dataset``), so that one
+  generic trainer can shuffle, batch and step any model;
+- returns its named training losses for a batch (``losses``); the trainer minimises their sum,
+  and logs each term;
+- exposes item embeddings for the whole catalog and user (next-interest) embeddings for a set of
+  impressions; scoring is their dot product, done by the evaluator, never by the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from benchmark.data.schema import SearchLog
+
+
+@runtime_checkable
+class RankingModel(Protocol):
+    def train_dataset(self, log: SearchLog, generator: torch.Generator) -> Dataset | None:
+        """Training examples, or None for a model with nothing to train (e.g. popularity)."""
+
+    def collate(self, examples: list[Any]) -> dict[str, torch.Tensor]:
+        """Batch a list of examples from ``train_dataset``."""
+
+    def losses(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Named, already-weighted loss terms; the trainer minimises their sum."""
+
+    def item_embeddings(self, log: SearchLog) -> torch.Tensor:
+        """(n_items, D) embeddings of the whole catalog, row i = catalog item i."""
+
+    def user_embeddings(self, log: SearchLog, impressions: pd.DataFrame) -> torch.Tensor:
+        """(len(impressions), D) next-interest embeddings, one per impression, in order."""

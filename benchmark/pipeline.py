@@ -1,0 +1,219 @@
+"""The suite runner: data -> model -> trainer -> evaluator -> records -> leaderboard.
+
+``plan`` lists (dataset, model, variant, seed) runs; ``run_suite`` executes the missing ones,
+writing one record per run as soon as it finishes (an interrupted suite loses nothing that
+completed) and regenerates the leaderboard from the records alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from benchmark import records as R
+from benchmark.data import adapt as A
+from benchmark.data import registry, synthetic
+from benchmark.data.download import data_root
+from benchmark.data.report import DataError, DataReport
+from benchmark.data.schema import SearchLog
+from benchmark.data.text import terms
+from benchmark.evaluate import evaluate, summarize
+from benchmark.leaderboard import render_leaderboard, write_leaderboard
+from benchmark.models import build
+from benchmark.seed import seed_everything
+from benchmark.trainer import train
+
+log = logging.getLogger(__name__)
+VARIANT = "default"  # later issues add model variants (Table 1); the record layout already has the field
+LEADERBOARD_METRICS = ["HR@10", "NDCG@10", "HR@50", "MRR", "gAUC", "JS@50", "test_tail/HR@50", "test_tail/n"]
+SUITE_ORDER = ["full", "smoke"]  # sections of leaderboard.md, in this order; others follow
+
+
+# --------------------------------------------------------------------------- data
+
+def load_log(name: str, cfg, root: Path) -> SearchLog:
+    """Load, adapt and cache one dataset; a cache hit skips parsing and BM25 entirely."""
+    report = DataReport(name, strict=cfg.strict)
+    adapt_cfg = A.AdaptConfig(**OmegaConf.to_container(cfg.adapt))
+    spec = registry.parse(name)
+    if spec.family == registry.EMBEDDED:
+        syn_cfg = synthetic.SyntheticConfig(**OmegaConf.to_container(cfg.synthetic))
+        raw = synthetic.load(root, syn_cfg, report)
+        source_config = dataclasses.asdict(syn_cfg)
+    else:
+        raw = registry.loader(spec.family).load(root, spec.category, report, allow_download=cfg.allow_download)
+        source_config = {}
+    fp = A.fingerprint(raw, adapt_cfg, source_config)
+    folder = root / "processed" / name.replace("/", "__") / fp
+    cached = A.load_cached(folder)
+    if cached is not None:
+        return cached
+    search_log = A.adapt(raw, adapt_cfg, report)
+    search_log.fingerprint = fp
+    search_log.adaptation["source_config"] = source_config
+    A.save(search_log, folder)
+    report.save(folder / "data_report.json")
+    print(report.format())
+    return search_log
+
+
+# --------------------------------------------------------------------------- plan
+
+def plan(cfg) -> tuple[list[dict], dict[str, str]]:
+    """The runs of a suite and, per dataset, why it cannot run (empty when it can)."""
+    root = data_root(cfg.data_dir)
+    datasets = registry.expand(list(cfg.datasets), root)
+    problems = {}
+    for name in datasets:
+        spec = registry.parse(name)
+        if spec.family != registry.EMBEDDED and not registry._present(root, spec.family, spec.category):
+            problems[name] = f"no files under {root / spec.family / spec.category}"
+    runs = []
+    for name in datasets:
+        for model in cfg.models:
+            for seed in cfg.seeds:
+                path = R.record_path(cfg.results_dir, cfg.suite, name, model, VARIANT, seed)
+                runs.append({"dataset": name, "model": model, "variant": VARIANT, "seed": int(seed),
+                             "record": path, "done": path.exists()})
+    return runs, problems
+
+
+def format_plan(cfg) -> str:
+    runs, problems = plan(cfg)
+    lines = [f"suite {cfg.suite} v{cfg.suite_version}: {cfg.description}",
+             f"data root: {data_root(cfg.data_dir)}   results: {cfg.results_dir}",
+             f"{len({r['dataset'] for r in runs})} datasets x {len(cfg.models)} models x {len(cfg.seeds)} seeds"]
+    for r in runs:
+        state = "done" if r["done"] and not cfg.overwrite else "missing data" if r["dataset"] in problems else "to run"
+        lines.append(f"  {r['dataset']:<36} {r['model']:<12} {r['variant']:<8} seed {r['seed']}  [{state}]")
+    lines += [f"  ! {name}: {why}" for name, why in problems.items()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- one run
+
+def _eval(model, search_log: SearchLog, split: str, cfg, item_terms, with_lists: bool):
+    imp = search_log.split(split)
+    with torch.no_grad():
+        items = model.item_embeddings(search_log).float().numpy()
+        users = model.user_embeddings(search_log, imp).float().numpy()
+    return evaluate(items, users, imp, ks=list(cfg.eval.ks), js_k=cfg.eval.js_k,
+                    item_terms=item_terms if with_lists else None, topk_lists=with_lists), imp
+
+
+def run_one(run: dict, search_log: SearchLog, cfg) -> dict:
+    torch.set_num_threads(cfg.threads)
+    generator = seed_everything(run["seed"])
+    model = build(run["model"], search_log.n_items, cfg.model)
+    item_terms = [set(terms(t)) for t in search_log.catalog["text"]] if search_log.has_text else None
+    metric = cfg.eval.selection_metric
+
+    def validate(m) -> float:
+        result, _ = _eval(m, search_log, "valid", cfg, item_terms, with_lists=False)
+        return result.metrics[metric]
+
+    desc = f"{run['dataset']} {run['model']} s{run['seed']}"
+    trained = train(model, search_log, cfg.train, generator, validate, desc=desc)
+    valid, _ = _eval(model, search_log, "valid", cfg, item_terms, with_lists=False)
+    start = time.perf_counter()
+    test, test_imp = _eval(model, search_log, "test", cfg, item_terms, with_lists=True)
+    eval_s = time.perf_counter() - start
+    tail = search_log.catalog["train_count"].to_numpy()[test_imp["target"].to_numpy()] <= cfg.eval.tail_max_train
+    users = test_imp["user"].to_numpy()
+    tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
+                             ks=list(cfg.eval.ks), js_k=cfg.eval.js_k)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    run_cfg = {"model": run["model"], "model_config": resolved["model"][run["model"]], "train": resolved["train"],
+               "eval": resolved["eval"], "adapt": resolved["adapt"], "seed": run["seed"]}
+    npz = R.per_impression_path(run["record"])
+    R.write_per_impression(npz, {**test.per_impression, "user": users, "target": test_imp["target"].to_numpy(),
+                                 "tail": tail})
+    environment = R.environment()
+    record = {
+        "schema": R.SCHEMA_VERSION, "suite": cfg.suite, "suite_version": str(cfg.suite_version),
+        "dataset": run["dataset"], "model": run["model"], "variant": run["variant"], "seed": run["seed"],
+        "config": run_cfg, "config_hash": R.config_hash(run_cfg), "data_fingerprint": search_log.fingerprint,
+        "adaptation": search_log.adaptation, "environment": environment,
+        "timing": {"train_s": trained.train_seconds, "eval_s": eval_s, "peak_memory_mb": R.peak_memory_mb(),
+                   "train_impressions_per_s": trained.examples_per_second,
+                   "eval_users_per_s": len(test_imp) / eval_s if eval_s > 0 else None},
+        "selection": {"metric": metric, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
+                      "valid_value": trained.valid_value, "stopped_by": trained.stopped_by,
+                      "history": trained.history},
+        "metrics": {"valid": valid.metrics, "test": test.metrics, "test_tail": tail_metrics},
+        "per_impression": npz.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data_stats": A.data_stats(search_log),
+    }
+    R.write_record(run["record"], record)
+    return record
+
+
+# --------------------------------------------------------------------------- suite
+
+def run_suite(cfg) -> Path:
+    root = data_root(cfg.data_dir)
+    runs, problems = plan(cfg)
+    todo = [r for r in runs if r["dataset"] not in problems and (cfg.overwrite or not r["done"])]
+    print(format_plan(cfg))
+    logs: dict[str, SearchLog] = {}
+    failures = []
+    for i, run in enumerate(todo, 1):
+        name = run["dataset"]
+        try:
+            if name not in logs:
+                logs.clear()  # one dataset in memory at a time
+                logs[name] = load_log(name, cfg, root)
+            print(f"[{i}/{len(todo)}] {name} {run['model']} seed {run['seed']}", flush=True)
+            record = run_one(run, logs[name], cfg)
+            m = record["metrics"]["test"]
+            print(f"    test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
+                  f"train {record['timing']['train_s']:.0f}s", flush=True)
+        except DataError as err:
+            failures.append(f"{name}: {err}")
+            problems[name] = str(err).splitlines()[0]
+            print(f"    skipped: {err}", flush=True)
+    path = regenerate_leaderboard(cfg, {cfg.suite: problems})
+    if failures:
+        print("\n".join(["runs skipped because of data errors:", *failures]))
+    return path
+
+
+def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | None = None) -> Path:
+    """leaderboard.md from every suite's records: full first, then smoke, then others."""
+    from hydra import compose
+
+    results = Path(cfg.results_dir)
+    suites_dir = results / "records"
+    present = sorted(p.name for p in suites_dir.iterdir() if p.is_dir()) if suites_dir.exists() else []
+    suites = [s for s in SUITE_ORDER if s in present] + [s for s in present if s not in SUITE_ORDER]
+    revision, dirty = R.git_state()
+    sections = []
+    for suite in suites:
+        suite_cfg = cfg if suite == cfg.suite else compose(config_name="config", overrides=[f"suite={suite}"])
+        suite_cfg = OmegaConf.merge(suite_cfg, {"data_dir": cfg.data_dir, "results_dir": cfg.results_dir})
+        runs, problems = plan(suite_cfg)
+        problems.update((problems_by_suite or {}).get(suite, {}))
+        entries = {}
+        for r in runs:
+            key = (r["dataset"], r["model"], r["variant"])
+            entries.setdefault(key, {"dataset": r["dataset"], "model": r["model"], "variant": r["variant"],
+                                     "seeds": [], "status": "planned"})["seeds"].append(r["seed"])
+            if r["dataset"] in problems:
+                entries[key]["status"] = f"dataset missing: {problems[r['dataset']]}"
+        text = render_leaderboard(R.read_records(results, suite), list(entries.values()), suite=suite,
+                                  suite_version=str(suite_cfg.suite_version),
+                                  revision=f"{revision}{' (dirty)' if dirty else ''}",
+                                  metrics=LEADERBOARD_METRICS, figures_dir=results / "figures",
+                                  link_base=Path(cfg.leaderboard).resolve().parent)
+        sections.append(text)
+    path = Path(cfg.leaderboard)
+    write_leaderboard(path, "\n\n".join(sections) + "\n")
+    print(f"wrote {path} ({', '.join(suites) or 'no records yet'})")
+    return path

@@ -1,0 +1,339 @@
+"""Run records: one JSON file per (suite, dataset, model, variant, seed), written atomically.
+
+Like mteb's result files, a record carries everything needed to trace a number back to its
+origin: the resolved config and its hash, the data fingerprint, the code revision, package
+versions, the device, timings and the metrics. ``python -m benchmark.run`` only fills the
+records that are missing, and the reporter (``benchmark.leaderboard``) rebuilds
+``leaderboard.md`` from the records alone.
+
+Layout on disk::
+
+    results/records/<suite>/<dataset, "/" -> "__">/<model>__<variant>__seed<seed>.json
+    results/records/<suite>/<dataset>/<model>__<variant>__seed<seed>.npz   # optional per-impression arrays
+
+Record layout (the caller builds it; ``write_record`` checks the required keys)::
+
+    {"schema": 1,                       # bump when the layout changes
+     "suite": str, "suite_version": str,
+     "dataset": str, "model": str, "variant": str, "seed": int,
+     "config": {...},                   # the resolved config of this run
+     "config_hash": str,                # config_hash(config)
+     "data_fingerprint": str,           # checksum of the processed canonical log
+     "adaptation": {...},               # how public review data became search logs
+     "environment": {...},              # environment() below
+     "timing": {"train_s": float, "eval_s": float, "peak_memory_mb": float,
+                "train_impressions_per_s": float | None, "eval_users_per_s": float | None},
+     "selection": {"metric": str, "best_epoch": int | None, "epochs_run": int | None,
+                   "valid_value": float | None},
+     "metrics": {"valid": {...}, "test": {...}, "test_tail": {...}},  # name -> float; NaN stored as null
+     "per_impression": str | None,      # npz file name relative to the record's folder
+     "created": str,                    # ISO-8601 UTC
+     "data_stats": {...}}               # optional: users / items / impressions, shown by the reporter
+
+NaN and infinities are written as JSON ``null`` (strict JSON); numpy scalars and arrays are
+converted to plain Python values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    "schema", "suite", "suite_version", "dataset", "model", "variant", "seed",
+    "config", "config_hash", "data_fingerprint", "adaptation", "environment",
+    "timing", "selection", "metrics", "per_impression", "created",
+)
+REQUIRED_NESTED: dict[str, tuple[str, ...]] = {
+    "timing": ("train_s", "eval_s", "peak_memory_mb", "train_impressions_per_s", "eval_users_per_s"),
+    "selection": ("metric", "best_epoch", "epochs_run", "valid_value"),
+    "metrics": ("valid", "test", "test_tail"),
+}
+
+# distributions reported by environment(); a missing one is reported as None
+PACKAGES: tuple[str, ...] = (
+    "torch", "transformers", "faiss-cpu", "faiss-gpu", "numpy", "pandas", "hydra-core", "bm25s", "karma-bench",
+)
+
+# paths that do not make a checkout "dirty": generated outputs of the benchmark itself
+_CLEAN_IGNORED = ("results/", "leaderboard.md")
+
+_REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def dataset_dirname(dataset: str) -> str:
+    """Dataset name as a folder name ("amazon/beauty" -> "amazon__beauty")."""
+    return dataset.replace("/", "__")
+
+
+def record_path(results_dir: str | Path, suite: str, dataset: str, model: str, variant: str, seed: int) -> Path:
+    """``results_dir/records/<suite>/<dataset__>/<model>__<variant>__seed<seed>.json``."""
+    return (Path(results_dir) / "records" / suite / dataset_dirname(dataset)
+            / f"{model}__{variant}__seed{int(seed)}.json")
+
+
+def per_impression_path(record_file: str | Path) -> Path:
+    """The npz file that sits beside a record (same stem)."""
+    return Path(record_file).with_suffix(".npz")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | Path, write_fn, *, binary: bool = False) -> Path:
+    """Write through ``write_fn(fh)`` into ``path.tmp``, fsync, then ``os.replace`` onto ``path``.
+
+    On any exception the temporary file is removed and ``path`` (an older version, if any) is
+    left untouched, so a crash never leaves half a file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write_fn(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Atomically write a text file (used for leaderboard.md as well)."""
+    return _atomic_write(path, lambda fh: fh.write(text))
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _to_jsonable(obj: Any) -> Any:
+    """Plain JSON values: NaN/inf -> None, numpy -> Python, Path -> str, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    return obj
+
+
+def validate_record(record: dict) -> None:
+    """Raise ValueError listing every missing required key (nested ones as ``timing.train_s``)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a record must be a dict, got {type(record).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    for parent, children in REQUIRED_NESTED.items():
+        sub = record.get(parent)
+        if isinstance(sub, dict):
+            missing += [f"{parent}.{c}" for c in children if c not in sub]
+        elif parent in record:
+            missing.append(f"{parent} (must be a dict)")
+    if missing:
+        raise ValueError(f"record is missing required keys: {', '.join(missing)}")
+
+
+def write_record(path: str | Path, record: dict) -> Path:
+    """Validate and atomically write one record (JSON, sorted keys, indent 1, NaN -> null)."""
+    validate_record(record)
+    clean = _to_jsonable(record)
+
+    def _dump(fh):
+        json.dump(clean, fh, sort_keys=True, indent=1, allow_nan=False)
+        fh.write("\n")
+
+    return _atomic_write(path, _dump)
+
+
+def read_record(path: str | Path) -> dict:
+    """Read and validate one record; raises (OSError / ValueError) when it is unusable."""
+    with open(path, encoding="utf-8") as fh:
+        record = json.load(fh)
+    validate_record(record)
+    return record
+
+
+def read_records(results_dir: str | Path, suite: str) -> list[dict]:
+    """All readable records of a suite, in path order; unreadable or invalid files are skipped with a warning."""
+    root = Path(results_dir) / "records" / suite
+    if not root.is_dir():
+        return []
+    records = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            records.append(read_record(path))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            warnings.warn(f"skipping unreadable run record {path}: {exc}", RuntimeWarning, stacklevel=2)
+    return records
+
+
+# --------------------------------------------------------------------------- per-impression arrays
+
+
+def write_per_impression(path_npz: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Atomically write per-impression arrays (e.g. user ids, rank of the click, per-metric values).
+
+    Written through an open file handle so numpy does not append a second ``.npz`` to the temp name.
+    """
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for k, v in arrays.items():
+        if v.dtype == object:
+            raise ValueError(f"per-impression array {k!r} has dtype object; use numeric or fixed-width string arrays")
+    return _atomic_write(path_npz, lambda fh: np.savez_compressed(fh, **arrays), binary=True)
+
+
+def read_per_impression(path_npz: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path_npz, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def config_hash(cfg: dict) -> str:
+    """First 16 hex chars of sha256 over canonical JSON (sorted keys, no whitespace); key order does not matter."""
+    canonical = json.dumps(_to_jsonable(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _git(*args: str) -> str | None:
+    """stdout of a read-only git command run in this package's checkout; None when git or the repo is absent."""
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # never take the index lock just to report status
+    try:
+        out = subprocess.run(["git", *args], cwd=_REPO_DIR, capture_output=True, text=True, timeout=20,
+                             env=env, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _is_dirty(porcelain: str) -> bool:
+    for line in porcelain.splitlines():
+        if len(line) < 4:
+            continue
+        paths = line[3:].split(" -> ")  # renames: "R  old -> new"
+        if any(not (p.strip('"').startswith(_CLEAN_IGNORED[0]) or p.strip('"') == _CLEAN_IGNORED[1])
+               for p in paths):
+            return True
+    return False
+
+
+def git_state() -> tuple[str, bool | None]:
+    """(revision, dirty). ("unknown", None) outside a git checkout."""
+    rev = _git("rev-parse", "HEAD")
+    if rev is None or not rev.strip():
+        return "unknown", None
+    status = _git("status", "--porcelain", "--untracked-files=normal")
+    return rev.strip(), (None if status is None else _is_dirty(status))
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    name = platform.processor()
+    if not name or name in ("x86_64", "aarch64"):
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.lower().startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return name or platform.machine() or "unknown"
+
+
+def device_string() -> str:
+    """"cuda: <GPU name> x<count>" when CUDA is available, else "cpu: <processor> x<n cores>"."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    except ImportError:
+        pass
+    return f"cpu: {_cpu_name()} x{os.cpu_count()}"
+
+
+def environment() -> dict:
+    """Code revision, interpreter, platform, package versions and device. No hostname (records are shared)."""
+    rev, dirty = git_state()
+    versions = {name: _package_version(name) for name in PACKAGES}
+    cpu, gpu = versions.pop("faiss-cpu"), versions.pop("faiss-gpu")
+    versions["faiss"] = cpu or gpu
+    return {
+        "git_revision": rev,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "packages": dict(sorted(versions.items())),
+        "device": device_string(),
+    }
+
+
+def peak_memory_mb() -> float:
+    """Peak RSS of this process (Linux ru_maxrss is KiB) plus peak CUDA memory allocated by torch, in MiB."""
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform == "darwin":  # macOS reports bytes
+        rss_kib /= 1024
+    total = rss_kib / 1024.0
+    torch = sys.modules.get("torch")  # if torch was never imported, no CUDA memory was used
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                total += torch.cuda.max_memory_allocated() / 2**20
+        except Exception:  # noqa: BLE001 - a broken CUDA runtime must not lose the record
+            pass
+    return float(total)

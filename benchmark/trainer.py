@@ -1,0 +1,111 @@
+"""One generic trainer for every model (no subclass per model).
+
+It shuffles the model's own training examples with an explicit generator, minimises the sum of
+the model's named losses with AdamW, calls a validation function after each epoch and keeps the
+best state by that value (model and epoch selection on the validation split only; the test split
+is never seen here). It stops on patience, on ``max_epochs`` or on a wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from benchmark.model import RankingModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 30  # upper bound; early stopping usually ends sooner
+    batch_size: int = 128  # training examples per step
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    patience: int = 3  # epochs without validation gain before stopping
+    max_minutes: float = 15.0  # wall-clock budget for training one run (validation included)
+    grad_clip: float = 5.0  # max gradient norm; 0 disables
+    progress: bool = True  # tqdm bars
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int | None = None
+    epochs_run: int = 0
+    valid_value: float | None = None
+    train_seconds: float = 0.0
+    examples_per_second: float | None = None
+    stopped_by: str = "nothing to train"
+    history: list[dict] = field(default_factory=list)  # per epoch: losses and validation value
+
+
+def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Generator,
+          validate: Callable[[RankingModel], float], desc: str = "") -> TrainResult:
+    """Train ``model`` in place; on return it holds the best-validation weights."""
+    result = TrainResult()
+    dataset = model.train_dataset(log_, generator)
+    if dataset is None or len(dataset) == 0 or not any(p.requires_grad for p in model.parameters()):
+        model.eval()
+        return result
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
+                        collate_fn=model.collate, num_workers=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    best_state, best_value, since_best = None, -math.inf, 0
+    start = time.perf_counter()
+    train_time, seen = 0.0, 0
+    result.stopped_by = "max_epochs"
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, disable=not config.progress)
+        for batch in bar:
+            terms = model.losses(batch, generator)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: non-finite loss {({k: float(v) for k, v in terms.items()})} "
+                                         f"at epoch {epoch}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            seen += len(next(iter(batch.values())))
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        train_time += time.perf_counter() - epoch_start
+        model.eval()
+        value = float(validate(model))
+        n_batches = max(len(loader), 1)
+        result.history.append({"epoch": epoch, **{k: v / n_batches for k, v in sums.items()}, "valid": value})
+        log.info("%s epoch %d: %s valid=%.5f", desc, epoch,
+                 " ".join(f"{k}={v / n_batches:.4f}" for k, v in sums.items()), value)
+        result.epochs_run = epoch
+        if value > best_value:
+            best_value, best_state, since_best = value, copy.deepcopy(model.state_dict()), 0
+            result.best_epoch = epoch
+        else:
+            since_best += 1
+        if since_best >= config.patience:
+            result.stopped_by = "patience"
+            break
+        if (time.perf_counter() - start) / 60 > config.max_minutes:
+            result.stopped_by = "time budget"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.valid_value = best_value if best_state is not None else None
+    result.train_seconds = time.perf_counter() - start
+    result.examples_per_second = seen / train_time if train_time > 0 else None
+    return result

@@ -1,0 +1,243 @@
+"""Run records (atomic, validated, traceable) and the leaderboard reporter."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark import leaderboard, records
+from benchmark.leaderboard import BANNER, render_leaderboard, write_leaderboard
+from benchmark.records import (
+    config_hash,
+    environment,
+    peak_memory_mb,
+    read_per_impression,
+    read_records,
+    record_path,
+    write_per_impression,
+    write_record,
+)
+
+SUITE, VERSION = "mini", "1.0"
+
+
+def make_record(dataset="amazon/beauty", model="sasrec", variant="ce", seed=0, ndcg=0.1, hr=0.2, **extra):
+    rec = {
+        "schema": 1, "suite": SUITE, "suite_version": VERSION, "dataset": dataset, "model": model,
+        "variant": variant, "seed": seed, "config": {"lr": 1e-3, "seed": seed}, "config_hash": "0" * 16,
+        "data_fingerprint": "fp123", "adaptation": {"query": "category"},
+        "environment": {"git_revision": "abc123", "git_dirty": False},
+        "timing": {"train_s": 10.0 + seed, "eval_s": 1.0, "peak_memory_mb": 500.0 + seed,
+                   "train_impressions_per_s": None, "eval_users_per_s": 100.0},
+        "selection": {"metric": "NDCG@10", "best_epoch": 3, "epochs_run": 5, "valid_value": 0.1},
+        "metrics": {"valid": {"NDCG@10": ndcg}, "test": {"NDCG@10": ndcg, "HR@10": hr}, "test_tail": {}},
+        "per_impression": None, "created": "2025-01-01T00:00:00Z",
+        "data_stats": {"users": 1000, "items": 500, "impressions": 12345},
+    }
+    rec.update(extra)
+    return rec
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_record_path_layout(tmp_path):
+    p = record_path(tmp_path, SUITE, "amazon/beauty", "karma", "full", 2)
+    assert p == tmp_path / "records" / SUITE / "amazon__beauty" / "karma__full__seed2.json"
+
+
+def test_write_record_atomic_sorted_and_nan_as_null(tmp_path):
+    p = record_path(tmp_path, SUITE, "amazon/beauty", "sasrec", "ce", 0)
+    rec = make_record(ndcg=float("nan"))
+    rec["metrics"]["test"]["AUC"] = np.float32(0.5)
+    write_record(p, rec)
+    assert p.exists() and not list(p.parent.glob("*.tmp"))
+    text = p.read_text()
+    assert text.startswith('{\n "adaptation"')  # sorted keys, indent 1
+    back = json.loads(text)
+    assert back["metrics"]["test"]["NDCG@10"] is None and back["metrics"]["test"]["AUC"] == 0.5
+
+
+def test_crash_during_write_keeps_old_record(tmp_path, monkeypatch):
+    p = record_path(tmp_path, SUITE, "d", "m", "v", 0)
+    write_record(p, make_record(ndcg=0.3))
+    before = p.read_text()
+
+    def broken_dump(obj, fh, **kw):
+        fh.write('{"schema": 1, "half": ')  # half a record, then the process "dies"
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(records.json, "dump", broken_dump)
+    with pytest.raises(KeyboardInterrupt):
+        write_record(p, make_record(ndcg=0.9))
+    assert p.read_text() == before
+    assert not list(p.parent.glob("*.tmp"))
+
+    # and a first write that crashes leaves no record at all
+    q = record_path(tmp_path, SUITE, "d", "m", "v", 1)
+    with pytest.raises(KeyboardInterrupt):
+        write_record(q, make_record(seed=1))
+    assert not q.exists() and not list(q.parent.glob("*.tmp"))
+
+
+def test_required_keys_validated(tmp_path):
+    rec = make_record()
+    del rec["config_hash"], rec["data_fingerprint"]
+    del rec["timing"]["train_s"]
+    with pytest.raises(ValueError) as err:
+        write_record(tmp_path / "x.json", rec)
+    msg = str(err.value)
+    assert "config_hash" in msg and "data_fingerprint" in msg and "timing.train_s" in msg
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_read_records_skips_corrupt_with_warning(tmp_path):
+    good = record_path(tmp_path, SUITE, "d", "m", "v", 0)
+    write_record(good, make_record(dataset="d", model="m", variant="v"))
+    (good.parent / "m__v__seed1.json").write_text('{"schema": 1, "suite": ')  # truncated
+    (good.parent / "m__v__seed2.json").write_text('{"schema": 1}')  # valid JSON, not a record
+    (good.parent / "m__v__seed3.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.warns(RuntimeWarning, match="skipping unreadable run record"):
+        got = read_records(tmp_path, SUITE)
+    assert [r["seed"] for r in got] == [0]
+    assert read_records(tmp_path, "no-such-suite") == []
+
+
+def test_config_hash_stable_and_order_independent():
+    a = {"model": {"dim": 64, "layers": 2}, "lr": 0.001, "seeds": [0, 1]}
+    b = {"seeds": [0, 1], "lr": 0.001, "model": {"layers": 2, "dim": 64}}
+    assert config_hash(a) == config_hash(b)
+    assert len(config_hash(a)) == 16 and int(config_hash(a), 16) >= 0
+    assert config_hash(a) == config_hash(json.loads(json.dumps(a)))
+    assert config_hash(a) != config_hash({**a, "lr": 0.002})
+
+
+def test_environment_keys(monkeypatch):
+    monkeypatch.setattr(records, "_git", lambda *a: None)  # no git process in tests
+    env = environment()
+    assert {"git_revision", "git_dirty", "python", "platform", "packages", "device"} <= set(env)
+    assert env["git_revision"] == "unknown"
+    assert set(env["packages"]) == {"torch", "transformers", "faiss", "numpy", "pandas", "hydra-core",
+                                    "bm25s", "karma-bench"}
+    assert env["packages"]["numpy"] == np.__version__
+    assert env["device"].startswith(("cpu: ", "cuda: "))
+    assert "hostname" not in json.dumps(env).lower()
+    assert peak_memory_mb() > 0
+
+
+def test_dirty_flag_ignores_results_and_leaderboard(monkeypatch):
+    def fake_git(*args):
+        if args[0] == "rev-parse":
+            return "deadbeef\n"
+        return " M leaderboard.md\n?? results/records/x.json\n"
+
+    monkeypatch.setattr(records, "_git", fake_git)
+    assert records.git_state() == ("deadbeef", False)
+    monkeypatch.setattr(records, "_git", lambda *a: "deadbeef\n" if a[0] == "rev-parse" else " M benchmark/x.py\n")
+    assert records.git_state() == ("deadbeef", True)
+
+
+def test_per_impression_round_trip(tmp_path):
+    p = tmp_path / "records" / "r.npz"
+    arrays = {"user": np.arange(5, dtype=np.int64), "ndcg": np.linspace(0, 1, 5, dtype=np.float32)}
+    write_per_impression(p, arrays)
+    assert p.exists() and not list(p.parent.glob("*.tmp*"))
+    back = read_per_impression(p)
+    assert set(back) == set(arrays)
+    for k in arrays:
+        np.testing.assert_array_equal(back[k], arrays[k])
+        assert back[k].dtype == arrays[k].dtype
+
+
+# --------------------------------------------------------------------------- leaderboard
+
+
+def _plan(seeds=(0, 1, 2)):
+    return [
+        {"dataset": "amazon/beauty", "model": "sasrec", "variant": "ce", "seeds": list(seeds), "status": "planned"},
+        {"dataset": "amazon/beauty", "model": "karma", "variant": "full", "seeds": list(seeds), "status": "planned"},
+        {"dataset": "amazon/beauty", "model": "hllm", "variant": "base", "seeds": list(seeds), "status": "planned"},
+        {"dataset": "amazon/toys", "model": "sasrec", "variant": "ce", "seeds": list(seeds),
+         "status": "dataset missing: raw files not found under data/raw/toys"},
+    ]
+
+
+def _records():
+    recs = [make_record(model="sasrec", variant="ce", seed=s, ndcg=v, hr=0.3)
+            for s, v in zip((0, 1, 2), (0.10, 0.12, 0.14), strict=True)]
+    recs += [make_record(model="karma", variant="full", seed=s, ndcg=0.9) for s in (0, 2)]  # 2 of 3 seeds
+    recs += [make_record(model="hllm", variant="base", seed=s, ndcg=0.2, hr=float("nan") if s == 1 else 0.4)
+             for s in (0, 1, 2)]
+    return recs
+
+
+def _render(tmp_path, recs=None, plan=None, figures=True):
+    return render_leaderboard(_records() if recs is None else recs, plan or _plan(), suite=SUITE,
+                              suite_version=VERSION, revision="abc123", metrics=["NDCG@10", "HR@10"],
+                              figures_dir=tmp_path / "figures" if figures else None, link_base=tmp_path)
+
+
+def _row(md, model):
+    return next(line for line in md.splitlines() if line.startswith(f"| {model} "))
+
+
+def test_leaderboard_banner_and_header(tmp_path):
+    md = _render(tmp_path)
+    assert md.splitlines()[0] == BANNER
+    assert "do not edit it by hand" in md
+    assert f"**{SUITE}** version **{VERSION}**" in md
+    assert f"built from 8 records under results/records/{SUITE}" in md
+    assert "`abc123`" in md and "data fingerprint: `fp123`" in md
+    assert "users 1,000" in md and "impressions 12,345" in md
+
+
+def test_leaderboard_mean_and_student_t_interval(tmp_path):
+    # 0.10, 0.12, 0.14: mean 0.12, sd 0.02, sem 0.02/sqrt(3), t(0.975, 2) = 4.302653
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)  # 0.049683
+    assert leaderboard.mean_ci([0.10, 0.12, 0.14]) == pytest.approx((0.12, half), rel=1e-9)
+    row = _row(_render(tmp_path), "sasrec")
+    assert "0.1200 ± 0.0497" in row and "3/3" in row
+    assert "0.3000 ± 0.0000" in row
+    assert "| 11.0 " in row and "| 502 " in row  # mean train s, max peak MB
+
+
+def test_leaderboard_incomplete_cell_is_missing_not_averaged(tmp_path):
+    row = _row(_render(tmp_path), "karma")
+    assert "missing (2/3)" in row and "2/3" in row
+    assert "0.9000" not in row
+
+
+def test_leaderboard_nan_and_missing_dataset(tmp_path):
+    md = _render(tmp_path)
+    row = _row(md, "hllm")
+    assert "0.2000 ± 0.0000" in row and "n/a" in row
+    assert "not run: dataset missing: raw files not found under data/raw/toys" in md
+    assert "## amazon/toys" in md
+
+
+def test_leaderboard_single_seed(tmp_path):
+    plan = [{"dataset": "amazon/beauty", "model": "sasrec", "variant": "ce", "seeds": [0], "status": "planned"}]
+    row = _row(_render(tmp_path, recs=[make_record(ndcg=0.25)], plan=plan, figures=False), "sasrec")
+    assert "0.2500 (1 seed)" in row
+
+
+def test_leaderboard_ignores_other_suite_version(tmp_path):
+    recs = _records() + [make_record(model="karma", variant="full", seed=1, ndcg=0.9, suite_version="0.9")]
+    md = _render(tmp_path, recs=recs, figures=False)
+    assert "missing (2/3)" in _row(md, "karma")
+    assert "1 of another suite or version ignored" in md
+
+
+def test_leaderboard_figure_and_atomic_write(tmp_path):
+    md = _render(tmp_path)
+    fig = tmp_path / "figures" / "amazon__beauty_NDCG@10.png"
+    assert fig.exists() and fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](figures/amazon__beauty_NDCG@10.png)" in md
+    assert not (tmp_path / "figures" / "amazon__toys_NDCG@10.png").exists()
+    out = write_leaderboard(tmp_path / "leaderboard.md", md)
+    assert Path(out).read_text() == md and not list(tmp_path.glob("*.tmp"))
+    assert _render(tmp_path) == md  # deterministic
