@@ -131,10 +131,14 @@ class SASRec(nn.Module):
         # widths give the same item the same position.
         positions = torch.arange(length - 1, -1, -1, device=inputs.device)
         x = self.dropout(self.item_emb(inputs) + self.pos_emb(positions)[None])  # (B, L, D)
-        pad = inputs == 0
+        pad = inputs == 0  # (B, L)
         x = x * (~pad).unsqueeze(-1)
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=inputs.device), diagonal=1)
-        # Left padding + causal mask: a fully padded prefix row would attend to nothing (NaN),
-        # so padding keys are not masked; their inputs are zeros and their outputs are ignored.
-        x = self.encoder(x, mask=causal)
+        # Causal attention over real items only. A padding query may attend to itself, so no row
+        # is fully masked (which would give NaN); real queries never see padding, so the width
+        # of the left padding does not change any real state.
+        causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=inputs.device))  # (L, L)
+        eye = torch.eye(length, dtype=torch.bool, device=inputs.device)
+        allowed = causal[None] & (~pad[:, None, :] | eye[None])  # (B, L, L), query x key
+        mask = (~allowed).repeat_interleave(self.config.heads, dim=0)  # (B * heads, L, L), True = blocked
+        x = self.encoder(x, mask=mask)
         return self.final_norm(x)

@@ -5,7 +5,8 @@ literature does (HEM, Ai et al. SIGIR 2017), and every choice here is a field of
 ``AdaptConfig`` that is recorded in the dataset card and in every run record:
 
 1. k-core filter (users and items with at least ``k_core`` interactions, iterated to a fixed
-   point). Skipped when the source publishes its own split, which k-core would break.
+   point). Skipped when the source publishes its own split, which k-core would break, and for
+   sources marked ``skip_k_core`` (the embedded catalog, whose unseen items are the point).
 2. query = the target's category path, stop-words and duplicate terms removed; fallback when
    an item has no category: its first ``query_fallback_terms`` title terms; ID-only sources get
    an empty query. Sources that log real queries (the embedded catalog) keep theirs.
@@ -121,7 +122,8 @@ def adapt(raw: RawLog, config: AdaptConfig, report: DataReport) -> SearchLog:
     if config.split == "global_time" and not raw.has_timestamps:
         raise DataError(f"[{raw.name}] split=global_time needs timestamps; this source only has an order. "
                         "Use split=leave_last_out.")
-    if not preset:
+    apply_k_core = not preset and not raw.skip_k_core
+    if apply_k_core:
         before = len(inter)
         inter = k_core(inter, config.k_core)
         report.stat("removed_by_k_core", before - len(inter))
@@ -205,7 +207,7 @@ def adapt(raw: RawLog, config: AdaptConfig, report: DataReport) -> SearchLog:
         name=raw.name, catalog=catalog, impressions=impressions[IMPRESSION_ORDER], n_users=len(user_ids),
         has_text=raw.has_text, fingerprint="", user_ids=[str(u) for u in user_ids],
         adaptation={**asdict(config), "split_source": "published" if preset else config.split,
-                    "exposure_source": exposure_source, "k_core_applied": not preset},
+                    "exposure_source": exposure_source, "k_core_applied": apply_k_core},
     )
     check_no_leakage(search_log)
     for name, value in data_stats(search_log).items():

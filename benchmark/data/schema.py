@@ -41,6 +41,9 @@ class RawLog:
     interactions: pd.DataFrame  # RAW_INTERACTION_COLUMNS (+ optional ones)
     has_text: bool  # False for ID-only sources (no titles: no query, no BM25, no JS@K)
     has_timestamps: bool  # False when ``timestamp`` is only the file order
+    # True when the source is already filtered as intended and k-core must not touch it (the
+    # embedded catalog: k-core would delete the rare and unseen items it is built to contain).
+    skip_k_core: bool = False
     raw_files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 of what was read
     report: Any = None  # a benchmark.data.report.DataReport
 

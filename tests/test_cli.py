@@ -1,0 +1,73 @@
+"""The command line and the suite runner, end to end on a tiny embedded catalog."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.run import main
+
+TINY = ["synthetic.n_items=120", "synthetic.n_users=80", "synthetic.image_size=16",
+        "train.max_epochs=2", "model.sasrec.hidden=8", "train.progress=false"]
+
+
+def _args(tmp_path: Path) -> list[str]:
+    return ["--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results"),
+            f"leaderboard={tmp_path / 'leaderboard.md'}"]
+
+
+def test_hugging_face_datasets_is_not_shadowed():
+    import datasets
+
+    assert hasattr(datasets, "load_dataset"), datasets.__file__
+    assert "site-packages" in datasets.__file__ or "dist-packages" in datasets.__file__
+
+
+def test_unknown_suite_model_and_key_list_the_valid_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="valid suites: full, smoke"):
+        main(["--suite", "nope"])
+    with pytest.raises(SystemExit, match="valid models: popularity, sasrec"):
+        main(["--suite", "smoke", "models=[nope]"])
+    with pytest.raises(SystemExit, match=r"(?s)train\.nope.*valid keys:.*train\.lr"):
+        main(["--suite", "smoke", "train.nope=1"])
+    with pytest.raises(SystemExit, match="unknown dataset 'nope/x'"):
+        main(["--suite", "smoke", "datasets=[nope/x]"])
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), "seeds=[0,1]"]) == 0
+    out = capsys.readouterr().out
+    assert "1 datasets x 2 models x 2 seeds" in out and out.count("[to run]") == 4
+    assert not (tmp_path / "results").exists()
+
+
+def test_full_suite_reports_missing_real_data_in_the_plan(tmp_path, capsys):
+    main(["--suite", "full", "--dry-run", *_args(tmp_path), "datasets=[synthetic,amazon2018/Gift_Cards]"])
+    assert "! amazon2018/Gift_Cards: no files under" in capsys.readouterr().out
+
+
+def test_smoke_suite_writes_records_and_leaderboard_then_skips_done_runs(tmp_path, capsys):
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
+    records = sorted((tmp_path / "results" / "records" / "smoke" / "synthetic").glob("*.json"))
+    assert [r.name for r in records] == ["popularity__default__seed0.json", "sasrec__default__seed0.json"]
+    record = json.loads(records[1].read_text())
+    assert record["config"]["model_config"]["hidden"] == 8
+    assert record["selection"]["epochs_run"] >= 1 and record["data_fingerprint"]
+    assert 0 <= record["metrics"]["test"]["HR@10"] <= 1 and record["per_impression"].endswith(".npz")
+    assert (records[1].parent / record["per_impression"]).exists()
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "do not edit" in board and "sasrec" in board and "popularity" in board
+    capsys.readouterr()
+    before = records[1].stat().st_mtime_ns
+    assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), *TINY]) == 0
+    assert capsys.readouterr().out.count("[done]") == 2
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
+    assert records[1].stat().st_mtime_ns == before  # not re-run
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "benchmark.run", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--dry-run" in out and "--data-dir" in out and "full" in out
