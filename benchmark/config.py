@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from baselines.hllm import HLLMConfig
 from baselines.popularity import PopularityConfig
 from baselines.sasrec import SASRecConfig
 from benchmark.data.adapt import AdaptConfig
 from benchmark.data.synthetic import SyntheticConfig
 from benchmark.trainer import TrainConfig
+from karma.model import KarmaConfig
 
 
 @dataclass
@@ -30,6 +32,8 @@ class EvalConfig:
 class ModelsConfig:
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    karma: KarmaConfig = field(default_factory=KarmaConfig)  # shared by action_llm and karma's variants
+    hllm: HLLMConfig = field(default_factory=HLLMConfig)
 
 
 @dataclass

@@ -1,20 +1,63 @@
 """The model registry: a plain dict, whose keys are the CLI's choices (DiT style).
 
-Each entry builds a model from the catalog size and its typed config (``cfg.model.<key>``).
+Each entry names the class, the config node it reads (``cfg.model.<config>``) and its variants:
+named overrides of that config (Table 1's rows are variants of one network). A suite lists
+``name`` (every variant) or ``name:variant``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from baselines.hllm import HLLM
 from baselines.popularity import Popularity
 from baselines.sasrec import SASRec
+from karma.model import VARIANTS as KARMA_VARIANTS
+from karma.model import ContinuousTokenModel
 
-MODELS = {
-    "popularity": Popularity,  # sanity floor: training click counts
-    "sasrec": SASRec,  # Kang & McAuley 2018, CE or sampled softmax
+
+@dataclass(frozen=True)
+class ModelSpec:
+    cls: type
+    config: str  # attribute of cfg.model holding the typed config
+    variants: dict  # variant name -> config overrides
+
+
+MODELS: dict[str, ModelSpec] = {
+    "popularity": ModelSpec(Popularity, "popularity", {"default": {}}),  # sanity floor
+    "sasrec": ModelSpec(SASRec, "sasrec", {"default": {}}),  # Kang & McAuley 2018, CE / sampled softmax
+    # The action-only LLM is KARMA's network with every decodability loss off (same inference path).
+    "action_llm": ModelSpec(ContinuousTokenModel, "karma", {"default": KARMA_VARIANTS["action_only"]}),
+    "hllm": ModelSpec(HLLM, "hllm", {"default": {}}),  # item LLM + user LLM, InfoNCE (scaled down)
+    "karma": ModelSpec(ContinuousTokenModel, "karma",
+                       {k: v for k, v in KARMA_VARIANTS.items() if k != "action_only"}),
 }
 
 
-def build(name: str, n_items: int, model_configs):
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    return MODELS[name](n_items, getattr(model_configs, name))
+def expand(entries: list[str]) -> list[tuple[str, str]]:
+    """Suite entries -> (model, variant) pairs; errors list the valid choices."""
+    out = []
+    for entry in entries:
+        name, _, variant = entry.partition(":")
+        if name not in MODELS:
+            raise KeyError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+        variants = MODELS[name].variants
+        if variant and variant not in variants:
+            raise KeyError(f"unknown variant {variant!r} of {name}; valid: {', '.join(variants)}")
+        out += [(name, v) for v in ([variant] if variant else variants)]
+    return out
+
+
+def model_config(name: str, variant: str, model_configs):
+    """The typed config of one (model, variant): the suite's config node plus the variant's overrides."""
+    spec = MODELS[name]
+    node = getattr(model_configs, spec.config)
+    base = OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
+    return dataclasses.replace(base, **spec.variants[variant])
+
+
+def build(name: str, variant: str, n_items: int, model_configs):
+    return MODELS[name].cls(n_items, model_config(name, variant, model_configs))

@@ -25,12 +25,11 @@ from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
 from benchmark.evaluate import evaluate, summarize
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
-from benchmark.models import build
+from benchmark.models import build, expand, model_config
 from benchmark.seed import seed_everything
 from benchmark.trainer import train
 
 log = logging.getLogger(__name__)
-VARIANT = "default"  # later issues add model variants (Table 1); the record layout already has the field
 LEADERBOARD_METRICS = ["HR@10", "NDCG@10", "HR@50", "MRR", "gAUC", "JS@50", "test_tail/HR@50", "test_tail/n"]
 SUITE_ORDER = ["full", "smoke"]  # sections of leaderboard.md, in this order; others follow
 
@@ -76,10 +75,10 @@ def plan(cfg) -> tuple[list[dict], dict[str, str]]:
             problems[name] = f"no files under {root / spec.family / spec.category}"
     runs = []
     for name in datasets:
-        for model in cfg.models:
+        for model, variant in expand(list(cfg.models)):
             for seed in cfg.seeds:
-                path = R.record_path(cfg.results_dir, cfg.suite, name, model, VARIANT, seed)
-                runs.append({"dataset": name, "model": model, "variant": VARIANT, "seed": int(seed),
+                path = R.record_path(cfg.results_dir, cfg.suite, name, model, variant, seed)
+                runs.append({"dataset": name, "model": model, "variant": variant, "seed": int(seed),
                              "record": path, "done": path.exists()})
     return runs, problems
 
@@ -88,7 +87,8 @@ def format_plan(cfg) -> str:
     runs, problems = plan(cfg)
     lines = [f"suite {cfg.suite} v{cfg.suite_version}: {cfg.description}",
              f"data root: {data_root(cfg.data_dir)}   results: {cfg.results_dir}",
-             f"{len({r['dataset'] for r in runs})} datasets x {len(cfg.models)} models x {len(cfg.seeds)} seeds"]
+             f"{len({r['dataset'] for r in runs})} datasets x {len(expand(list(cfg.models)))} models/variants x "
+             f"{len(cfg.seeds)} seeds"]
     for r in runs:
         state = "done" if r["done"] and not cfg.overwrite else "missing data" if r["dataset"] in problems else "to run"
         lines.append(f"  {r['dataset']:<36} {r['model']:<12} {r['variant']:<8} seed {r['seed']}  [{state}]")
@@ -110,7 +110,9 @@ def _eval(model, search_log: SearchLog, split: str, cfg, item_terms, with_lists:
 def run_one(run: dict, search_log: SearchLog, cfg) -> dict:
     torch.set_num_threads(cfg.threads)
     generator = seed_everything(run["seed"])
-    model = build(run["model"], search_log.n_items, cfg.model)
+    model = build(run["model"], run["variant"], search_log.n_items, cfg.model)
+    if hasattr(model, "prepare"):  # backbones and per-catalog caches
+        model.prepare(search_log, data_root(cfg.data_dir) / "models")
     item_terms = [set(terms(t)) for t in search_log.catalog["text"]] if search_log.has_text else None
     metric = cfg.eval.selection_metric
 
@@ -129,7 +131,9 @@ def run_one(run: dict, search_log: SearchLog, cfg) -> dict:
     tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
                              ks=list(cfg.eval.ks), js_k=cfg.eval.js_k)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    run_cfg = {"model": run["model"], "model_config": resolved["model"][run["model"]], "train": resolved["train"],
+    run_cfg = {"model": run["model"], "variant": run["variant"],
+               "model_config": dataclasses.asdict(model_config(run["model"], run["variant"], cfg.model)),
+               "train": resolved["train"],
                "eval": resolved["eval"], "adapt": resolved["adapt"], "seed": run["seed"]}
     npz = R.per_impression_path(run["record"])
     R.write_per_impression(npz, {**test.per_impression, "user": users, "target": test_imp["target"].to_numpy(),

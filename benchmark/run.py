@@ -48,11 +48,12 @@ def compose_config(suite: str, overrides: list[str]):
             raise SystemExit(f"error: bad override in {overrides}: {cause}\nvalid keys:\n  "
                              + "\n  ".join(_config_keys(base))) from None
     from benchmark.data.registry import parse
-    from benchmark.models import MODELS
+    from benchmark.models import expand
 
-    unknown = [m for m in cfg.models if m not in MODELS]
-    if unknown:
-        raise SystemExit(f"error: unknown model(s) {unknown}; valid models: {', '.join(MODELS)}")
+    try:
+        expand(list(cfg.models))
+    except KeyError as err:
+        raise SystemExit(f"error: {err.args[0]}") from None
     for name in cfg.datasets:
         if name != "*":
             try:

@@ -59,37 +59,29 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
                         collate_fn=model.collate, num_workers=0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    best_state, best_value, since_best = None, -math.inf, 0
     start = time.perf_counter()
+    # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
+    for name, stage_data, epochs in getattr(model, "stages", lambda *_: [])(log_, generator):
+        stage_loader = DataLoader(stage_data, batch_size=config.batch_size, shuffle=True, generator=generator,
+                                  collate_fn=model.collate, num_workers=0)
+        for epoch in range(1, epochs + 1):
+            model.train()
+            sums = _run_epoch(model, stage_loader, optimizer, params, config, generator, f"{desc} {name} {epoch}")
+            result.history.append({"stage": name, "epoch": epoch, **sums})
+            log.info("%s %s epoch %d: %s", desc, name, epoch, " ".join(f"{k}={v:.4f}" for k, v in sums.items()))
+    best_state, best_value, since_best = None, -math.inf, 0
     train_time, seen = 0.0, 0
     result.stopped_by = "max_epochs"
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
-        sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, disable=not config.progress)
-        for batch in bar:
-            terms = model.losses(batch, generator)
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: non-finite loss {({k: float(v) for k, v in terms.items()})} "
-                                         f"at epoch {epoch}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            seen += len(next(iter(batch.values())))
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        sums = _run_epoch(model, loader, optimizer, params, config, generator, f"{desc} epoch {epoch}")
+        seen += len(dataset)
         train_time += time.perf_counter() - epoch_start
         model.eval()
         value = float(validate(model))
-        n_batches = max(len(loader), 1)
-        result.history.append({"epoch": epoch, **{k: v / n_batches for k, v in sums.items()}, "valid": value})
-        log.info("%s epoch %d: %s valid=%.5f", desc, epoch,
-                 " ".join(f"{k}={v / n_batches:.4f}" for k, v in sums.items()), value)
+        result.history.append({"stage": "main", "epoch": epoch, **sums, "valid": value})
+        log.info("%s epoch %d: %s valid=%.5f", desc, epoch, " ".join(f"{k}={v:.4f}" for k, v in sums.items()), value)
         result.epochs_run = epoch
         if value > best_value:
             best_value, best_state, since_best = value, copy.deepcopy(model.state_dict()), 0
@@ -109,3 +101,24 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     result.train_seconds = time.perf_counter() - start
     result.examples_per_second = seen / train_time if train_time > 0 else None
     return result
+
+
+def _run_epoch(model, loader, optimizer, params, config: TrainConfig, generator, desc: str) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of each named loss term."""
+    sums: dict[str, float] = {}
+    bar = tqdm(loader, desc=desc, leave=False, disable=not config.progress)
+    for batch in bar:
+        terms = model.losses(batch, generator)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: non-finite loss {({k: float(v) for k, v in terms.items()})}; "
+                                     "lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    return {k: v / max(len(loader), 1) for k, v in sums.items()}

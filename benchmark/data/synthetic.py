@@ -269,7 +269,7 @@ def _inverted_index(catalog: pd.DataFrame) -> dict[str, np.ndarray]:
     """term -> item indices whose title + brand + category path + description contains it."""
     postings: dict[str, list[int]] = {}
     for i, (title, brand, cat, desc) in enumerate(zip(catalog["title"], catalog["brand"],
-                                                      catalog["category"], catalog["description"])):
+                                                      catalog["category"], catalog["description"], strict=True)):
         for term in unique_terms(" ".join([title, brand, " ".join(cat), desc])):
             postings.setdefault(term, []).append(i)
     return {t: np.asarray(v, dtype=np.int64) for t, v in postings.items()}
@@ -548,4 +548,4 @@ def load(root: Path, config: SyntheticConfig, report: DataReport) -> RawLog:
     new_ids = set(catalog["item_id"][world.is_new])
     report.stat("new_item_click_share", float(inter["item_id"].isin(new_ids).mean()))
     return RawLog(name="synthetic", catalog=catalog, interactions=inter, has_text=True,
-                  has_timestamps=True, raw_files={}, report=report)
+                  has_timestamps=True, raw_files={}, report=report, skip_k_core=True)

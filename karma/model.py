@@ -1,0 +1,353 @@
+"""The continuous-token model: KARMA, and (with its decodability weights at zero) the action-only LLM.
+
+Inference path (identical for KARMA and the action-only LLM, paper §2.1 / §2.6)::
+
+    item i  --frozen item encoder-->  token states (L, H)  --attention pooling + MLP-->  item token e_i (D)
+    history e_1..e_T [+ query token q]  --decoder-only LLM (causal)-->  last hidden state h (D)
+    u = normalize(W_u h)  (R),   v_i = normalize(W_v e_i)  (R),   score = <u, v_i>
+
+Train-only heads (``self.heads``; absent from the inference path, so zero serving overhead):
+- Task 1, history-conditioned generation: the target's text tokens are appended after the history
+  in the same causal pass and predicted by the LLM's own LM head (h is unaffected: causal mask).
+- Task 2, embedding-conditioned reconstruction: the target's text is decoded from a single prefix
+  token ``A(u)`` built from the retrieval embedding u alone (the bottleneck that is scored).
+- Stage 1 warm-up: each catalog item's text is decoded from its own item token e_i.
+
+How this differs from the paper (which serves a Taobao-scale model on GPUs):
+- ``cpu`` preset: the item encoder (all-MiniLM-L6-v2) is frozen and its token states are cached
+  once per catalog; the trainable top of the item encoder is a multi-head attention pooling over
+  those states (its attention maps are what the collapse diagnostic reads). The LLM is the first
+  ``decoder_layers`` layers of SmolLM2-135M (pretrained), trained fully; its embeddings and LM head
+  stay frozen and the text softmax runs over the catalog's tokens only. ``gpu`` preset: full
+  fine-tuning of the item encoder and a whole 0.5B-class decoder (Qwen3-0.6B), bf16.
+- Retrieval uses small projection heads W_u, W_v and cosine scores (scaled by ``score_scale`` in
+  the pairwise loss), a standard two-tower choice the paper does not specify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from benchmark.data.schema import SearchLog
+from karma import backbones
+from karma.losses import action_negatives, infonce, pairwise_ce, text_nll
+
+
+@dataclass
+class KarmaConfig:
+    preset: str = "cpu"  # cpu: cached frozen item encoder + first decoder layers; gpu: full fine-tuning, bf16
+    item_encoder: str = "minilm"  # alias in karma.backbones or a Hugging Face id / local path
+    decoder: str = "smollm2-135m"  # alias or Hugging Face id / local path (gpu preset: Qwen/Qwen3-0.6B)
+    decoder_layers: int = 2  # cpu preset: keep the first N pretrained layers (0 = all)
+    item_tokens: int = 32  # item-encoder input tokens per item (title first)
+    text_tokens: int = 16  # target text tokens decoded by Task 1, Task 2 and the warm-up
+    pool_heads: int = 4  # heads of the trainable attention pooling over item-encoder states
+    max_history: int = 20  # most recent history items fed to the LLM
+    use_query: bool = True  # append a query token (search); False = pure next-item prediction
+    retrieval_dim: int = 128  # R, the dimension of u and v_i
+    action_loss: str = "pairwise"  # pairwise (paper Eq. 5) | infonce
+    score_scale: float = 10.0  # pairwise: scores are score_scale * cosine
+    temperature: float = 0.07  # infonce only
+    in_batch_negatives: bool = True  # other impressions' clicks as extra negatives
+    w_action: float = 1.0  # weight of the action loss
+    w_task1: float = 0.0  # weight of Task 1 (history-conditioned generation)
+    w_task2: float = 0.0  # weight of Task 2 (embedding-conditioned reconstruction)
+    warmup_epochs: int = 0  # stage 1 semantic warm-up epochs over the catalog (0 = none)
+    restrict_vocab: bool = True  # text softmax over the catalog's tokens only (cpu preset)
+    dtype: str = "float32"  # float32 | bfloat16 (gpu preset)
+    tiny: bool = False  # tests: random tiny backbones of the same architecture, no weights needed
+    trust_remote_code: bool = False  # never by default
+    cache_dir: str = ""  # where backbone caches go ("" = <data root>/models, set by the pipeline)
+
+    @property
+    def decodes_text(self) -> bool:
+        return self.w_task1 > 0 or self.w_task2 > 0 or self.warmup_epochs > 0
+
+
+# Table 1 variants: the same network, different train-only losses.
+VARIANTS: dict[str, dict] = {
+    "action_only": {"w_task1": 0.0, "w_task2": 0.0, "warmup_epochs": 0},
+    "task1": {"w_task1": 0.1, "w_task2": 0.0, "warmup_epochs": 1},
+    "task2": {"w_task1": 0.0, "w_task2": 0.1, "warmup_epochs": 1},
+    "karma": {"w_task1": 0.1, "w_task2": 0.1, "warmup_epochs": 1},
+}
+
+
+class AttentionPooling(nn.Module):
+    """Trainable top of the item encoder: learned queries attend over the frozen token states."""
+
+    def __init__(self, in_dim: int, out_dim: int, heads: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, in_dim) * 0.02)
+        self.attn = nn.MultiheadAttention(in_dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(in_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, return_attention: bool = False):
+        """states (N, L, H), mask (N, L) True = real token -> (N, D) [, attention (N, heads, L)]."""
+        query = self.query.expand(len(states), -1, -1)  # (N, 1, H)
+        pooled, weights = self.attn(query, states, states, key_padding_mask=~mask, need_weights=return_attention,
+                                    average_attn_weights=False)
+        token = self.mlp(self.norm(pooled[:, 0] + states.mul(mask[..., None]).sum(1) / mask.sum(1, keepdim=True)))
+        return (token, weights[:, :, 0]) if return_attention else token
+
+
+class _Impressions(Dataset):
+    def __init__(self, rows: pd.DataFrame):
+        self.rows = rows.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return ("impression", i)
+
+
+class _Items(Dataset):
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __getitem__(self, i: int):
+        return ("item", i)
+
+
+class ContinuousTokenModel(nn.Module):
+    """KARMA's network; ``VARIANTS`` set which train-only losses are on."""
+
+    def __init__(self, n_items: int, config: KarmaConfig):
+        super().__init__()
+        if config.action_loss not in ("pairwise", "infonce"):
+            raise ValueError(f"action_loss must be 'pairwise' or 'infonce', got {config.action_loss!r}")
+        if config.preset not in ("cpu", "gpu"):
+            raise ValueError(f"preset must be 'cpu' or 'gpu', got {config.preset!r}")
+        self.config = config
+        self.n_items = n_items
+        self._prepared_for: str | None = None
+
+    # --- setup: backbones and per-catalog caches (called by the pipeline before training) ---------
+    def prepare(self, log: SearchLog, cache_dir: Path) -> None:
+        if self._prepared_for == log.fingerprint:
+            return
+        cfg = self.config
+        cache_dir = Path(cfg.cache_dir or cache_dir)
+        dtype = getattr(torch, cfg.dtype)
+        if cfg.tiny:
+            enc_tok, encoder = backbones.tiny_tokenizer(), backbones.tiny_item_encoder()
+            dec_tok, decoder = enc_tok, backbones.tiny_decoder("qwen3" if cfg.preset == "gpu" else "llama",
+                                                               vocab_size=enc_tok.vocab_size)
+        else:
+            enc_tok, encoder = backbones.load_item_encoder(cfg.item_encoder, trust_remote_code=cfg.trust_remote_code)
+            dec_tok, decoder = backbones.load_decoder(cfg.decoder, cache_dir, dtype=dtype,
+                                                      trust_remote_code=cfg.trust_remote_code)
+        if cfg.preset == "cpu" and cfg.decoder_layers > 0:
+            decoder = backbones.truncate_decoder(decoder, cfg.decoder_layers)
+        decoder.to(dtype)
+        texts = log.catalog["text"].fillna("").tolist()
+        hidden = decoder.config.hidden_size
+        enc_dim = encoder.config.hidden_size
+        key = f"{log.fingerprint}_{cfg.item_encoder if not cfg.tiny else 'tiny'}_{cfg.item_tokens}"
+        if cfg.preset == "cpu":
+            states, mask = backbones.encode_item_states(texts, enc_tok, encoder, cfg.item_tokens,
+                                                        None if cfg.tiny else cache_dir / "item_states" / f"{key}.pt",
+                                                        progress=False)
+            self.register_buffer("item_states", states, persistent=False)  # (N, L, H) fp16, frozen
+            self.register_buffer("item_mask", mask, persistent=False)
+            self.encoder = None
+        else:  # gpu: the encoder itself is fine-tuned; keep the token ids
+            batch = enc_tok(texts, truncation=True, max_length=cfg.item_tokens, padding="max_length",
+                            return_tensors="pt")
+            self.register_buffer("item_input_ids", batch["input_ids"], persistent=False)
+            self.register_buffer("item_mask", batch["attention_mask"].bool(), persistent=False)
+            self.encoder = encoder.to(dtype)
+        # Queries: frozen item-encoder mean-pooled embeddings, one per distinct query string.
+        queries = sorted(set(log.impressions["query"].astype(str)))
+        self.query_index = {q: i for i, q in enumerate(queries)}
+        if cfg.use_query:
+            q_states, q_mask = backbones.encode_item_states(queries or [""], enc_tok, encoder, 16, None, progress=False)
+            pooled = (q_states.float() * q_mask[..., None]).sum(1) / q_mask.sum(1, keepdim=True).clamp(min=1)
+            self.register_buffer("query_emb", pooled, persistent=False)  # (Q, H)
+            self.query_adapter = nn.Linear(enc_dim, hidden)
+        self.item_pool = AttentionPooling(enc_dim, hidden, cfg.pool_heads)
+        self.decoder = decoder
+        for p in decoder.get_input_embeddings().parameters():
+            p.requires_grad_(False)  # frozen text embeddings (tied LM head on SmolLM2 / Qwen3)
+        if decoder.get_output_embeddings() is not None:
+            for p in decoder.get_output_embeddings().parameters():
+                p.requires_grad_(False)
+        self.user_head = nn.Linear(hidden, cfg.retrieval_dim)
+        self.item_head = nn.Linear(hidden, cfg.retrieval_dim)
+        # Train-only heads: never used by item_embeddings / user_embeddings.
+        self.heads = nn.ModuleDict()
+        if cfg.w_task2 > 0:
+            self.heads["task2_prefix"] = nn.Linear(cfg.retrieval_dim, hidden)
+        if cfg.decodes_text:
+            ids = dec_tok(texts, truncation=True, max_length=cfg.text_tokens, add_special_tokens=False)["input_ids"]
+            eos = dec_tok.eos_token_id if dec_tok.eos_token_id is not None else dec_tok.sep_token_id
+            vocab = (backbones.restricted_vocab(texts, dec_tok, cfg.text_tokens, extra_ids=[eos])
+                     if cfg.restrict_vocab else torch.arange(decoder.config.vocab_size))
+            self.register_buffer("vocab", vocab, persistent=False)  # (V_r,) full-vocab ids
+            text = torch.full((len(texts), cfg.text_tokens + 1), -100, dtype=torch.long)
+            for i, row in enumerate(ids):
+                row = list(row) + [eos]  # decode the text, then stop
+                text[i, :len(row)] = torch.tensor(row)
+            self.register_buffer("item_text", text, persistent=False)  # (N, S+1) full-vocab ids, -100 pad
+        self._log = log
+        self._prepared_for = log.fingerprint
+
+    # --- the inference path ------------------------------------------------------------------
+    def item_tokens(self, items: torch.Tensor, return_attention: bool = False):
+        """items (M,) catalog ids -> (M, D) item tokens (the LLM's continuous input)."""
+        mask = self.item_mask[items]
+        if self.encoder is None:
+            states = self.item_states[items].float()
+        else:
+            states = self.encoder(input_ids=self.item_input_ids[items], attention_mask=mask).last_hidden_state
+        return self.item_pool(states, mask, return_attention=return_attention)
+
+    def _run_decoder(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """embeds (B, L, D) left-padded, mask (B, L) -> last-layer hidden states (B, L, D), post final norm."""
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        out = self.decoder.model(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions)
+        return out.last_hidden_state
+
+    def _sequence(self, histories: torch.Tensor, query_ids: torch.Tensor | None):
+        """histories (B, T) item ids, -1 = left padding -> embeds (B, T [+1], D), mask."""
+        mask = histories >= 0
+        tokens = torch.zeros(*histories.shape, self.decoder.config.hidden_size, dtype=self._dtype())
+        if mask.any():
+            tokens[mask] = self.item_tokens(histories[mask]).to(tokens.dtype)
+        if self.config.use_query and query_ids is not None:
+            q = self.query_adapter(self.query_emb[query_ids]).to(tokens.dtype)[:, None]  # (B, 1, D)
+            tokens = torch.cat([tokens, q], dim=1)
+            mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=torch.bool)], dim=1)
+        return tokens, mask
+
+    def _dtype(self):
+        return next(self.decoder.parameters()).dtype
+
+    def user_vectors(self, histories, query_ids, text_suffix: torch.Tensor | None = None):
+        """-> (u (B, R) normalised, hidden states of the suffix or None)."""
+        embeds, mask = self._sequence(histories, query_ids)
+        n_prefix = embeds.shape[1]
+        if text_suffix is not None:  # Task 1: the target text follows in the same causal pass
+            text_mask = text_suffix >= 0
+            text_emb = self.decoder.get_input_embeddings()(text_suffix.clamp(min=0)).to(embeds.dtype)
+            embeds = torch.cat([embeds, text_emb], dim=1)
+            mask = torch.cat([mask, text_mask], dim=1)
+        states = self._run_decoder(embeds, mask)
+        h = states[:, n_prefix - 1].float()  # (B, D): the next-interest state (causal: text unseen)
+        u = F.normalize(self.user_head(h), dim=-1)
+        return u, (states[:, n_prefix - 1:-1] if text_suffix is not None else None)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.item_head(self.item_tokens(items).float()), dim=-1)
+
+    # --- the RankingModel interface ----------------------------------------------------------
+    def train_dataset(self, log: SearchLog, generator: torch.Generator) -> Dataset:
+        self._train_rows = log.split("train").reset_index(drop=True)
+        return _Impressions(self._train_rows)
+
+    def stages(self, log: SearchLog, generator: torch.Generator) -> list[tuple[str, Dataset, int]]:
+        """Stage 1 (semantic warm-up over the catalog) before the joint stage, if configured."""
+        if self.config.warmup_epochs > 0:
+            return [("warmup", _Items(log.n_items), self.config.warmup_epochs)]
+        return []
+
+    def collate(self, examples) -> dict[str, torch.Tensor]:
+        kind = examples[0][0]
+        index = torch.tensor([i for _, i in examples])
+        if kind == "item":
+            return {"items": index}
+        rows = self._train_rows.iloc[index.numpy()]
+        return self._impression_batch(rows)
+
+    def _impression_batch(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        hist = [h[-cfg.max_history:] for h in rows["history"]]
+        width = max(1, max(len(h) for h in hist))
+        histories = torch.full((len(hist), width), -1, dtype=torch.long)
+        for r, h in enumerate(hist):
+            if len(h):
+                histories[r, width - len(h):] = torch.from_numpy(np.asarray(h, dtype=np.int64))
+        exp = [np.asarray(e, dtype=np.int64) for e in rows["exposures"]] if "exposures" in rows else []
+        e_width = max([len(e) for e in exp] + [0])
+        exposures = torch.full((len(rows), e_width), -1, dtype=torch.long)
+        for r, e in enumerate(exp):
+            exposures[r, :len(e)] = torch.from_numpy(e)
+        query = torch.tensor([self.query_index.get(str(q), 0) for q in rows["query"]], dtype=torch.long)
+        return {"histories": histories, "query": query, "targets": torch.tensor(rows["target"].to_numpy()),
+                "exposures": exposures}
+
+    def losses(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        if "items" in batch:  # stage 1: decode each item's text from its own item token
+            tokens = self.item_tokens(batch["items"]).to(self._dtype())[:, None]  # (B, 1, D)
+            return {"warmup": self._decode_from_prefix(tokens, self.item_text[batch["items"]])}
+        targets = batch["targets"]
+        target_text = self.item_text[targets] if cfg.w_task1 > 0 else None  # (B, S+1)
+        u, text_states = self.user_vectors(batch["histories"], batch["query"], target_text)
+        negatives, neg_mask = action_negatives(targets, batch["exposures"], cfg.in_batch_negatives)
+        items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
+        v = self.item_vectors(items)  # (M, R), each distinct item encoded once
+        v_pos, v_neg = v[inverse[:len(targets)]], v[inverse[len(targets):]].view(*negatives.shape, -1)
+        pos = (u * v_pos).sum(-1)  # (B,) cosines
+        neg = torch.einsum("br,bnr->bn", u, v_neg)  # (B, N)
+        if cfg.action_loss == "pairwise":
+            action = pairwise_ce(cfg.score_scale * pos, cfg.score_scale * neg, neg_mask)
+        else:
+            action = infonce(pos, neg, neg_mask, cfg.temperature)
+        out = {"action": cfg.w_action * action}
+        if cfg.w_task1 > 0:
+            out["task1"] = cfg.w_task1 * self._text_loss(text_states, target_text)
+        if cfg.w_task2 > 0:
+            prefix = self.heads["task2_prefix"](u).to(self._dtype())[:, None]  # (B, 1, D): u alone
+            out["task2"] = cfg.w_task2 * self._decode_from_prefix(prefix, self.item_text[targets])
+        return out
+
+    def _text_loss(self, states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """states (B, S+1, D) at the positions that predict text (B, S+1) full-vocab ids (-100 pad)."""
+        weight = self.decoder.get_output_embeddings().weight
+        if self.config.restrict_vocab:
+            logits = states.float() @ weight[self.vocab].float().T  # (B, S+1, V_r)
+            labels = torch.where(text >= 0, torch.searchsorted(self.vocab, text.clamp(min=0)), text)
+        else:
+            logits, labels = states.float() @ weight.float().T, text
+        return text_nll(logits, labels)
+
+    def _decode_from_prefix(self, prefix: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Decode text (B, S+1) given one prefix token (B, 1, D), teacher-forced."""
+        text_in = self.decoder.get_input_embeddings()(text[:, :-1].clamp(min=0)).to(prefix.dtype)
+        embeds = torch.cat([prefix, text_in], dim=1)  # (B, S+1, D)
+        mask = torch.cat([torch.ones(len(text), 1, dtype=torch.bool), text[:, :-1] >= 0], dim=1)
+        positions = torch.arange(embeds.shape[1]).expand(len(text), -1)  # right padding: plain positions
+        states = self.decoder.model(inputs_embeds=embeds, attention_mask=mask.long(),
+                                    position_ids=positions).last_hidden_state
+        return self._text_loss(states, text)
+
+    @torch.no_grad()
+    def item_embeddings(self, log: SearchLog, batch_size: int = 512) -> torch.Tensor:
+        ids = torch.arange(log.n_items)
+        return torch.cat([self.item_vectors(ids[s:s + batch_size]) for s in range(0, len(ids), batch_size)])
+
+    @torch.no_grad()
+    def user_embeddings(self, log: SearchLog, impressions: pd.DataFrame, batch_size: int = 256) -> torch.Tensor:
+        out = []
+        for s in range(0, len(impressions), batch_size):
+            batch = self._impression_batch(impressions.iloc[s:s + batch_size])
+            out.append(self.user_vectors(batch["histories"], batch["query"])[0])
+        return torch.cat(out) if out else torch.zeros(0, self.config.retrieval_dim)
+
+    # --- zero-overhead claim: what inference needs ----------------------------------------------
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("heads.")}

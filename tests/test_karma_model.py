@@ -1,0 +1,140 @@
+"""The continuous-token family on tiny random backbones: training, schedule, zero inference overhead."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from baselines.hllm import HLLM, HLLMConfig
+from benchmark.data.schema import SearchLog
+from benchmark.seed import seed_everything
+from benchmark.trainer import TrainConfig, train
+from karma.model import VARIANTS, ContinuousTokenModel, KarmaConfig
+
+WORDS = ["red", "blue", "mug", "lamp", "steel", "wood", "chair", "cup", "soft", "hard"]
+
+
+def _log(n_items=12, n_users=10, seed=0) -> SearchLog:
+    rng = np.random.default_rng(seed)
+    catalog = pd.DataFrame({
+        "item": np.arange(n_items), "item_id": [f"i{i}" for i in range(n_items)],
+        "title": [f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]}" for i in range(n_items)],
+        "text": [f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]} {WORDS[(i * 7) % 10]}" for i in range(n_items)],
+        "category": [[WORDS[i % 4]] for i in range(n_items)], "image": [None] * n_items,
+        "train_count": np.ones(n_items, dtype=np.int64)})
+    rows = []
+    for u in range(n_users):
+        seq = rng.permutation(n_items)[:6]
+        for pos in range(1, 6):
+            split = "test" if pos == 5 else "valid" if pos == 4 else "train"
+            rows.append({"user": u, "timestamp": pos, "position": pos, "query": WORDS[seq[pos] % 4],
+                         "history": seq[:pos].astype(np.int64), "target": int(seq[pos]),
+                         "exposures": np.array([x for x in rng.permutation(n_items)[:4] if x != seq[pos]],
+                                               dtype=np.int64), "split": split})
+    return SearchLog("toy", catalog, pd.DataFrame(rows), n_users=n_users, has_text=True, fingerprint="toy")
+
+
+def _model(variant="karma", preset="cpu", **overrides):
+    cfg = dataclasses.replace(KarmaConfig(tiny=True, preset=preset, retrieval_dim=16, item_tokens=8, text_tokens=6,
+                                          pool_heads=2), **VARIANTS[variant], **overrides)
+    seed_everything(0)
+    model = ContinuousTokenModel(12, cfg)
+    model.prepare(_log(), cache_dir=None)
+    return model
+
+
+def _batch(model, log):
+    return model._impression_batch(log.split("train").iloc[:8])
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_returns_its_named_losses(variant):
+    model = _model(variant)
+    terms = model.losses(_batch(model, _log()), torch.Generator())
+    expected = {"action"} | ({"task1"} if VARIANTS[variant]["w_task1"] else set()) | (
+        {"task2"} if VARIANTS[variant]["w_task2"] else set())
+    assert set(terms) == expected and all(torch.isfinite(v) for v in terms.values())
+
+
+def test_karma_loss_decreases_on_a_tiny_config():
+    model = _model("karma")
+    log = _log()
+    batch, gen = _batch(model, log), torch.Generator()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss = sum(model.losses(batch, gen).values())
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.7 * first
+
+
+def test_schedule_runs_the_warmup_stage_before_joint_training():
+    model = _model("karma", warmup_epochs=2)
+    log = _log()
+    calls = []
+    result = train(model, log, TrainConfig(max_epochs=2, batch_size=4, progress=False), torch.Generator(),
+                   validate=lambda m: calls.append("valid") or 0.0, desc="t")
+    stages = [(h["stage"], h["epoch"]) for h in result.history]
+    assert stages == [("warmup", 1), ("warmup", 2), ("main", 1), ("main", 2)]
+    assert "warmup" in result.history[0] and "task1" in result.history[2]  # warm-up decodes item text only
+    assert calls == ["valid", "valid"]  # no validation during the warm-up
+    assert model.stages(log, torch.Generator()) and not _model("action_only").stages(log, torch.Generator())
+
+
+def test_inference_path_is_identical_for_karma_and_action_only():
+    log = _log()
+    action, karma = _model("action_only"), _model("karma")
+    infer_action, infer_karma = action.inference_state_dict(), karma.inference_state_dict()
+    assert infer_action.keys() == infer_karma.keys()
+    count = lambda m: sum(p.numel() for n, p in m.named_parameters() if not n.startswith("heads."))  # noqa: E731
+    assert count(action) == count(karma)
+    assert sum(p.numel() for p in karma.heads.parameters()) > 0 and len(action.heads) == 0
+    # with the same inference weights, the two models score every impression identically
+    karma.load_state_dict(infer_action, strict=False)
+    action.eval(), karma.eval()
+    imp = log.split("test")
+    assert torch.equal(action.item_embeddings(log), karma.item_embeddings(log))
+    assert torch.equal(action.user_embeddings(log, imp), karma.user_embeddings(log, imp))
+
+
+def test_gpu_preset_builds_and_takes_a_training_step_with_a_tiny_qwen3():
+    model = _model("karma", preset="gpu")
+    assert model.encoder is not None and type(model.decoder).__name__.startswith("Qwen3")
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    before = model.encoder.embeddings.word_embeddings.weight.detach().clone()
+    loss = sum(model.losses(_batch(model, _log()), torch.Generator()).values())
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, model.encoder.embeddings.word_embeddings.weight)  # the encoder is fine-tuned
+
+
+def test_infonce_option_and_bad_options():
+    model = _model("action_only", action_loss="infonce")
+    assert torch.isfinite(model.losses(_batch(model, _log()), torch.Generator())["action"])
+    with pytest.raises(ValueError, match="pairwise"):
+        ContinuousTokenModel(3, KarmaConfig(action_loss="bce"))
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_hllm_trains_with_infonce_and_a_capped_temperature(preset):
+    seed_everything(0)
+    model = HLLM(12, HLLMConfig(tiny=True, preset=preset, retrieval_dim=16, item_tokens=8, pool_heads=2,
+                                item_llm_tokens=12))
+    log = _log()
+    model.prepare(log, cache_dir=None)
+    terms = model.losses(_batch(model, log), torch.Generator())
+    assert set(terms) == {"infonce"} and torch.isfinite(terms["infonce"])
+    terms["infonce"].backward()
+    if preset == "gpu":
+        assert model.item_token.grad is not None  # the learnable [ITEM] token gets a gradient
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)  # exp(10) >> 100: the scale must be capped
+    assert torch.isfinite(model.losses(_batch(model, log), torch.Generator())["infonce"])
+    assert model.item_embeddings(log).shape == (12, 16)
+    with pytest.raises(ValueError, match="no decodability"):
+        HLLM(3, HLLMConfig(w_task1=1.0))
