@@ -74,13 +74,13 @@ class HLLM(ContinuousTokenModel):
             tok, item_llm = backbones.tiny_tokenizer(), backbones.tiny_decoder(
                 "qwen3" if cfg.preset == "gpu" else "llama", vocab_size=backbones.tiny_tokenizer().vocab_size)
         else:
-            tok, item_llm = backbones.load_decoder(cfg.decoder, Path(cfg.cache_dir or cache_dir),
+            tok, item_llm = backbones.load_decoder(cfg.decoder, Path(cfg.cache_dir or cache_dir or '.'),
                                                    trust_remote_code=cfg.trust_remote_code)
         if cfg.preset == "cpu":
             if cfg.item_llm_layers > 0:
                 item_llm = backbones.truncate_decoder(item_llm, cfg.item_llm_layers)
             key = f"{log.fingerprint}_{'tiny' if cfg.tiny else cfg.decoder}_{cfg.item_llm_layers}_{cfg.item_llm_tokens}"
-            path = None if cfg.tiny else Path(cfg.cache_dir or cache_dir) / "hllm_items" / f"{key.replace('/', '_')}.pt"
+            path = None if cfg.tiny else Path(cfg.cache_dir or cache_dir or '.') / "hllm_items" / f"{key.replace('/', '_')}.pt"
             self.register_buffer("item_cache", _frozen_item_embeddings(prompts, tok, item_llm, cfg.item_llm_tokens,
                                                                        path), persistent=False)
             self.item_llm = None

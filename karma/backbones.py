@@ -479,3 +479,28 @@ def remap_ids(ids: torch.Tensor, vocab: torch.Tensor, ignore_index: int | None =
         missing = torch.unique(ids[bad])[:10].tolist()
         raise ValueError(f"{int(bad.sum())} ids are outside the restricted vocabulary, e.g. {missing}")
     return torch.where(keep, pos, ids)
+
+
+TINY_WORDS = ("red blue green black white mug lamp chair cup desk steel wood glass soft hard set kit for and "
+              "with the a small large home kitchen office beauty cream skin care gift card").split()
+
+
+def tiny_tokenizer(words: Sequence[str] = TINY_WORDS):
+    """A word-level BERT tokenizer over ``words`` (+ specials, + single letters for unknown words), for tests.
+
+    Pairs with ``tiny_item_encoder`` / ``tiny_decoder`` (vocab_size >= its size). Built in memory.
+    """
+    import inspect
+    import tempfile
+
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(words), *"abcdefghijklmnopqrstuvwxyz"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vocab.txt"
+        path.write_text("\n".join(vocab) + "\n")
+        # transformers 5 reads the file from `vocab=`, 4.x from `vocab_file=`.
+        arg = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+        tokenizer = BertTokenizerFast(**{arg: str(path)}, do_lower_case=True)
+    tokenizer.eos_token = "[SEP]"
+    return tokenizer

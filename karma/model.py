@@ -140,7 +140,7 @@ class ContinuousTokenModel(nn.Module):
         if self._prepared_for == log.fingerprint:
             return
         cfg = self.config
-        cache_dir = Path(cfg.cache_dir or cache_dir)
+        cache_dir = Path(cfg.cache_dir or cache_dir or ".")  # unused by tiny test backbones
         dtype = getattr(torch, cfg.dtype)
         if cfg.tiny:
             enc_tok, encoder = backbones.tiny_tokenizer(), backbones.tiny_item_encoder()

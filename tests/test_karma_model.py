@@ -38,7 +38,7 @@ def _log(n_items=12, n_users=10, seed=0) -> SearchLog:
 
 def _model(variant="karma", preset="cpu", **overrides):
     cfg = dataclasses.replace(KarmaConfig(tiny=True, preset=preset, retrieval_dim=16, item_tokens=8, text_tokens=6,
-                                          pool_heads=2), **VARIANTS[variant], **overrides)
+                                          pool_heads=2), **{**VARIANTS[variant], **overrides})
     seed_everything(0)
     model = ContinuousTokenModel(12, cfg)
     model.prepare(_log(), cache_dir=None)
