@@ -34,11 +34,12 @@ class SASRecConfig:
     hidden: int = 64  # embedding and model width (the paper's d)
     layers: int = 2  # transformer blocks
     heads: int = 1  # attention heads (the paper uses 1)
-    dropout: float = 0.3  # on embeddings, attention and FFN
+    dropout: float = 0.2  # on embeddings, attention and FFN
     max_len: int = 50  # history length seen by the model (the paper's n on Beauty)
     loss: str = "ce"  # ce | sampled
     n_negatives: int = 256  # sampled softmax only: shared uniform negatives per batch
     init_std: float = 0.02  # N(0, std) item/position embedding init
+    lr: float = 2e-3  # AdamW learning rate (overrides train.lr)
 
 
 class _UserSequences(Dataset):

@@ -29,6 +29,14 @@ class EvalConfig:
 
 
 @dataclass
+class SearchConfig:
+    enabled: bool = False  # run the tuning search before the seeds of each model/variant
+    seed: int = 0  # the seed trials train with (scored on the validation split only)
+    # model or model:variant -> {dotted config key: values}; every grid must have the same size
+    grids: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
+@dataclass
 class ModelsConfig:
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
@@ -56,6 +64,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     model: ModelsConfig = field(default_factory=ModelsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 ConfigStore.instance().store(name="base_config", node=RunConfig)

@@ -24,16 +24,18 @@ class ModelSpec:
     cls: type
     config: str  # attribute of cfg.model holding the typed config
     variants: dict  # variant name -> config overrides
+    needs_text: bool = False  # True: skipped (shown as not applicable) on ID-only datasets
 
 
 MODELS: dict[str, ModelSpec] = {
     "popularity": ModelSpec(Popularity, "popularity", {"default": {}}),  # sanity floor
     "sasrec": ModelSpec(SASRec, "sasrec", {"default": {}}),  # Kang & McAuley 2018, CE / sampled softmax
     # The action-only LLM is KARMA's network with every decodability loss off (same inference path).
-    "action_llm": ModelSpec(ContinuousTokenModel, "karma", {"default": KARMA_VARIANTS["action_only"]}),
-    "hllm": ModelSpec(HLLM, "hllm", {"default": {}}),  # item LLM + user LLM, InfoNCE (scaled down)
+    "action_llm": ModelSpec(ContinuousTokenModel, "karma", {"default": KARMA_VARIANTS["action_only"]},
+                            needs_text=True),
+    "hllm": ModelSpec(HLLM, "hllm", {"default": {}}, needs_text=True),  # item LLM + user LLM, InfoNCE (scaled down)
     "karma": ModelSpec(ContinuousTokenModel, "karma",
-                       {k: v for k, v in KARMA_VARIANTS.items() if k != "action_only"}),
+                       {k: v for k, v in KARMA_VARIANTS.items() if k != "action_only"}, needs_text=True),
 }
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
+import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -25,12 +28,13 @@ from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
 from benchmark.evaluate import evaluate, summarize
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
-from benchmark.models import build, expand, model_config
+from benchmark.models import MODELS, build, expand, model_config
 from benchmark.seed import seed_everything
-from benchmark.trainer import train
+from benchmark.tables import render_table1
+from benchmark.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
-LEADERBOARD_METRICS = ["HR@10", "NDCG@10", "HR@50", "MRR", "gAUC", "JS@50", "test_tail/HR@50", "test_tail/n"]
+LEADERBOARD_METRICS = ["NDCG@10", "HR@10", "HR@50", "MRR", "gAUC", "JS@50", "test_tail/NDCG@10", "test_tail/HR@50"]
 SUITE_ORDER = ["full", "smoke"]  # sections of leaderboard.md, in this order; others follow
 
 
@@ -75,7 +79,10 @@ def plan(cfg) -> tuple[list[dict], dict[str, str]]:
             problems[name] = f"no files under {root / spec.family / spec.category}"
     runs = []
     for name in datasets:
+        text = name in problems or registry.has_text(root, name)
         for model, variant in expand(list(cfg.models)):
+            if MODELS[model].needs_text and not text:
+                continue  # an LLM over item text has nothing to read on an ID-only dataset
             for seed in cfg.seeds:
                 path = R.record_path(cfg.results_dir, cfg.suite, name, model, variant, seed)
                 runs.append({"dataset": name, "model": model, "variant": variant, "seed": int(seed),
@@ -107,25 +114,93 @@ def _eval(model, search_log: SearchLog, split: str, cfg, item_terms, with_lists:
                     item_terms=item_terms if with_lists else None, topk_lists=with_lists), imp
 
 
-def run_one(run: dict, search_log: SearchLog, cfg) -> dict:
+def _fit(run: dict, search_log: SearchLog, cfg, item_terms):
+    """Build, prepare and train one (model, variant, seed); selection on the validation split only."""
     torch.set_num_threads(cfg.threads)
     generator = seed_everything(run["seed"])
     model = build(run["model"], run["variant"], search_log.n_items, cfg.model)
     if hasattr(model, "prepare"):  # backbones and per-catalog caches
         model.prepare(search_log, data_root(cfg.data_dir) / "models")
-    item_terms = [set(terms(t)) for t in search_log.catalog["text"]] if search_log.has_text else None
     metric = cfg.eval.selection_metric
 
     def validate(m) -> float:
         result, _ = _eval(m, search_log, "valid", cfg, item_terms, with_lists=False)
         return result.metrics[metric]
 
-    desc = f"{run['dataset']} {run['model']} s{run['seed']}"
-    trained = train(model, search_log, cfg.train, generator, validate, desc=desc)
-    valid, _ = _eval(model, search_log, "valid", cfg, item_terms, with_lists=False)
-    start = time.perf_counter()
-    test, test_imp = _eval(model, search_log, "test", cfg, item_terms, with_lists=True)
-    eval_s = time.perf_counter() - start
+    desc = f"{run['dataset']} {run['model']}:{run['variant']} s{run['seed']}"
+    train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train))
+    model_lr = getattr(model_config(run["model"], run["variant"], cfg.model), "lr", None)
+    if model_lr:  # models tune their own learning rate; train.lr is the default for the others
+        train_cfg = dataclasses.replace(train_cfg, lr=model_lr)
+    trained = train(model, search_log, train_cfg, generator, validate, desc=desc)
+    return model, trained, train_cfg
+
+
+def _item_terms(search_log: SearchLog):
+    return [set(terms(t)) for t in search_log.catalog["text"]] if search_log.has_text else None
+
+
+def search(run: dict, search_log: SearchLog, cfg) -> tuple[object, dict | None]:
+    """The tuning search of DESIGN's fair comparison: every model/variant gets the same grid size.
+
+    Trials train on the search seed and are scored on the validation split only; each finished
+    trial is saved at once (an interrupted search resumes), and the best trial's overrides are
+    applied to the config of every seed's final run. Returns (config, search summary or None).
+    """
+    grid = _grid_for(cfg, run["model"], run["variant"])
+    if not grid:
+        return cfg, None
+    path = (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run["dataset"])
+            / f"{run['model']}__{run['variant']}.json")
+    done = json.loads(path.read_text())["trials"] if path.exists() else []
+    item_terms = _item_terms(search_log)
+    for overrides in grid:
+        if any(t["overrides"] == overrides for t in done):
+            continue
+        trial_cfg = _with_overrides(cfg, overrides)
+        with R.PeakMemory() as memory:
+            start = time.perf_counter()
+            model, trained, _ = _fit({**run, "seed": cfg.search.seed}, search_log, trial_cfg, item_terms)
+        done.append({"overrides": overrides, "valid": trained.valid_value, "best_epoch": trained.best_epoch,
+                     "train_s": time.perf_counter() - start, "peak_memory_mb": memory.peak_mb})
+        print(f"    search {run['model']}:{run['variant']} {overrides} -> valid "
+              f"{cfg.eval.selection_metric}={trained.valid_value:.4f}", flush=True)
+        R.write_text_atomic(path, json.dumps({"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
+                                              "trials": done}, indent=1, default=str))
+    best = max(done, key=lambda t: -math.inf if t["valid"] is None else t["valid"])
+    return _with_overrides(cfg, best["overrides"]), {"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
+                                                      "trials": done, "selected": best["overrides"]}
+
+
+def _grid_for(cfg, model: str, variant: str) -> list[dict]:
+    """The trials of one model/variant: the product of its grid's values, as dotted overrides."""
+    if not cfg.search.enabled:
+        return []
+    grids = OmegaConf.to_container(cfg.search.grids)
+    grid = grids.get(f"{model}:{variant}", grids.get(model))
+    if grid is None:
+        return []
+    keys = sorted(grid)
+    trials = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+    sizes = {k: len(list(itertools.product(*g.values()))) for k, g in grids.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"search.grids must give every model the same number of trials (a fair budget): {sizes}")
+    return trials
+
+
+def _with_overrides(cfg, overrides: dict):
+    out = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+    return out
+
+
+def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None = None) -> dict:
+    item_terms = _item_terms(search_log)
+    with R.PeakMemory() as memory:
+        model, trained, train_cfg = _fit(run, search_log, cfg, item_terms)
+        valid, _ = _eval(model, search_log, "valid", cfg, item_terms, with_lists=False)
+        start = time.perf_counter()
+        test, test_imp = _eval(model, search_log, "test", cfg, item_terms, with_lists=True)
+        eval_s = time.perf_counter() - start
     tail = search_log.catalog["train_count"].to_numpy()[test_imp["target"].to_numpy()] <= cfg.eval.tail_max_train
     users = test_imp["user"].to_numpy()
     tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
@@ -133,7 +208,7 @@ def run_one(run: dict, search_log: SearchLog, cfg) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_cfg = {"model": run["model"], "variant": run["variant"],
                "model_config": dataclasses.asdict(model_config(run["model"], run["variant"], cfg.model)),
-               "train": resolved["train"],
+               "train": dataclasses.asdict(train_cfg),
                "eval": resolved["eval"], "adapt": resolved["adapt"], "seed": run["seed"]}
     npz = R.per_impression_path(run["record"])
     R.write_per_impression(npz, {**test.per_impression, "user": users, "target": test_imp["target"].to_numpy(),
@@ -144,15 +219,16 @@ def run_one(run: dict, search_log: SearchLog, cfg) -> dict:
         "dataset": run["dataset"], "model": run["model"], "variant": run["variant"], "seed": run["seed"],
         "config": run_cfg, "config_hash": R.config_hash(run_cfg), "data_fingerprint": search_log.fingerprint,
         "adaptation": search_log.adaptation, "environment": environment,
-        "timing": {"train_s": trained.train_seconds, "eval_s": eval_s, "peak_memory_mb": R.peak_memory_mb(),
+        "timing": {"train_s": trained.train_seconds, "eval_s": eval_s, "peak_memory_mb": memory.peak_mb,
                    "train_impressions_per_s": trained.examples_per_second,
                    "eval_users_per_s": len(test_imp) / eval_s if eval_s > 0 else None},
-        "selection": {"metric": metric, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
+        "selection": {"metric": cfg.eval.selection_metric, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
                       "valid_value": trained.valid_value, "stopped_by": trained.stopped_by,
                       "history": trained.history},
         "metrics": {"valid": valid.metrics, "test": test.metrics, "test_tail": tail_metrics},
         "per_impression": npz.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data_stats": A.data_stats(search_log),
+        "search": search_summary,
     }
     R.write_record(run["record"], record)
     return record
@@ -166,6 +242,7 @@ def run_suite(cfg) -> Path:
     todo = [r for r in runs if r["dataset"] not in problems and (cfg.overwrite or not r["done"])]
     print(format_plan(cfg))
     logs: dict[str, SearchLog] = {}
+    searched: dict[tuple, tuple] = {}
     failures = []
     for i, run in enumerate(todo, 1):
         name = run["dataset"]
@@ -173,8 +250,12 @@ def run_suite(cfg) -> Path:
             if name not in logs:
                 logs.clear()  # one dataset in memory at a time
                 logs[name] = load_log(name, cfg, root)
-            print(f"[{i}/{len(todo)}] {name} {run['model']} seed {run['seed']}", flush=True)
-            record = run_one(run, logs[name], cfg)
+            key = (name, run["model"], run["variant"])
+            if key not in searched:
+                searched[key] = search(run, logs[name], cfg)
+            run_cfg, summary = searched[key]
+            print(f"[{i}/{len(todo)}] {name} {run['model']}:{run['variant']} seed {run['seed']}", flush=True)
+            record = run_one(run, logs[name], run_cfg, summary)
             m = record["metrics"]["test"]
             print(f"    test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
                   f"train {record['timing']['train_s']:.0f}s", flush=True)
@@ -216,6 +297,12 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                                   metrics=LEADERBOARD_METRICS, figures_dir=results / "figures",
                                   link_base=Path(cfg.leaderboard).resolve().parent)
         sections.append(text)
+        llm_datasets = sorted({r["dataset"] for r in runs if r["model"] in ("action_llm", "karma")} - set(problems))
+        if llm_datasets and any(r["model"] == "karma" for r in runs):
+            ks = sorted(suite_cfg.eval.ks)
+            sections.append(render_table1(R.read_records(results, suite), suite=suite,
+                                          suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
+                                          ks=(ks[0], ks[-1]), datasets=llm_datasets))
     path = Path(cfg.leaderboard)
     write_leaderboard(path, "\n\n".join(sections) + "\n")
     print(f"wrote {path} ({', '.join(suites) or 'no records yet'})")

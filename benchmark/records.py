@@ -337,3 +337,50 @@ def peak_memory_mb() -> float:
         except Exception:  # noqa: BLE001 - a broken CUDA runtime must not lose the record
             pass
     return float(total)
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs (sampled from /proc every 0.1 s).
+
+    ``ru_maxrss`` is a lifetime peak and cannot be reset, so a suite that runs many models in one
+    process needs a per-run sampler; falls back to ``peak_memory_mb()`` where /proc is missing.
+    """
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.peak_mb = 0.0
+
+    @staticmethod
+    def _rss_mb() -> float | None:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            return None
+        return None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = self._rss_mb()
+            if rss is not None:
+                self.peak_mb = max(self.peak_mb, rss)
+
+    def __enter__(self) -> PeakMemory:
+        import threading
+
+        self._stop = threading.Event()
+        self.peak_mb = self._rss_mb() or 0.0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        rss = self._rss_mb()
+        if rss is None:
+            self.peak_mb = peak_memory_mb()
+        else:
+            self.peak_mb = max(self.peak_mb, rss)

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leaderboard-only", action="store_true", help="only regenerate leaderboard.md")
     parser.add_argument("--verbose", action="store_true", help="log every epoch")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
 
     overrides = list(args.overrides)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     max_epochs: int = 30  # upper bound; early stopping usually ends sooner
     batch_size: int = 128  # training examples per step
-    lr: float = 1e-3  # AdamW learning rate
+    lr: float = 1e-3  # AdamW learning rate (a model config's own ``lr`` takes precedence)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     patience: int = 3  # epochs without validation gain before stopping
     max_minutes: float = 15.0  # wall-clock budget for training one run (validation included)

@@ -61,6 +61,7 @@ class KarmaConfig:
     w_task1: float = 0.0  # weight of Task 1 (history-conditioned generation)
     w_task2: float = 0.0  # weight of Task 2 (embedding-conditioned reconstruction)
     warmup_epochs: int = 0  # stage 1 semantic warm-up epochs over the catalog (0 = none)
+    lr: float = 1e-3  # AdamW learning rate (overrides train.lr)
     restrict_vocab: bool = True  # text softmax over the catalog's tokens only (cpu preset)
     dtype: str = "float32"  # float32 | bfloat16 (gpu preset)
     tiny: bool = False  # tests: random tiny backbones of the same architecture, no weights needed

@@ -28,7 +28,7 @@ def test_hugging_face_datasets_is_not_shadowed():
 def test_unknown_suite_model_and_key_list_the_valid_choices(tmp_path, capsys):
     with pytest.raises(SystemExit, match="valid suites: full, smoke"):
         main(["--suite", "nope"])
-    with pytest.raises(SystemExit, match="valid models: popularity, sasrec"):
+    with pytest.raises(SystemExit, match="valid models: popularity, sasrec, action_llm, hllm, karma"):
         main(["--suite", "smoke", "models=[nope]"])
     with pytest.raises(SystemExit, match=r"(?s)train\.nope.*valid keys:.*train\.lr"):
         main(["--suite", "smoke", "train.nope=1"])
@@ -39,7 +39,7 @@ def test_unknown_suite_model_and_key_list_the_valid_choices(tmp_path, capsys):
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), "seeds=[0,1]"]) == 0
     out = capsys.readouterr().out
-    assert "1 datasets x 2 models x 2 seeds" in out and out.count("[to run]") == 4
+    assert "1 datasets x 2 models/variants x 2 seeds" in out and out.count("[to run]") == 4
     assert not (tmp_path / "results").exists()
 
 
@@ -71,3 +71,23 @@ def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "benchmark.run", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--dry-run" in out and "--data-dir" in out and "full" in out
+
+
+def test_search_tunes_on_validation_and_the_record_names_the_selected_trial(tmp_path, capsys):
+    grid = ["search.enabled=true", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.0001]}"]
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY, "models=[sasrec]", *grid]) == 0
+    folder = tmp_path / "results" / "records" / "smoke" / "synthetic"
+    search_file = tmp_path / "results" / "search" / "smoke" / "synthetic" / "sasrec__default.json"
+    trials = json.loads(search_file.read_text())["trials"]
+    assert [t["overrides"]["model.sasrec.lr"] for t in trials] == [0.01, 0.0001]
+    record = json.loads((folder / "sasrec__default__seed0.json").read_text())
+    best = max(trials, key=lambda t: t["valid"])
+    assert record["search"]["selected"] == best["overrides"]
+    assert record["config"]["train"]["lr"] == best["overrides"]["model.sasrec.lr"]
+
+
+def test_search_refuses_unequal_budgets(tmp_path):
+    grid = ["search.enabled=true", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.001]}",
+            "+search.grids.popularity={train.lr:[0.1]}"]
+    with pytest.raises(ValueError, match="same number of trials"):
+        main(["--suite", "smoke", *_args(tmp_path), *TINY, "models=[sasrec]", *grid])

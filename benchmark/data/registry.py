@@ -84,3 +84,14 @@ def expand(names: list[str], root: Path) -> list[str]:
             if n not in out:
                 out.append(n)
     return out
+
+
+def has_text(root: Path, name: str) -> bool:
+    """Whether the dataset has item text (LLM models need it); decided from the files, without loading."""
+    spec = parse(name)
+    if spec.family == EMBEDDED or spec.family in ("unisrec", "amazon2023"):
+        return True
+    if spec.family == "s3rec":
+        return False
+    folder = root / spec.family / spec.category
+    return any((folder / f"meta_{spec.category}.json{gz}").exists() for gz in ("", ".gz"))
