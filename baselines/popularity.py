@@ -24,6 +24,7 @@ class PopularityConfig:
 class Popularity(nn.Module):
     def __init__(self, n_items: int, config: PopularityConfig):
         super().__init__()
+        self.config = config
         self.n_items = n_items
 
     def train_dataset(self, log: SearchLog, generator: torch.Generator):

@@ -53,13 +53,14 @@ def expand(entries: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def model_config(name: str, variant: str, model_configs):
-    """The typed config of one (model, variant): the suite's config node plus the variant's overrides."""
+def model_config(name: str, variant: str, model_configs, tuned: dict | None = None):
+    """The typed config of one (model, variant): the suite's config node, then the variant's
+    overrides, then the values a tuning search selected (``tuned``: field -> value)."""
     spec = MODELS[name]
     node = getattr(model_configs, spec.config)
     base = OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
-    return dataclasses.replace(base, **spec.variants[variant])
+    return dataclasses.replace(base, **{**spec.variants[variant], **(tuned or {})})
 
 
-def build(name: str, variant: str, n_items: int, model_configs):
-    return MODELS[name].cls(n_items, model_config(name, variant, model_configs))
+def build(name: str, variant: str, n_items: int, model_configs, tuned: dict | None = None):
+    return MODELS[name].cls(n_items, model_config(name, variant, model_configs, tuned))

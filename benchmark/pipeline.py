@@ -28,7 +28,7 @@ from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
 from benchmark.evaluate import evaluate, summarize
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
-from benchmark.models import MODELS, build, expand, model_config
+from benchmark.models import MODELS, build, expand
 from benchmark.seed import seed_everything
 from benchmark.tables import render_table1
 from benchmark.trainer import TrainConfig, train
@@ -118,7 +118,7 @@ def _fit(run: dict, search_log: SearchLog, cfg, item_terms):
     """Build, prepare and train one (model, variant, seed); selection on the validation split only."""
     torch.set_num_threads(cfg.threads)
     generator = seed_everything(run["seed"])
-    model = build(run["model"], run["variant"], search_log.n_items, cfg.model)
+    model = build(run["model"], run["variant"], search_log.n_items, cfg.model, run.get("tuned"))
     if hasattr(model, "prepare"):  # backbones and per-catalog caches
         model.prepare(search_log, data_root(cfg.data_dir) / "models")
     metric = cfg.eval.selection_metric
@@ -129,7 +129,7 @@ def _fit(run: dict, search_log: SearchLog, cfg, item_terms):
 
     desc = f"{run['dataset']} {run['model']}:{run['variant']} s{run['seed']}"
     train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train))
-    model_lr = getattr(model_config(run["model"], run["variant"], cfg.model), "lr", None)
+    model_lr = getattr(model.config, "lr", None) if hasattr(model, "config") else None
     if model_lr:  # models tune their own learning rate; train.lr is the default for the others
         train_cfg = dataclasses.replace(train_cfg, lr=model_lr)
     trained = train(model, search_log, train_cfg, generator, validate, desc=desc)
@@ -149,7 +149,7 @@ def search(run: dict, search_log: SearchLog, cfg) -> tuple[object, dict | None]:
     """
     grid = _grid_for(cfg, run["model"], run["variant"])
     if not grid:
-        return cfg, None
+        return (cfg, {}), None
     path = (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run["dataset"])
             / f"{run['model']}__{run['variant']}.json")
     done = json.loads(path.read_text())["trials"] if path.exists() else []
@@ -157,10 +157,11 @@ def search(run: dict, search_log: SearchLog, cfg) -> tuple[object, dict | None]:
     for overrides in grid:
         if any(t["overrides"] == overrides for t in done):
             continue
-        trial_cfg = _with_overrides(cfg, overrides)
+        trial_cfg, tuned = _with_overrides(cfg, run["model"], overrides)
         with R.PeakMemory() as memory:
             start = time.perf_counter()
-            model, trained, _ = _fit({**run, "seed": cfg.search.seed}, search_log, trial_cfg, item_terms)
+            model, trained, _ = _fit({**run, "seed": cfg.search.seed, "tuned": tuned}, search_log, trial_cfg,
+                                     item_terms)
         done.append({"overrides": overrides, "valid": trained.valid_value, "best_epoch": trained.best_epoch,
                      "train_s": time.perf_counter() - start, "peak_memory_mb": memory.peak_mb})
         print(f"    search {run['model']}:{run['variant']} {overrides} -> valid "
@@ -168,7 +169,7 @@ def search(run: dict, search_log: SearchLog, cfg) -> tuple[object, dict | None]:
         R.write_text_atomic(path, json.dumps({"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
                                               "trials": done}, indent=1, default=str))
     best = max(done, key=lambda t: -math.inf if t["valid"] is None else t["valid"])
-    return _with_overrides(cfg, best["overrides"]), {"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
+    return _with_overrides(cfg, run["model"], best["overrides"]), {"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
                                                       "trials": done, "selected": best["overrides"]}
 
 
@@ -188,9 +189,13 @@ def _grid_for(cfg, model: str, variant: str) -> list[dict]:
     return trials
 
 
-def _with_overrides(cfg, overrides: dict):
-    out = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
-    return out
+def _with_overrides(cfg, model: str, overrides: dict):
+    """Split a trial's dotted overrides: ``model.<node>.<field>`` ones are applied after the variant's
+    own settings (so a search can tune a variant's loss weight); the rest go into the config."""
+    prefix = f"model.{MODELS[model].config}."
+    tuned = {k[len(prefix):]: v for k, v in overrides.items() if k.startswith(prefix)}
+    rest = [f"{k}={v}" for k, v in overrides.items() if not k.startswith(prefix)]
+    return (OmegaConf.merge(cfg, OmegaConf.from_dotlist(rest)) if rest else cfg), tuned
 
 
 def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None = None) -> dict:
@@ -207,7 +212,7 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
                              ks=list(cfg.eval.ks), js_k=cfg.eval.js_k)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_cfg = {"model": run["model"], "variant": run["variant"],
-               "model_config": dataclasses.asdict(model_config(run["model"], run["variant"], cfg.model)),
+               "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
                "train": dataclasses.asdict(train_cfg),
                "eval": resolved["eval"], "adapt": resolved["adapt"], "seed": run["seed"]}
     npz = R.per_impression_path(run["record"])
@@ -253,9 +258,9 @@ def run_suite(cfg) -> Path:
             key = (name, run["model"], run["variant"])
             if key not in searched:
                 searched[key] = search(run, logs[name], cfg)
-            run_cfg, summary = searched[key]
+            (run_cfg, tuned), summary = searched[key]
             print(f"[{i}/{len(todo)}] {name} {run['model']}:{run['variant']} seed {run['seed']}", flush=True)
-            record = run_one(run, logs[name], run_cfg, summary)
+            record = run_one({**run, "tuned": tuned}, logs[name], run_cfg, summary)
             m = record["metrics"]["test"]
             print(f"    test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
                   f"train {record['timing']['train_s']:.0f}s", flush=True)

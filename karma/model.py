@@ -60,6 +60,7 @@ class KarmaConfig:
     w_action: float = 1.0  # weight of the action loss
     w_task1: float = 0.0  # weight of Task 1 (history-conditioned generation)
     w_task2: float = 0.0  # weight of Task 2 (embedding-conditioned reconstruction)
+    decodability_scale: float = 1.0  # multiplies w_task1 and w_task2 (what the tuning search varies)
     warmup_epochs: int = 0  # stage 1 semantic warm-up epochs over the catalog (0 = none)
     lr: float = 1e-3  # AdamW learning rate (overrides train.lr)
     restrict_vocab: bool = True  # text softmax over the catalog's tokens only (cpu preset)
@@ -310,10 +311,10 @@ class ContinuousTokenModel(nn.Module):
             action = infonce(pos, neg, neg_mask, cfg.temperature)
         out = {"action": cfg.w_action * action}
         if cfg.w_task1 > 0:
-            out["task1"] = cfg.w_task1 * self._text_loss(text_states, target_text)
+            out["task1"] = cfg.decodability_scale * cfg.w_task1 * self._text_loss(text_states, target_text)
         if cfg.w_task2 > 0:
             prefix = self.heads["task2_prefix"](u).to(self._dtype())[:, None]  # (B, 1, D): u alone
-            out["task2"] = cfg.w_task2 * self._decode_from_prefix(prefix, self.item_text[targets])
+            out["task2"] = cfg.decodability_scale * cfg.w_task2 * self._decode_from_prefix(prefix, self.item_text[targets])
         return out
 
     def _text_loss(self, states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
