@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import benchmark.config  # noqa: F401  (registers the config schema)
-from benchmark.data.download import data_root
+from benchmark.data.download import cache_root, data_root
 from benchmark.records import environment, write_text_atomic
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for name, variant in (("action_llm", "default"), ("karma", "karma")):
         model = build(name, variant, log.n_items, cfg.model)
-        model.prepare(log, root / "models")
+        model.prepare(log, cache_root() / "models")
         models[name] = model.eval()
     models["karma"].load_state_dict(models["action_llm"].inference_state_dict(), strict=False)
     params = {n: sum(p.numel() for k, p in m.named_parameters() if not k.startswith("heads."))

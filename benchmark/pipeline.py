@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from benchmark import records as R
 from benchmark.data import adapt as A
 from benchmark.data import registry, synthetic
-from benchmark.data.download import data_root
+from benchmark.data.download import cache_root, data_root
 from benchmark.data.report import DataError, DataReport
 from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
@@ -47,13 +47,13 @@ def load_log(name: str, cfg, root: Path) -> SearchLog:
     spec = registry.parse(name)
     if spec.family == registry.EMBEDDED:
         syn_cfg = synthetic.SyntheticConfig(**OmegaConf.to_container(cfg.synthetic))
-        raw = synthetic.load(root, syn_cfg, report)
+        raw = synthetic.load(cache_root(), syn_cfg, report)  # generated: images go to the cache
         source_config = dataclasses.asdict(syn_cfg)
     else:
         raw = registry.loader(spec.family).load(root, spec.category, report, allow_download=cfg.allow_download)
         source_config = {}
     fp = A.fingerprint(raw, adapt_cfg, source_config)
-    folder = root / "processed" / name.replace("/", "__") / fp
+    folder = cache_root() / "processed" / name.replace("/", "__") / fp
     cached = A.load_cached(folder)
     if cached is not None:
         return cached
@@ -120,7 +120,7 @@ def _fit(run: dict, search_log: SearchLog, cfg, item_terms):
     generator = seed_everything(run["seed"])
     model = build(run["model"], run["variant"], search_log.n_items, cfg.model, run.get("tuned"))
     if hasattr(model, "prepare"):  # backbones and per-catalog caches
-        model.prepare(search_log, data_root(cfg.data_dir) / "models")
+        model.prepare(search_log, cache_root() / "models")
     metric = cfg.eval.selection_metric
 
     def validate(m) -> float:

@@ -43,8 +43,11 @@ def compose_config(suite: str, overrides: list[str]):
         try:
             cfg = compose(config_name="config", overrides=[f"suite={suite}", *overrides])
         except (ConfigCompositionException, MissingConfigException, ConfigKeyError, OmegaConfBaseException) as err:
-            base = compose(config_name="config", overrides=[f"suite={suite}"])
             cause = err.__cause__ or err
+            try:
+                base = compose(config_name="config", overrides=[f"suite={suite}"])
+            except Exception:  # the suite file itself is broken: say so, without a traceback
+                raise SystemExit(f"error: suite {suite!r} does not compose: {cause}") from None
             raise SystemExit(f"error: bad override in {overrides}: {cause}\nvalid keys:\n  "
                              + "\n  ".join(_config_keys(base))) from None
     from benchmark.data.registry import parse

@@ -27,6 +27,20 @@ CHUNK = 1 << 20  # bytes per read, for hashing and downloading
 USER_AGENT = "karma-bench (+https://github.com/; research benchmark data fetch)"
 
 
+CACHE_ENV = "KARMA_BENCH_CACHE"  # environment variable naming the cache root (processed data, model caches)
+
+
+def cache_root() -> Path:
+    """Where derived files go (processed logs, generated images, model caches): $KARMA_BENCH_CACHE,
+    else the user cache dir. Never the data root, which may be a read-only mirror."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("karma-bench")) / "cache"
+
+
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
     """The data root: the explicit argument (``--data-dir``), else $KARMA_BENCH_DATA, else the
     per-user cache folder (``platformdirs.user_cache_dir("karma-bench")/data``)."""
