@@ -21,6 +21,7 @@ from benchmark.data.loading import (
     clean_category,
     finish,
     first_image,
+    meta_id,
     optional_file,
     parse_records,
     present,
@@ -61,14 +62,8 @@ def read_meta(path: Path, report: DataReport, wanted: set[str], parse=json.loads
     """
     meta: dict[str, dict] = {}
     for lineno, rec in parse_records(path, report, parse, kind):
-        asin = str(rec.get("asin") or "").strip()
-        if not asin:
-            report.issue("missing_field", path, lineno, "no asin")
-            continue
-        if asin not in wanted:
-            continue
-        if asin in meta:
-            report.issue("duplicate_meta", path, lineno, f"asin {asin} again (first kept)")
+        asin = meta_id(rec.get("asin"), "asin", wanted, meta, report, path, lineno)
+        if asin is None:
             continue
         if "categories" in rec:  # 2014: a list of paths; the first is the primary one
             paths = rec.get("categories") or []

@@ -31,6 +31,7 @@ from benchmark.data.loading import (
     clean_category,
     finish,
     first_image,
+    meta_id,
     open_binary,
     optional_file,
     parse_records,
@@ -116,14 +117,8 @@ def read_meta_jsonl(path: Path, report: DataReport, wanted: set[str]) -> dict[st
     """Official 2023 metadata (JSON lines keyed by parent_asin) -> catalog rows."""
     meta: dict[str, dict] = {}
     for lineno, rec in parse_records(path, report, json.loads):
-        item = str(rec.get("parent_asin") or "").strip()
-        if not item:
-            report.issue("missing_field", path, lineno, "no parent_asin")
-            continue
-        if item not in wanted:
-            continue
-        if item in meta:
-            report.issue("duplicate_meta", path, lineno, f"parent_asin {item} again (first kept)")
+        item = meta_id(rec.get("parent_asin"), "parent_asin", wanted, meta, report, path, lineno)
+        if item is None:
             continue
         details = rec.get("details") if isinstance(rec.get("details"), dict) else {}
         meta[item] = catalog_row(
@@ -146,14 +141,8 @@ def read_meta_csv(path: Path, report: DataReport, wanted: set[str]) -> dict[str,
     meta: dict[str, dict] = {}
     for rec in reader:
         lineno = reader.line_num
-        item = (rec.get("parent_asin") or "").strip()
-        if not item:
-            report.issue("missing_field", path, lineno, "no parent_asin")
-            continue
-        if item not in wanted:
-            continue
-        if item in meta:
-            report.issue("duplicate_meta", path, lineno, f"parent_asin {item} again (first kept)")
+        item = meta_id(rec.get("parent_asin"), "parent_asin", wanted, meta, report, path, lineno)
+        if item is None:
             continue
         details: dict = {}
         raw_details = (rec.get("details") or "").strip()

@@ -345,3 +345,18 @@ def check_split_order(log: RawLog, report: DataReport, file: Path | str = "") ->
     down = (rank.diff() < 0) & (inter["user_id"] == inter["user_id"].shift())
     for user in inter.loc[down, "user_id"].unique():
         report.issue("split_not_chronological", file, None, f"user {user}")
+
+
+def meta_id(value, key: str, wanted: set[str], seen: dict, report: DataReport, path: Path, lineno: int) -> str | None:
+    """The id of a metadata record worth reading: present, interacted with, and not seen before
+    (a missing id and a repeated one are counted); None otherwise."""
+    item = str(value or "").strip()
+    if not item:
+        report.issue("missing_field", path, lineno, f"no {key}")
+        return None
+    if item not in wanted:
+        return None
+    if item in seen:
+        report.issue("duplicate_meta", path, lineno, f"{key} {item} again (first kept)")
+        return None
+    return item
