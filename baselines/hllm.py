@@ -124,7 +124,9 @@ class HLLM(ContinuousTokenModel):
         with torch.no_grad():  # false negatives: items (nearly) identical to the positive
             neg_mask = neg_mask & (torch.einsum("br,bnr->bn", v_pos, v_neg) <= FALSE_NEGATIVE_COSINE)
         scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-        logits = torch.cat([pos[:, None], neg.masked_fill(~neg_mask, float("-inf"))], dim=1) * scale
+        # Mask after scaling: -inf * scale would give the scale a NaN gradient (0 * -inf).
+        logits = (torch.cat([pos[:, None], neg], dim=1) * scale).masked_fill(
+            torch.cat([torch.zeros_like(neg_mask[:, :1]), ~neg_mask], dim=1), float("-inf"))
         return {"infonce": F.cross_entropy(logits, torch.zeros_like(targets))}
 
 
@@ -145,17 +147,20 @@ def _frozen_item_embeddings(prompts: list[str], tok, item_llm, max_tokens: int, 
     eos = tok.eos_token or tok.sep_token or ""
     out = []
     item_llm.eval()
+    # Right padding: with a causal mask, real tokens never see the padding after them (left padding
+    # gives fully masked rows, whose NaNs can leak into real positions through 0 * NaN).
+    padding_side, tok.padding_side = tok.padding_side, "right"
     for s in range(0, len(prompts), batch_size):
         chunk = [p + eos for p in prompts[s:s + batch_size]]
         batch = tok(chunk, truncation=True, max_length=max_tokens, padding=True, return_tensors="pt")
         mask = batch["attention_mask"]
-        if tok.padding_side == "left":
-            last = torch.full((len(chunk),), mask.shape[1] - 1)
-        else:
-            last = mask.sum(1) - 1
+        last = mask.sum(1) - 1
         states = item_llm.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
         out.append(states[torch.arange(len(chunk)), last].float())
+    tok.padding_side = padding_side
     emb = torch.cat(out)
+    if not torch.isfinite(emb).all():
+        raise FloatingPointError("the frozen item LLM produced non-finite item embeddings")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

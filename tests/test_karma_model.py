@@ -130,6 +130,7 @@ def test_hllm_trains_with_infonce_and_a_capped_temperature(preset):
     terms = model.losses(_batch(model, log), torch.Generator())
     assert set(terms) == {"infonce"} and torch.isfinite(terms["infonce"])
     terms["infonce"].backward()
+    assert torch.isfinite(model.logit_scale.grad)  # masked logits must not give the scale a NaN gradient
     if preset == "gpu":
         assert model.item_token.grad is not None  # the learnable [ITEM] token gets a gradient
     with torch.no_grad():
