@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from benchmark.model import RankingModel
@@ -55,15 +55,13 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     if dataset is None or len(dataset) == 0 or not any(p.requires_grad for p in model.parameters()):
         model.eval()
         return result
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
-                        collate_fn=model.collate, num_workers=0)
+    loader = _loader(dataset, model, config, generator)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start = time.perf_counter()
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
     for name, stage_data, epochs in getattr(model, "stages", lambda *_: [])(log_, generator):
-        stage_loader = DataLoader(stage_data, batch_size=config.batch_size, shuffle=True, generator=generator,
-                                  collate_fn=model.collate, num_workers=0)
+        stage_loader = _loader(stage_data, model, config, generator)
         for epoch in range(1, epochs + 1):
             model.train()
             sums = _run_epoch(model, stage_loader, optimizer, params, config, generator, f"{desc} {name} {epoch}")
@@ -122,3 +120,35 @@ def _run_epoch(model, loader, optimizer, params, config: TrainConfig, generator,
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     return {k: v / max(len(loader), 1) for k, v in sums.items()}
+
+
+class LengthGroupedBatches(Sampler):
+    """Shuffled batches of examples of similar length (``dataset.lengths``), so padded sequence
+    models compute on few padding positions. Each epoch: shuffle, cut into pools of 50 batches,
+    sort each pool by length, batch it, shuffle the batch order (HF's ``group_by_length`` idea)."""
+
+    def __init__(self, lengths, batch_size: int, generator: torch.Generator, pool: int = 50):
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.generator, self.pool = batch_size, generator, pool
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator)
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def _loader(dataset, model, config: TrainConfig, generator: torch.Generator) -> DataLoader:
+    if getattr(dataset, "lengths", None) is not None:
+        sampler = LengthGroupedBatches(dataset.lengths, config.batch_size, generator)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=model.collate, num_workers=0)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
+                      collate_fn=model.collate, num_workers=0)

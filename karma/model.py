@@ -48,7 +48,8 @@ class KarmaConfig:
     decoder: str = "smollm2-135m"  # alias or Hugging Face id / local path (gpu preset: Qwen/Qwen3-0.6B)
     decoder_layers: int = 2  # cpu preset: keep the first N pretrained layers (0 = all)
     item_tokens: int = 32  # item-encoder input tokens per item (title first)
-    text_tokens: int = 16  # target text tokens decoded by Task 1, Task 2 and the warm-up
+    text_tokens: int = 12  # target text tokens decoded by Task 1, Task 2 and the warm-up
+    decode_fraction: float = 1.0  # share of each batch's impressions that Task 1 / Task 2 decode (cpu: < 1)
     pool_heads: int = 4  # heads of the trainable attention pooling over item-encoder states
     max_history: int = 20  # most recent history items fed to the LLM
     use_query: bool = True  # append a query token (search); False = pure next-item prediction
@@ -84,27 +85,45 @@ VARIANTS: dict[str, dict] = {
 
 
 class AttentionPooling(nn.Module):
-    """Trainable top of the item encoder: learned queries attend over the frozen token states."""
+    """Trainable top of the item encoder: per-head learned queries attend over the frozen token states.
+
+    Keys and values are the frozen states themselves, split into ``heads`` slices (no K/V
+    projections: projecting 32 tokens of every item in a batch dominated a CPU step), so a step
+    costs one dot product per token and head. The pooled vector, plus the mean of the states, goes
+    through a LayerNorm and an MLP into the LLM's embedding space.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, heads: int):
         super().__init__()
-        self.query = nn.Parameter(torch.randn(1, 1, in_dim) * 0.02)
-        self.attn = nn.MultiheadAttention(in_dim, heads, batch_first=True)
+        if in_dim % heads:
+            raise ValueError(f"pool_heads={heads} must divide the item encoder width {in_dim}")
+        self.heads = heads
+        self.query = nn.Parameter(torch.randn(heads, in_dim // heads) * 0.02)  # (heads, H / heads)
         self.norm = nn.LayerNorm(in_dim)
         self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
+    def attention(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """states (N, L, H), mask (N, L) True = real token -> weights (N, heads, L), rows sum to 1."""
+        n, length, width = states.shape
+        split = states.view(n, length, self.heads, width // self.heads)  # (N, L, heads, H / heads)
+        scores = torch.einsum("nlhd,hd->nhl", split, self.query) / (width // self.heads) ** 0.5
+        return scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)
+
     def forward(self, states: torch.Tensor, mask: torch.Tensor, return_attention: bool = False):
-        """states (N, L, H), mask (N, L) True = real token -> (N, D) [, attention (N, heads, L)]."""
-        query = self.query.expand(len(states), -1, -1)  # (N, 1, H)
-        pooled, weights = self.attn(query, states, states, key_padding_mask=~mask, need_weights=return_attention,
-                                    average_attn_weights=False)
-        token = self.mlp(self.norm(pooled[:, 0] + states.mul(mask[..., None]).sum(1) / mask.sum(1, keepdim=True)))
-        return (token, weights[:, :, 0]) if return_attention else token
+        """-> (N, D) item tokens [, attention (N, heads, L)]."""
+        n, length, width = states.shape
+        weights = self.attention(states, mask)  # (N, heads, L)
+        split = states.view(n, length, self.heads, width // self.heads)
+        pooled = torch.einsum("nhl,nlhd->nhd", weights, split).reshape(n, width)  # (N, H)
+        mean = states.mul(mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        token = self.mlp(self.norm(pooled + mean))
+        return (token, weights) if return_attention else token
 
 
 class _Impressions(Dataset):
-    def __init__(self, rows: pd.DataFrame):
+    def __init__(self, rows: pd.DataFrame, max_history: int):
         self.rows = rows.reset_index(drop=True)
+        self.lengths = [min(len(h), max_history) for h in self.rows["history"]]  # for length-grouped batches
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -258,7 +277,7 @@ class ContinuousTokenModel(nn.Module):
     # --- the RankingModel interface ----------------------------------------------------------
     def train_dataset(self, log: SearchLog, generator: torch.Generator) -> Dataset:
         self._train_rows = log.split("train").reset_index(drop=True)
-        return _Impressions(self._train_rows)
+        return _Impressions(self._train_rows, self.config.max_history)
 
     def stages(self, log: SearchLog, generator: torch.Generator) -> list[tuple[str, Dataset, int]]:
         """Stage 1 (semantic warm-up over the catalog) before the joint stage, if configured."""
@@ -297,7 +316,15 @@ class ContinuousTokenModel(nn.Module):
             tokens = self.item_tokens(batch["items"]).to(self._dtype())[:, None]  # (B, 1, D)
             return {"warmup": self._decode_from_prefix(tokens, self.item_text[batch["items"]])}
         targets = batch["targets"]
-        target_text = self.item_text[targets] if cfg.w_task1 > 0 else None  # (B, S+1)
+        # Decodability on a random share of the batch (an unbiased estimate of the full-batch mean).
+        decode = torch.rand(len(targets), generator=generator) < cfg.decode_fraction
+        if cfg.decodes_text and not decode.any():
+            decode[0] = True
+        if cfg.w_task1 > 0:  # Task 1 shares the causal pass: text is appended for the decoded rows only
+            target_text = self.item_text[targets].masked_fill(~decode[:, None], -100)  # (B, S+1)
+            target_text = target_text[:, : int((target_text >= 0).sum(1).max())]
+        else:
+            target_text = None
         u, text_states = self.user_vectors(batch["histories"], batch["query"], target_text)
         negatives, neg_mask = action_negatives(targets, batch["exposures"], cfg.in_batch_negatives)
         items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
@@ -311,10 +338,12 @@ class ContinuousTokenModel(nn.Module):
             action = infonce(pos, neg, neg_mask, cfg.temperature)
         out = {"action": cfg.w_action * action}
         if cfg.w_task1 > 0:
-            out["task1"] = cfg.decodability_scale * cfg.w_task1 * self._text_loss(text_states, target_text)
+            out["task1"] = cfg.decodability_scale * cfg.w_task1 * self._text_loss(text_states[decode],
+                                                                                   target_text[decode])
         if cfg.w_task2 > 0:
-            prefix = self.heads["task2_prefix"](u).to(self._dtype())[:, None]  # (B, 1, D): u alone
-            out["task2"] = cfg.decodability_scale * cfg.w_task2 * self._decode_from_prefix(prefix, self.item_text[targets])
+            prefix = self.heads["task2_prefix"](u[decode]).to(self._dtype())[:, None]  # (B', 1, D): u alone
+            out["task2"] = cfg.decodability_scale * cfg.w_task2 * self._decode_from_prefix(
+                prefix, self.item_text[targets[decode]])
         return out
 
     def _text_loss(self, states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -344,11 +373,14 @@ class ContinuousTokenModel(nn.Module):
 
     @torch.no_grad()
     def user_embeddings(self, log: SearchLog, impressions: pd.DataFrame, batch_size: int = 256) -> torch.Tensor:
-        out = []
-        for s in range(0, len(impressions), batch_size):
-            batch = self._impression_batch(impressions.iloc[s:s + batch_size])
-            out.append(self.user_vectors(batch["histories"], batch["query"])[0])
-        return torch.cat(out) if out else torch.zeros(0, self.config.retrieval_dim)
+        # Batch impressions of similar history length (less padding), then restore the input order.
+        order = np.argsort([len(h) for h in impressions["history"]], kind="stable")
+        out = torch.zeros(len(impressions), self.config.retrieval_dim)
+        for s in range(0, len(order), batch_size):
+            rows = order[s:s + batch_size]
+            batch = self._impression_batch(impressions.iloc[rows])
+            out[torch.from_numpy(rows)] = self.user_vectors(batch["histories"], batch["query"])[0]
+        return out
 
     # --- zero-overhead claim: what inference needs ----------------------------------------------
     def inference_state_dict(self) -> dict[str, torch.Tensor]:

@@ -10,7 +10,11 @@ import pytest
 from benchmark.run import main
 
 TINY = ["synthetic.n_items=120", "synthetic.n_users=80", "synthetic.image_size=16",
-        "train.max_epochs=2", "model.sasrec.hidden=8", "train.progress=false"]
+        "train.max_epochs=2", "model.sasrec.hidden=8", "train.progress=false", "models=[popularity,sasrec]"]
+# The LLM family through the whole pipeline, on random tiny backbones (no weights needed).
+TINY_LLM = [*TINY[:-1], "models=[action_llm,hllm,karma:karma]", "model.karma.tiny=true", "model.hllm.tiny=true",
+            "model.karma.pool_heads=2", "model.hllm.pool_heads=2", "model.karma.retrieval_dim=16",
+            "model.hllm.retrieval_dim=16"]
 
 
 def _args(tmp_path: Path) -> list[str]:
@@ -37,7 +41,7 @@ def test_unknown_suite_model_and_key_list_the_valid_choices(tmp_path, capsys):
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
-    assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), "seeds=[0,1]"]) == 0
+    assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), "seeds=[0,1]", "models=[popularity,sasrec]"]) == 0
     out = capsys.readouterr().out
     assert "1 datasets x 2 models/variants x 2 seeds" in out and out.count("[to run]") == 4
     assert not (tmp_path / "results").exists()
@@ -91,3 +95,14 @@ def test_search_refuses_unequal_budgets(tmp_path):
             "+search.grids.popularity={train.lr:[0.1]}"]
     with pytest.raises(ValueError, match="same number of trials"):
         main(["--suite", "smoke", *_args(tmp_path), *TINY, "models=[sasrec]", *grid])
+
+
+def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY_LLM]) == 0
+    folder = tmp_path / "results" / "records" / "smoke" / "synthetic"
+    names = sorted(p.name for p in folder.glob("*.json"))
+    assert names == ["action_llm__default__seed0.json", "hllm__default__seed0.json", "karma__karma__seed0.json"]
+    karma = json.loads((folder / "karma__karma__seed0.json").read_text())
+    assert karma["config"]["model_config"]["w_task1"] > 0 and karma["selection"]["history"][0]["stage"] == "warmup"
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "Table 1" in board and "KARMA: Task 1 + Task 2" in board
