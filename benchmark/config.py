@@ -29,6 +29,16 @@ class EvalConfig:
 
 
 @dataclass
+class FunnelConfig:
+    enabled: bool = True  # CTR feature, pre-rank fusion and recall channel for every run (text data)
+    ctr_max_train_impressions: int = 5000  # CTR model trained on at most this many train impressions
+    ctr_epochs: int = 10  # CTR model epochs (early-stopped on validation AUC)
+    n_boot: int = 2000  # bootstrap resamples for the paired deltas
+    attention_items: int = 256  # catalog items (the first, by index) whose item-encoder attention is analysed
+    figures_dir: str = "results/figures/attention"  # heat maps (PNG) of the item encoder's attention
+
+
+@dataclass
 class SearchConfig:
     enabled: bool = False  # run the tuning search before the seeds of each model/variant
     seed: int = 0  # the seed trials train with (scored on the validation split only)
@@ -65,6 +75,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     model: ModelsConfig = field(default_factory=ModelsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    funnel: FunnelConfig = field(default_factory=FunnelConfig)
 
 
 ConfigStore.instance().store(name="base_config", node=RunConfig)

@@ -27,6 +27,7 @@ from benchmark.data.report import DataError, DataReport
 from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
 from benchmark.evaluate import evaluate, summarize
+from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
 from benchmark.models import MODELS, build, expand
 from benchmark.seed import seed_everything
@@ -106,11 +107,15 @@ def format_plan(cfg) -> str:
 
 # --------------------------------------------------------------------------- one run
 
-def _eval(model, search_log: SearchLog, split: str, cfg, item_terms, with_lists: bool):
+def _embed(model, search_log: SearchLog, split: str):
     imp = search_log.split(split)
     with torch.no_grad():
-        items = model.item_embeddings(search_log).float().numpy()
-        users = model.user_embeddings(search_log, imp).float().numpy()
+        return model.item_embeddings(search_log).float().numpy(), model.user_embeddings(search_log, imp).float().numpy()
+
+
+def _eval(model, search_log: SearchLog, split: str, cfg, item_terms, with_lists: bool, embedded=None):
+    imp = search_log.split(split)
+    items, users = embedded if embedded is not None else _embed(model, search_log, split)
     return evaluate(items, users, imp, ks=list(cfg.eval.ks), js_k=cfg.eval.js_k,
                     item_terms=item_terms if with_lists else None, topk_lists=with_lists), imp
 
@@ -133,6 +138,8 @@ def _fit(run: dict, search_log: SearchLog, cfg, item_terms):
     model_lr = getattr(model.config, "lr", None) if hasattr(model, "config") else None
     if model_lr:  # models tune their own learning rate; train.lr is the default for the others
         train_cfg = dataclasses.replace(train_cfg, lr=model_lr)
+    with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
+        model.initial_item_embeddings = model.item_embeddings(search_log).float().numpy()
     trained = train(model, search_log, train_cfg, generator, validate, desc=desc)
     return model, trained, train_cfg
 
@@ -203,10 +210,15 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
     item_terms = _item_terms(search_log)
     with R.PeakMemory() as memory:
         model, trained, train_cfg = _fit(run, search_log, cfg, item_terms)
-        valid, _ = _eval(model, search_log, "valid", cfg, item_terms, with_lists=False)
+        valid_emb = _embed(model, search_log, "valid")
+        valid, _ = _eval(model, search_log, "valid", cfg, item_terms, with_lists=False, embedded=valid_emb)
         start = time.perf_counter()
-        test, test_imp = _eval(model, search_log, "test", cfg, item_terms, with_lists=True)
+        test_emb = _embed(model, search_log, "test")
+        test, test_imp = _eval(model, search_log, "test", cfg, item_terms, with_lists=True, embedded=test_emb)
         eval_s = time.perf_counter() - start
+        funnel = (funnel_metrics(search_log, test_emb[0], valid_emb[1], test_emb[1], cfg.funnel, run["seed"])
+                  if cfg.funnel.enabled and search_log.has_text else None)
+        diagnostics = collapse_diagnostics(model, search_log, test_emb[0], cfg.funnel, run)
     tail = search_log.catalog["train_count"].to_numpy()[test_imp["target"].to_numpy()] <= cfg.eval.tail_max_train
     users = test_imp["user"].to_numpy()
     tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
@@ -235,6 +247,8 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
         "per_impression": npz.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data_stats": A.data_stats(search_log),
         "search": search_summary,
+        "funnel": funnel,
+        "diagnostics": diagnostics,
     }
     R.write_record(run["record"], record)
     return record

@@ -1,0 +1,72 @@
+"""Per-run funnel evaluations and collapse diagnostics, computed while the trained model is in memory.
+
+The building blocks live in ``benchmark.funnel`` (CTR feature, pre-rank fusion, recall channel) and
+``benchmark.diagnostics`` (attention and representation statistics); this module runs them for one
+trained model and returns JSON-ready summaries for its run record (per-impression arrays dropped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark import diagnostics as D
+from benchmark import funnel as F
+from benchmark.data.schema import SearchLog
+
+
+def _summary(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("per_impression", "users")}
+
+
+def funnel_metrics(log: SearchLog, item_emb: np.ndarray, user_valid: np.ndarray, user_test: np.ndarray,
+                   cfg, seed: int) -> dict:
+    """The paper's three funnel stages for one model's embeddings (DESIGN.md §4)."""
+    bm25 = F.BM25Scorer(log.catalog["text"].fillna("").astype(str).tolist())
+    popularity = F.train_popularity(log)
+    examples = {}
+    for split in ("train", "valid", "test"):
+        ex = F.ctr_examples(log, split, bm25=bm25, popularity=popularity)
+        if split == "train":  # a fixed, seed-independent subsample keeps the CTR model cheap on CPU
+            keep = np.sort(np.unique(ex["impression"]))[: cfg.ctr_max_train_impressions]
+            ex = ex[ex["impression"].isin(keep)]
+        ex = ex.assign(sim=F.ctr_feature_similarity(item_emb, ex["history"].tolist(), ex["item"].to_numpy()))
+        examples[split] = ex
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the small CTR model is faster on one thread
+    try:
+        ctr = F.compare_ctr(examples["train"], examples["valid"], examples["test"], extra_feature="sim", seed=seed,
+                            n_boot=cfg.n_boot, epochs=cfg.ctr_epochs, n_users=log.n_users, n_items=log.n_items)
+    finally:
+        torch.set_num_threads(threads)
+    prerank = F.prerank_funnel(log, item_emb, user_valid, user_test, bm25=bm25, n_boot=cfg.n_boot, seed=seed)
+    recall = F.recall_funnel(log, item_emb, user_test, bm25=bm25, n_boot=cfg.n_boot, seed=seed)
+    return {"ctr": ctr, "prerank": _summary(prerank), "recall": _summary(recall)}
+
+
+def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run: dict) -> dict:
+    """Representation collapse (before/after training) and the item encoder's attention statistics."""
+    out = {"item_embeddings": {
+        "effective_rank_after": D.effective_rank(item_emb),
+        "mean_pairwise_cosine_after": D.mean_pairwise_cosine(item_emb, seed=0)}}
+    before = getattr(model, "initial_item_embeddings", None)
+    if before is not None:
+        out["item_embeddings"]["effective_rank_before"] = D.effective_rank(before)
+        out["item_embeddings"]["mean_pairwise_cosine_before"] = D.mean_pairwise_cosine(before, seed=0)
+    pool = getattr(model, "item_pool", None)
+    if pool is not None and hasattr(model, "item_states"):
+        items = torch.arange(min(cfg.attention_items, log.n_items))
+        with torch.no_grad():
+            attn = pool.attention(model.item_states[items].float(), model.item_mask[items]).numpy()  # (N, heads, L)
+        mask = model.item_mask[items].numpy()
+        stats = [D.attention_stats(attn[:, h, :], mask) for h in range(attn.shape[1])]
+        out["item_encoder_attention"] = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+        folder = Path(cfg.figures_dir) / log.name.replace("/", "__")
+        name = f"{run['model']}__{run['variant']}__seed{run['seed']}.png"
+        D.heatmap(attn[:32].mean(1), folder / name, title=f"{log.name} {run['model']}:{run['variant']} "
+                  "item-encoder attention (items x token positions)")
+        np.save(folder / name.replace(".png", ".npy"), attn[:32].mean(1))
+        out["item_encoder_attention"]["heatmap"] = str(folder / name)
+    return out
