@@ -35,7 +35,6 @@ class FunnelConfig:
     ctr_epochs: int = 10  # CTR model epochs (early-stopped on validation AUC)
     n_boot: int = 2000  # bootstrap resamples for the paired deltas
     attention_items: int = 256  # catalog items (the first, by index) whose item-encoder attention is analysed
-    figures_dir: str = "results/figures/attention"  # heat maps (PNG) of the item encoder's attention
 
 
 @dataclass

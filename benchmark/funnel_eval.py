@@ -46,7 +46,7 @@ def funnel_metrics(log: SearchLog, item_emb: np.ndarray, user_valid: np.ndarray,
     return {"ctr": ctr, "prerank": _summary(prerank), "recall": _summary(recall)}
 
 
-def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run: dict) -> dict:
+def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run: dict, figures_dir: Path) -> dict:
     """Representation collapse (before/after training) and the item encoder's attention statistics."""
     out = {"item_embeddings": {
         "effective_rank_after": D.effective_rank(item_emb),
@@ -63,7 +63,7 @@ def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run: 
         mask = model.item_mask[items].numpy()
         stats = [D.attention_stats(attn[:, h, :], mask) for h in range(attn.shape[1])]
         out["item_encoder_attention"] = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
-        folder = Path(cfg.figures_dir) / log.name.replace("/", "__")
+        folder = Path(figures_dir) / "attention" / log.name.replace("/", "__")
         name = f"{run['model']}__{run['variant']}__seed{run['seed']}.png"
         D.heatmap(attn[:32].mean(1), folder / name, title=f"{log.name} {run['model']}:{run['variant']} "
                   "item-encoder attention (items x token positions)")

@@ -31,7 +31,7 @@ from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
 from benchmark.models import MODELS, build, expand
 from benchmark.seed import seed_everything
-from benchmark.tables import render_table1
+from benchmark.tables import render_funnel, render_table1
 from benchmark.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,8 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
         eval_s = time.perf_counter() - start
         funnel = (funnel_metrics(search_log, test_emb[0], valid_emb[1], test_emb[1], cfg.funnel, run["seed"])
                   if cfg.funnel.enabled and search_log.has_text else None)
-        diagnostics = collapse_diagnostics(model, search_log, test_emb[0], cfg.funnel, run)
+        diagnostics = collapse_diagnostics(model, search_log, test_emb[0], cfg.funnel, run,
+                                           Path(cfg.results_dir) / "figures")
     tail = search_log.catalog["train_count"].to_numpy()[test_imp["target"].to_numpy()] <= cfg.eval.tail_max_train
     users = test_imp["user"].to_numpy()
     tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
@@ -327,6 +328,10 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
             sections.append(render_table1(R.read_records(results, suite), suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
                                           ks=(ks[0], ks[-1]), datasets=llm_datasets))
+        funnel = render_funnel(R.read_records(results, suite), suite=suite, suite_version=str(suite_cfg.suite_version),
+                               seeds=list(suite_cfg.seeds))
+        if "### " in funnel:
+            sections.append(funnel)
     path = Path(cfg.leaderboard)
     write_leaderboard(path, "\n\n".join(sections) + "\n")
     print(f"wrote {path} ({', '.join(suites) or 'no records yet'})")

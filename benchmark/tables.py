@@ -80,3 +80,62 @@ def render_table1(records: list[dict], *, suite: str, suite_version: str, seeds:
 def _diff(run: dict, base: dict, metric: str) -> float | None:
     a, b = _metric_value(run, metric), _metric_value(base, metric)
     return None if a is None or b is None else a - b
+
+
+def _get(record: dict, path: str):
+    node = record
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, int | float) else None
+
+
+FUNNEL_COLUMNS = {  # column -> path in a record; points (x100) for rates, raw for ranks and shares
+    "CTR ΔAUC": "funnel.ctr.delta_AUC", "CTR ΔgAUC": "funnel.ctr.delta_gAUC",
+    "pre-rank HR": "funnel.prerank.HR_pre", "fused HR": "funnel.prerank.HR_fused", "w": "funnel.prerank.w",
+    "lexical recall HR": "funnel.recall.HR_lexical", "merged recall HR": "funnel.recall.HR_merged",
+}
+COLLAPSE_COLUMNS = {
+    "eff. rank before": "diagnostics.item_embeddings.effective_rank_before",
+    "eff. rank after": "diagnostics.item_embeddings.effective_rank_after",
+    "mean cos after": "diagnostics.item_embeddings.mean_pairwise_cosine_after",
+    "attn first": "diagnostics.item_encoder_attention.first",
+    "attn top-3": "diagnostics.item_encoder_attention.top3",
+    "attn norm. entropy": "diagnostics.item_encoder_attention.norm_entropy",
+    "attn barcode": "diagnostics.item_encoder_attention.barcode",
+}
+
+
+def render_funnel(records: list[dict], *, suite: str, suite_version: str, seeds: list[int]) -> str:
+    """Funnel evaluations and collapse diagnostics per dataset and model (mean ± 95% over seeds)."""
+    index, _ = _index_records(records, suite, suite_version)
+    out = ["## Funnel evaluations and semantic-collapse diagnostics", "",
+           "Per model, mean ± 95% half-width over seeds. CTR: AUC deltas of a DIN-style CTR model with vs without "
+           "the history–candidate cosine of the model's item embeddings. Pre-rank: HR@K (K = max(10, 1% of the "
+           "catalog), the paper's HR@500 scaled) of BM25 + popularity alone vs fused with the model's score at the "
+           "weight w chosen on validation. Recall: HR@K (K = max(10, 10% of the catalog), the paper's HR@5000 "
+           "scaled) of the lexical channel alone vs lexical + embedding channels at a fixed 50/50 quota. "
+           "Collapse: effective rank of the item embeddings before and after training, and the item encoder's "
+           "attention (share on the first token, on the top-3 tokens, normalised entropy, barcode score) on the "
+           "first 256 catalog items. Runs recorded before these evaluations existed show `n/a`.", ""]
+    datasets = sorted({key[0] for key in index})
+    for dataset in datasets:
+        for title, columns in (("funnel", FUNNEL_COLUMNS), ("collapse", COLLAPSE_COLUMNS)):
+            rows = []
+            for (ds, model, variant), runs in sorted(index.items()):
+                if ds != dataset or not all(s in runs for s in seeds):
+                    continue
+                cells = []
+                for path in columns.values():
+                    values = [_get(runs[s], path) for s in seeds]
+                    if any(v is None for v in values):
+                        cells.append("n/a")
+                        continue
+                    mean, half = mean_ci(values)
+                    cells.append(f"{mean:.4f}" if half is None else f"{mean:.4f} ± {half:.4f}")
+                if any(c != "n/a" for c in cells):
+                    rows.append([f"{model}:{variant}", *cells])
+            if rows:
+                out += [f"### {dataset}: {title}", "", tabulate(rows, headers=["model", *columns], tablefmt="github"), ""]
+    return "\n".join(out)

@@ -106,3 +106,9 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert karma["config"]["model_config"]["w_task1"] > 0 and karma["selection"]["history"][0]["stage"] == "warmup"
     board = (tmp_path / "leaderboard.md").read_text()
     assert "Table 1" in board and "KARMA: Task 1 + Task 2" in board
+    # funnel evaluations and collapse diagnostics are computed per run and reported
+    assert set(karma["funnel"]) == {"ctr", "prerank", "recall"}
+    assert 0 <= karma["funnel"]["prerank"]["HR_fused"] <= 1 and "delta_gAUC" in karma["funnel"]["ctr"]
+    attention = karma["diagnostics"]["item_encoder_attention"]
+    assert 0 < attention["norm_entropy"] <= 1 and Path(attention["heatmap"]).exists()
+    assert "Funnel evaluations" in board and "synthetic: collapse" in board
