@@ -31,7 +31,8 @@ class TrainConfig:
     lr: float = 1e-3  # AdamW learning rate (a model config's own ``lr`` takes precedence)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     patience: int = 3  # epochs without validation gain before stopping
-    max_minutes: float = 15.0  # wall-clock budget for training one run (validation included)
+    max_minutes: float = 15.0  # wall-clock budget for training one run (validation included); no epoch
+    # starts that the mean epoch time says would end past it
     grad_clip: float = 5.0  # max gradient norm; 0 disables
     progress: bool = True  # tqdm bars
 
@@ -89,7 +90,8 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         if since_best >= config.patience:
             result.stopped_by = "patience"
             break
-        if (time.perf_counter() - start) / 60 > config.max_minutes:
+        elapsed = time.perf_counter() - start
+        if elapsed + elapsed / epoch > config.max_minutes * 60:  # another epoch would overrun the budget
             result.stopped_by = "time budget"
             break
     if best_state is not None:
