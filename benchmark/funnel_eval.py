@@ -69,4 +69,34 @@ def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run: 
                   "item-encoder attention (items x token positions)")
         np.save(folder / name.replace(".png", ".npy"), attn[:32].mean(1))
         out["item_encoder_attention"]["heatmap"] = str(folder / name)
+    if hasattr(model, "decoder_attention"):
+        out.update(_decoder_diagnostics(model, log, cfg, run, figures_dir))
     return out
+
+
+def _decoder_diagnostics(model, log: SearchLog, cfg, run: dict, figures_dir: Path) -> dict:
+    """Attention-sink statistics of every decoder layer on test impressions (causal mask applied).
+
+    The heat map is the last layer's attention of the final position (the query token, or the last
+    history item), one row per impression, averaged over heads: a barcode shows as vertical stripes.
+    """
+    test = log.impressions[log.impressions["split"] == "test"]
+    layers, window = model.decoder_attention(test, max_rows=cfg.attention_items)
+    if layers is None:
+        return {}
+    n_layers, n_rows, heads, length, _ = layers.shape
+    causal = np.tril(np.ones((length, length), dtype=bool))
+    per_layer = []
+    for layer in layers:  # (B, heads, L, L) -> (heads, B * L, L) query rows
+        rows = layer.transpose(1, 0, 2, 3).reshape(heads, n_rows * length, length)
+        per_layer.append(D.attention_stats(rows, np.tile(causal, (n_rows, 1))))
+    summary = {k: float(np.mean([s[k] for s in per_layer])) for k in per_layer[0] if k != "rows"}
+    summary.update(window=window, impressions=n_rows, layers=per_layer)
+    last_row = layers[-1][:, :, -1, :].mean(1)  # (B, L)
+    folder = Path(figures_dir) / "decoder_attention" / log.name.replace("/", "__")
+    name = f"{run['model']}__{run['variant']}__seed{run['seed']}.png"
+    D.heatmap(last_row[:32], folder / name, title=f"{log.name} {run['model']}:{run['variant']} decoder "
+              "attention, last layer, final position (impressions x positions)")
+    np.save(folder / name.replace(".png", ".npy"), last_row[:32])
+    summary["heatmap"] = str(folder / name)
+    return {"decoder_attention": summary}

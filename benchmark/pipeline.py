@@ -31,7 +31,7 @@ from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
 from benchmark.models import MODELS, build, expand
 from benchmark.seed import seed_everything
-from benchmark.tables import render_funnel, render_table1
+from benchmark.tables import render_attention_comparison, render_funnel, render_table1
 from benchmark.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,9 @@ def _fit(run: dict, search_log: SearchLog, cfg, item_terms):
     model_lr = getattr(model.config, "lr", None) if hasattr(model, "config") else None
     if model_lr:  # models tune their own learning rate; train.lr is the default for the others
         train_cfg = dataclasses.replace(train_cfg, lr=model_lr)
+    model_epochs = getattr(model.config, "max_epochs", 0) if hasattr(model, "config") else 0
+    if model_epochs:  # a model family's own epoch cap (the LLM family's CPU budget)
+        train_cfg = dataclasses.replace(train_cfg, max_epochs=min(model_epochs, train_cfg.max_epochs))
     with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
         model.initial_item_embeddings = model.item_embeddings(search_log).float().numpy()
     trained = train(model, search_log, train_cfg, generator, validate, desc=desc)
@@ -332,6 +335,12 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                                seeds=list(suite_cfg.seeds))
         if "### " in funnel:
             sections.append(funnel)
+        heatmaps = render_attention_comparison(R.read_records(results, suite), suite=suite,
+                                               suite_version=str(suite_cfg.suite_version),
+                                               figures_dir=results / "figures",
+                                               link_base=Path(cfg.leaderboard).resolve().parent)
+        if heatmaps:
+            sections.append(heatmaps)
     path = Path(cfg.leaderboard)
     write_leaderboard(path, "\n\n".join(sections) + "\n")
     print(f"wrote {path} ({', '.join(suites) or 'no records yet'})")

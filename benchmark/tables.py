@@ -9,8 +9,13 @@ as missing, never averaged in.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
 from tabulate import tabulate
 
+from benchmark.diagnostics import compare_heatmaps
 from benchmark.leaderboard import _index_records, _metric_value, mean_ci
 
 # Paper Table 1 (KARMA, Taobao search), as printed: deltas over action-only (units as printed;
@@ -104,7 +109,13 @@ COLLAPSE_COLUMNS = {
     "attn top-3": "diagnostics.item_encoder_attention.top3",
     "attn norm. entropy": "diagnostics.item_encoder_attention.norm_entropy",
     "attn barcode": "diagnostics.item_encoder_attention.barcode",
+    "dec. attn first": "diagnostics.decoder_attention.first",
+    "dec. attn norm. entropy": "diagnostics.decoder_attention.norm_entropy",
+    "dec. attn barcode": "diagnostics.decoder_attention.barcode",
 }
+# Heat-map pairs shown side by side: the action-only LLM against KARMA, same dataset and seed.
+ATTENTION_PAIR = (("action_llm", "default"), ("karma", "karma"))
+ATTENTION_SOURCES = {"item encoder": "item_encoder_attention", "decoder": "decoder_attention"}
 
 
 def render_funnel(records: list[dict], *, suite: str, suite_version: str, seeds: list[int]) -> str:
@@ -118,7 +129,9 @@ def render_funnel(records: list[dict], *, suite: str, suite_version: str, seeds:
            "scaled) of the lexical channel alone vs lexical + embedding channels at a fixed 50/50 quota. "
            "Collapse: effective rank of the item embeddings before and after training, and the item encoder's "
            "attention (share on the first token, on the top-3 tokens, normalised entropy, barcode score) on the "
-           "first 256 catalog items. Runs recorded before these evaluations existed show `n/a`.", ""]
+           "first 256 catalog items; the same statistics for the decoder (mean over layers, causal mask, up to 256 "
+           "test impressions with a full window of history). Runs recorded before these evaluations existed show "
+           "`n/a`.", ""]
     datasets = sorted({key[0] for key in index})
     for dataset in datasets:
         for title, columns in (("funnel", FUNNEL_COLUMNS), ("collapse", COLLAPSE_COLUMNS)):
@@ -139,3 +152,35 @@ def render_funnel(records: list[dict], *, suite: str, suite_version: str, seeds:
             if rows:
                 out += [f"### {dataset}: {title}", "", tabulate(rows, headers=["model", *columns], tablefmt="github"), ""]
     return "\n".join(out)
+
+
+def render_attention_comparison(records: list[dict], *, suite: str, suite_version: str, figures_dir: Path,
+                                link_base: Path, seed: int = 0) -> str:
+    """Figure-2-style heat maps, action-only LLM vs KARMA side by side per dataset (one seed).
+
+    Reads the per-run attention arrays saved next to each run's heat map, draws both on one colour
+    scale, and links the PNGs relative to ``link_base`` (the leaderboard's folder).
+    """
+    index, _ = _index_records(records, suite, suite_version)
+    lines = []
+    for dataset in sorted({key[0] for key in index}):
+        pair = [index.get((dataset, *key), {}).get(seed) for key in ATTENTION_PAIR]
+        if any(r is None for r in pair):
+            continue
+        for label, source in ATTENTION_SOURCES.items():
+            paths = [(r.get("diagnostics") or {}).get(source, {}).get("heatmap") for r in pair]
+            arrays = [Path(p).with_suffix(".npy") for p in paths if p]
+            if len(arrays) != 2 or not all(a.exists() for a in arrays):
+                continue
+            out = Path(figures_dir) / "attention_compare" / f"{dataset.replace('/', '__')}__{source}.png"
+            compare_heatmaps(np.load(arrays[0]), np.load(arrays[1]), ["action-only LLM", "KARMA"], out,
+                             title=f"{dataset}: {label} attention, seed {seed}")
+            lines += [f"**{dataset}, {label}**", "", f"![{dataset} {label} attention]"
+                      f"({os.path.relpath(out.resolve(), Path(link_base).resolve())})", ""]
+    if not lines:
+        return ""
+    return "\n".join(["### Attention heat maps: action-only LLM vs KARMA", "",
+                      "Item encoder: rows are catalog items, columns token positions (pooling attention, mean "
+                      "over heads). Decoder: rows are test impressions, columns history positions (last = query "
+                      "token); the final position's attention in the last layer. Vertical stripes shared by all "
+                      "rows are the paper's barcode pattern.", "", *lines])

@@ -64,6 +64,7 @@ class KarmaConfig:
     decodability_scale: float = 1.0  # multiplies w_task1 and w_task2 (what the tuning search varies)
     warmup_epochs: int = 0  # stage 1 semantic warm-up epochs over the catalog (0 = none)
     lr: float = 1e-3  # AdamW learning rate (overrides train.lr)
+    max_epochs: int = 0  # joint-training epoch cap (overrides train.max_epochs when > 0; warm-up not counted)
     restrict_vocab: bool = True  # text softmax over the catalog's tokens only (cpu preset)
     dtype: str = "float32"  # float32 | bfloat16 (gpu preset)
     tiny: bool = False  # tests: random tiny backbones of the same architecture, no weights needed
@@ -300,7 +301,7 @@ class ContinuousTokenModel(nn.Module):
         histories = torch.full((len(hist), width), -1, dtype=torch.long)
         for r, h in enumerate(hist):
             if len(h):
-                histories[r, width - len(h):] = torch.from_numpy(np.asarray(h, dtype=np.int64))
+                histories[r, width - len(h):] = torch.from_numpy(np.array(h, dtype=np.int64))
         exp = [np.asarray(e, dtype=np.int64) for e in rows["exposures"]] if "exposures" in rows else []
         e_width = max([len(e) for e in exp] + [0])
         exposures = torch.full((len(rows), e_width), -1, dtype=torch.long)
@@ -381,6 +382,31 @@ class ContinuousTokenModel(nn.Module):
             batch = self._impression_batch(impressions.iloc[rows])
             out[torch.from_numpy(rows)] = self.user_vectors(batch["histories"], batch["query"])[0]
         return out
+
+    @torch.no_grad()
+    def decoder_attention(self, impressions: pd.DataFrame, window: int = 8, max_rows: int = 64):
+        """Decoder self-attention over the last ``window`` history items (+ the query token).
+
+        Uses impressions with at least ``window`` history items (``window`` shrinks to the longest
+        history available), so no row is padded and positions line up across rows. Returns
+        ``(layers (n_layers, B, heads, L, L) numpy, window)``; the eager attention kernel is switched on
+        for the call only (SDPA returns no weights).
+        """
+        lengths = np.array([len(h) for h in impressions["history"]])
+        window = int(min(window, self.config.max_history, lengths.max(initial=0)))
+        if window < 1:
+            return None, 0
+        rows = impressions[lengths >= window].head(max_rows)
+        rows = rows.assign(history=[h[-window:] for h in rows["history"]])
+        batch = self._impression_batch(rows)
+        embeds, mask = self._sequence(batch["histories"], batch["query"])
+        previous = self.decoder.config._attn_implementation
+        self.decoder.set_attn_implementation("eager")
+        try:
+            out = self.decoder.model(inputs_embeds=embeds, attention_mask=mask.long(), output_attentions=True)
+        finally:
+            self.decoder.set_attn_implementation(previous)
+        return np.stack([a.float().numpy() for a in out.attentions]), window
 
     # --- zero-overhead claim: what inference needs ----------------------------------------------
     def inference_state_dict(self) -> dict[str, torch.Tensor]:

@@ -112,3 +112,10 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     attention = karma["diagnostics"]["item_encoder_attention"]
     assert 0 < attention["norm_entropy"] <= 1 and Path(attention["heatmap"]).exists()
     assert "Funnel evaluations" in board and "synthetic: collapse" in board
+    decoder = karma["diagnostics"]["decoder_attention"]
+    assert decoder["layers"] and all(0 < layer["norm_entropy"] <= 1 for layer in decoder["layers"])
+    assert 0 < decoder["norm_entropy"] <= 1 and 0 < decoder["first"] <= 1 and Path(decoder["heatmap"]).exists()
+    # action-only vs KARMA heat maps side by side, linked from the leaderboard
+    assert "action-only LLM vs KARMA" in board
+    compare = tmp_path / "results" / "figures" / "attention_compare" / "synthetic__decoder_attention.png"
+    assert compare.exists() and "attention_compare/synthetic__decoder_attention.png" in board
