@@ -35,6 +35,14 @@ class FunnelConfig:
     ctr_epochs: int = 10  # CTR model epochs (early-stopped on validation AUC)
     n_boot: int = 2000  # bootstrap resamples for the paired deltas
     attention_items: int = 256  # catalog items (the first, by index) whose item-encoder attention is analysed
+    generator_samples: int = 8  # Table 2 mode/mean analysis: diffusion samples drawn per test impression
+    generator_impressions: int = 512  # test impressions in the mode/mean analysis
+
+
+@dataclass
+class ImagesConfig:
+    fetch: bool = False  # download catalog image URLs into the cache (needs network); off: local files only
+    timeout_s: float = 10.0  # socket timeout per image
 
 
 @dataclass
@@ -75,6 +83,7 @@ class RunConfig:
     model: ModelsConfig = field(default_factory=ModelsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     funnel: FunnelConfig = field(default_factory=FunnelConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
 
 
 ConfigStore.instance().store(name="base_config", node=RunConfig)

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from baselines.hllm import HLLM
 from baselines.popularity import Popularity
 from baselines.sasrec import SASRec
+from karma.model import MULTIMODAL_VARIANTS, ContinuousTokenModel
 from karma.model import VARIANTS as KARMA_VARIANTS
-from karma.model import ContinuousTokenModel
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class ModelSpec:
     config: str  # attribute of cfg.model holding the typed config
     variants: dict  # variant name -> config overrides
     needs_text: bool = False  # True: skipped (shown as not applicable) on ID-only datasets
+    needs_images: bool = False  # True: skipped on datasets without item images
+    tuned_like: tuple[str, str] | None = None  # reuse this (model, variant)'s search instead of its own
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -36,6 +38,13 @@ MODELS: dict[str, ModelSpec] = {
     "hllm": ModelSpec(HLLM, "hllm", {"default": {}}, needs_text=True),  # item LLM + user LLM, InfoNCE (scaled down)
     "karma": ModelSpec(ContinuousTokenModel, "karma",
                        {k: v for k, v in KARMA_VARIANTS.items() if k != "action_only"}, needs_text=True),
+    # Table 1's multimodal row: KARMA + visual reconstruction (its own search, like every variant).
+    "karma_visual": ModelSpec(ContinuousTokenModel, "karma", {"visual": MULTIMODAL_VARIANTS["visual"]},
+                              needs_text=True, needs_images=True),
+    # Table 2: KARMA with generator readouts of h; trained with KARMA's selected settings (its main path
+    # is KARMA's), evaluated with the discriminative u and with each generated embedding.
+    "karma_gen": ModelSpec(ContinuousTokenModel, "karma", {"generators": MULTIMODAL_VARIANTS["generators"]},
+                           needs_text=True, tuned_like=("karma", "karma")),
 }
 
 

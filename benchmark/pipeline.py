@@ -23,15 +23,17 @@ from benchmark import records as R
 from benchmark.data import adapt as A
 from benchmark.data import registry, synthetic
 from benchmark.data.download import cache_root, data_root
+from benchmark.data.images import resolve_images
 from benchmark.data.report import DataError, DataReport
 from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
 from benchmark.evaluate import evaluate, summarize
 from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
+from benchmark.generators_eval import table2_metrics
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
 from benchmark.models import MODELS, build, expand
 from benchmark.seed import seed_everything
-from benchmark.tables import render_attention_comparison, render_funnel, render_table1
+from benchmark.tables import render_attention_comparison, render_funnel, render_table1, render_table2
 from benchmark.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,20 @@ def load_log(name: str, cfg, root: Path) -> SearchLog:
     return search_log
 
 
+def attach_images(search_log: SearchLog, cfg, root: Path) -> None:
+    """Resolve every item's image to a local file (``catalog["image_file"]``, None when there is none)
+    and record the counts in the log's adaptation (so every run record states them)."""
+    spec = registry.parse(search_log.name)
+    local = None if spec.family == registry.EMBEDDED else root / spec.family / spec.category / "images"
+    files, stats = resolve_images(search_log.catalog["item_id"].astype(str).tolist(),
+                                  search_log.catalog["image"].tolist(), local,
+                                  cache_root() / "images" / search_log.name.replace("/", "__"),
+                                  fetch=cfg.images.fetch, timeout=cfg.images.timeout_s)
+    search_log.catalog["image_file"] = files
+    search_log.adaptation["images"] = stats.summary()
+    print(f"    images: {stats.with_image}/{stats.items} items have one ({stats.summary()})", flush=True)
+
+
 # --------------------------------------------------------------------------- plan
 
 def plan(cfg) -> tuple[list[dict], dict[str, str]]:
@@ -82,9 +98,12 @@ def plan(cfg) -> tuple[list[dict], dict[str, str]]:
     runs = []
     for name in datasets:
         text = name in problems or registry.has_text(root, name)
+        images = name in problems or registry.has_images(root, name, fetch=cfg.images.fetch)
         for model, variant in expand(list(cfg.models)):
             if MODELS[model].needs_text and not text:
                 continue  # an LLM over item text has nothing to read on an ID-only dataset
+            if MODELS[model].needs_images and not images:
+                continue  # no image to reconstruct
             for seed in cfg.seeds:
                 path = R.record_path(cfg.results_dir, cfg.suite, name, model, variant, seed)
                 runs.append({"dataset": name, "model": model, "variant": variant, "seed": int(seed),
@@ -158,6 +177,10 @@ def search(run: dict, search_log: SearchLog, cfg) -> tuple[object, dict | None]:
     trial is saved at once (an interrupted search resumes), and the best trial's overrides are
     applied to the config of every seed's final run. Returns (config, search summary or None).
     """
+    source = MODELS[run["model"]].tuned_like
+    if source is not None:  # the same settings as another variant, selected by that variant's search
+        (run_cfg, tuned), summary = search({**run, "model": source[0], "variant": source[1]}, search_log, cfg)
+        return (run_cfg, tuned), (None if summary is None else {**summary, "tuned_like": ":".join(source)})
     grid = _grid_for(cfg, run["model"], run["variant"])
     if not grid:
         return (cfg, {}), None
@@ -223,6 +246,8 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
                   if cfg.funnel.enabled and search_log.has_text else None)
         diagnostics = collapse_diagnostics(model, search_log, test_emb[0], cfg.funnel, run,
                                            Path(cfg.results_dir) / "figures")
+        table2 = table2_metrics(model, search_log, test_imp, test_emb[0], item_terms, cfg, run,
+                                Path(cfg.results_dir) / "figures")
     tail = search_log.catalog["train_count"].to_numpy()[test_imp["target"].to_numpy()] <= cfg.eval.tail_max_train
     users = test_imp["user"].to_numpy()
     tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
@@ -254,6 +279,10 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
         "funnel": funnel,
         "diagnostics": diagnostics,
     }
+    if table2 is not None:
+        record["table2"] = table2
+    if getattr(model, "visual_info", None):
+        record["visual_features"] = model.visual_info  # which frozen encoder produced the features
     R.write_record(run["record"], record)
     return record
 
@@ -278,6 +307,8 @@ def run_suite(cfg) -> Path:
             if name not in logs:
                 logs.clear()  # one dataset in memory at a time
                 logs[name] = load_log(name, cfg, root)
+                if any(MODELS[r["model"]].needs_images for r in todo if r["dataset"] == name):
+                    attach_images(logs[name], cfg, root)
             key = (name, run["model"], run["variant"])
             if key not in searched:
                 searched[key] = search(run, logs[name], cfg)
@@ -331,6 +362,12 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
             sections.append(render_table1(R.read_records(results, suite), suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
                                           ks=(ks[0], ks[-1]), datasets=llm_datasets))
+        if any(r["model"] == "karma_gen" for r in runs):
+            ks = sorted(suite_cfg.eval.ks)
+            sections.append(render_table2(R.read_records(results, suite), suite=suite,
+                                          suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
+                                          ks=(ks[0], ks[-1]), datasets=llm_datasets,
+                                          link_base=Path(cfg.leaderboard).resolve().parent))
         funnel = render_funnel(R.read_records(results, suite), suite=suite, suite_version=str(suite_cfg.suite_version),
                                seeds=list(suite_cfg.seeds))
         if "### " in funnel:

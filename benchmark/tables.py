@@ -28,6 +28,10 @@ PAPER_TABLE1 = {
 VARIANT_LABELS = {"task1": "+ Task 1: history -> text generation", "task2": "+ Task 2: h -> text reconstruction",
                   "karma": "KARMA: Task 1 + Task 2"}
 BASELINE = ("action_llm", "default")
+REFERENCE = ("karma", "karma")  # "the best text-only KARMA" of the multimodal row and Table 2
+VISUAL = ("karma_visual", "visual")
+GENERATORS = ("karma_gen", "generators")
+PAPER_VISUAL_ROW = ["+1.38", "+10.83", "+8.41", "+0.40"]  # paper Table 1, over the best text-only KARMA
 SCALE = 100.0  # show metrics in points, like the paper
 
 
@@ -77,9 +81,90 @@ def render_table1(records: list[dict], *, suite: str, suite_version: str, seeds:
             tail = [[_diff(runs[s], base[s], f"test_tail/{m}") for s in seeds] for m in metrics]
             rows.append([label, *map(_fmt, deltas), *map(_fmt, tail)])
             rows.append([f"  paper: {label}", *[PAPER_TABLE1[variant][k] for k in paper_keys], *[""] * len(metrics)])
+        rows += _multimodal_rows(index, dataset, seeds, metrics)
         headers = ["variant", *metrics, *[f"tail {m}" for m in metrics]]
         out += [f"### {dataset}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
     return "\n".join(out)
+
+
+def _multimodal_rows(index: dict, dataset: str, seeds: list[int], metrics: list[str]) -> list[list[str]]:
+    """The multimodal row: KARMA + visual reconstruction minus text-only KARMA, paired by seed."""
+    runs, base = index.get((dataset, *VISUAL)), index.get((dataset, *REFERENCE), {})
+    if not runs:
+        return []
+    label = "+ visual reconstruction (Δ over text-only KARMA)"
+    if not all(s in runs and s in base for s in seeds):
+        done = len([s for s in seeds if s in runs])
+        return [[label, *[f"missing ({done}/{len(seeds)})"] * (2 * len(metrics))]]
+    deltas = [[_diff(runs[s], base[s], m) for s in seeds] for m in metrics]
+    tail = [[_diff(runs[s], base[s], f"test_tail/{m}") for s in seeds] for m in metrics]
+    return [[label, *map(_fmt, deltas), *map(_fmt, tail)],
+            ["  paper: + visual semantic reconstruction", *PAPER_VISUAL_ROW, *[""] * len(metrics)]]
+
+
+def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds: list[int],
+                  ks: tuple[int, int], datasets: list[str], link_base: Path) -> str:
+    """Table 2: generated retrieval embeddings vs the discriminative one, as deltas over text-only KARMA."""
+    index, _ = _index_records(records, suite, suite_version)
+    k1, k2 = ks
+    metrics = ["gAUC", f"HR@{k1}", f"HR@{k2}", "JS@50"]
+    out = ["## Table 2: generating the retrieval embedding (deltas over text-only KARMA)", "",
+           f"Suite `{suite}`. A `karma_gen` run trains KARMA with its selected settings plus two train-only "
+           "readouts of the detached next-interest state h, each trained to produce the target item's retrieval "
+           "embedding: a conditional diffusion head (DDPM, sampled with diffusers' DDIM, eta 0) and an MLP "
+           "regressor (AR + MSE). Each is evaluated in place of u, on the same items and metrics. Cells: mean ± "
+           f"95% half-width over seeds {seeds} of the per-seed difference to `karma:karma` (points). The paper "
+           "prints no numbers in its text, only that diffusion underperforms and AR + MSE does better.", ""]
+    analysis, figures = [], []
+    for dataset in datasets:
+        runs, base = index.get((dataset, *GENERATORS), {}), index.get((dataset, *REFERENCE), {})
+        if not runs:
+            continue
+        if not all(s in runs and s in base for s in seeds):
+            out += [f"### {dataset}", "", f"missing ({len([s for s in seeds if s in runs])}/{len(seeds)} seeds "
+                    "of karma_gen, or text-only KARMA incomplete)", ""]
+            continue
+        rows = [["text-only KARMA, u (absolute)", *[_abs([_metric_value(base[s], m) for s in seeds]) for m in metrics]],
+                ["karma_gen, its own u", *[_fmt([_diff(runs[s], base[s], m) for s in seeds]) for m in metrics]]]
+        for name, label in (("diffusion", "diffusion generator (1 sample)"), ("ar_mse", "AR + MSE")):
+            cells = []
+            for m in metrics:
+                vals = [(runs[s].get("table2") or {}).get(name, {}).get(m) for s in seeds]
+                refs = [_metric_value(base[s], m) for s in seeds]
+                cells.append(_fmt([None if v is None or r is None else v - r for v, r in zip(vals, refs, strict=True)]))
+            rows.append([label, *cells])
+        out += [f"### {dataset}", "", tabulate(rows, headers=["retrieval embedding", *metrics], tablefmt="github"), ""]
+        rows, figure = _mode_mean_rows(dataset, runs, seeds, k1)
+        analysis += rows
+        if figure and Path(figure).exists():
+            figures.append(f"![{dataset} mode/mean]({os.path.relpath(Path(figure).resolve(), Path(link_base).resolve())})")
+    if analysis:
+        out += ["### Mode-seeking vs mean-seeking", "",
+                "Per dataset, mean over seeds, on the first test impressions: `spread` is the mean pairwise cosine "
+                "distance between diffusion samples of the same impression; `cos → target` / `cos → centroid` the "
+                "cosine of a single diffusion sample, of the normalised mean of the samples, and of the AR + MSE "
+                "output to the target item and to the centroid of plausible targets (training clicks under the same "
+                f"query); HR@{k1} of each on that subset.", "",
+                tabulate(analysis, headers=["dataset", "spread", "embedding", "cos → target", "cos → centroid",
+                                            f"HR@{k1}"], tablefmt="github"), ""]
+        out += figures
+    return "\n".join(out)
+
+
+def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k: int) -> tuple[list[list[str]], str | None]:
+    """Rows of the mode/mean analysis (means over seeds) and the first seed's figure."""
+    stats = [(runs[s].get("table2") or {}).get("analysis") for s in seeds]
+    if any(a is None for a in stats):
+        return [], None
+    rows = []
+    for i, (name, label) in enumerate((("diffusion_sample", "diffusion, 1 sample"),
+                                       ("diffusion_mean", f"diffusion, mean of {stats[0]['samples']}"),
+                                       ("ar_mse", "AR + MSE"))):
+        mean = lambda path: float(np.mean([_get(a, path) for a in stats]))  # noqa: E731
+        rows.append([dataset if i == 0 else "", f"{mean('spread'):.3f}" if i == 0 else "", label,
+                     f"{mean(f'cos_target.{name}'):.3f}", f"{mean(f'cos_centroid.{name}'):.3f}",
+                     f"{100 * mean(f'subset_metrics.{name}.HR@{k}'):.2f}"])
+    return rows, stats[0].get("figure")
 
 
 def _diff(run: dict, base: dict, metric: str) -> float | None:

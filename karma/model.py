@@ -39,6 +39,8 @@ from torch.utils.data import Dataset
 from benchmark.data.schema import SearchLog
 from karma import backbones
 from karma.losses import action_negatives, infonce, pairwise_ce, text_nll
+from karma.visual import extract_features
+from karma.visual_heads import DiffusionHead, FlowMatchingHead, masked_mean
 
 
 @dataclass
@@ -65,11 +67,27 @@ class KarmaConfig:
     warmup_epochs: int = 0  # stage 1 semantic warm-up epochs over the catalog (0 = none)
     lr: float = 1e-3  # AdamW learning rate (overrides train.lr)
     max_epochs: int = 0  # joint-training epoch cap (overrides train.max_epochs when > 0; warm-up not counted)
+    # Visual semantic reconstruction (paper Eq. 8), a train-only head: weight (also scaled by
+    # decodability_scale), head kind, and what it is conditioned on.
+    w_visual: float = 0.0
+    visual_head: str = "flow"  # flow (rectified flow, Euler sampler) | diffusion (DDPM, diffusers DDIM sampler)
+    visual_condition: str = "embedding"  # embedding: h (Task 2 side) | history: mean history state (Task 1 side)
+    visual_encoder: str = "efficientnet-lite0"  # karma.visual encoder (open_clip:<model>/<tag> with network)
+    head_hidden: int = 256  # width of the visual and generator heads' denoiser / MLP
+    # Table 2: generators of the retrieval embedding, trained as train-only readouts of h (detached).
+    generators: bool = False
+    generator_steps: int = 50  # DDIM steps when sampling the diffusion generator
     restrict_vocab: bool = True  # text softmax over the catalog's tokens only (cpu preset)
     dtype: str = "float32"  # float32 | bfloat16 (gpu preset)
     tiny: bool = False  # tests: random tiny backbones of the same architecture, no weights needed
     trust_remote_code: bool = False  # never by default
     cache_dir: str = ""  # where backbone caches go ("" = <data root>/models, set by the pipeline)
+
+    def __post_init__(self):
+        if self.visual_head not in ("flow", "diffusion"):
+            raise ValueError(f"visual_head must be 'flow' or 'diffusion', got {self.visual_head!r}")
+        if self.visual_condition not in ("embedding", "history"):
+            raise ValueError(f"visual_condition must be 'embedding' or 'history', got {self.visual_condition!r}")
 
     @property
     def decodes_text(self) -> bool:
@@ -83,6 +101,13 @@ VARIANTS: dict[str, dict] = {
     "task2": {"w_task1": 0.0, "w_task2": 0.1, "warmup_epochs": 1},
     "karma": {"w_task1": 0.1, "w_task2": 0.1, "warmup_epochs": 1},
 }
+# The multimodal row of Table 1 (KARMA + visual reconstruction) and Table 2 (generators of the
+# retrieval embedding read out of KARMA's h): KARMA's text losses plus one more train-only head.
+MULTIMODAL_VARIANTS: dict[str, dict] = {
+    "visual": {**VARIANTS["karma"], "w_visual": 0.1},
+    "generators": {**VARIANTS["karma"], "generators": True},
+}
+GENERATOR_SEED_OFFSET = 7919  # the generator heads draw noise from their own stream (main path unchanged)
 
 
 class AttentionPooling(nn.Module):
@@ -213,6 +238,12 @@ class ContinuousTokenModel(nn.Module):
         self.heads = nn.ModuleDict()
         if cfg.w_task2 > 0:
             self.heads["task2_prefix"] = nn.Linear(cfg.retrieval_dim, hidden)
+        if cfg.w_visual > 0:
+            self._prepare_visual(log, cache_dir, hidden)
+        if cfg.generators:  # Table 2: u generated from h by diffusion, or regressed by AR + MSE
+            self.heads["gen_diffusion"] = DiffusionHead(cfg.retrieval_dim, hidden, hidden=cfg.head_hidden)
+            self.heads["gen_mse"] = nn.Sequential(nn.Linear(hidden, cfg.head_hidden), nn.GELU(),
+                                                  nn.Linear(cfg.head_hidden, cfg.retrieval_dim))
         if cfg.decodes_text:
             ids = dec_tok(texts, truncation=True, max_length=cfg.text_tokens, add_special_tokens=False)["input_ids"]
             eos = dec_tok.eos_token_id if dec_tok.eos_token_id is not None else dec_tok.sep_token_id
@@ -226,6 +257,23 @@ class ContinuousTokenModel(nn.Module):
             self.register_buffer("item_text", text, persistent=False)  # (N, S+1) full-vocab ids, -100 pad
         self._log = log
         self._prepared_for = log.fingerprint
+
+    def _prepare_visual(self, log: SearchLog, cache_dir: Path, hidden: int) -> None:
+        """Frozen visual features of every catalog item (cached) and the reconstruction head."""
+        cfg = self.config
+        column = "image_file" if "image_file" in log.catalog else "image"
+        paths = [p if isinstance(p, str) and Path(p).is_file() else None for p in log.catalog[column]]
+        if cfg.tiny:  # tests: a fixed, weightless pixel encoder (4x4 average colours), no package needed
+            feats, has_image, info = extract_features(paths, "tiny-pixels", cache_dir / "visual", progress=False,
+                                                      model=nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten()),
+                                                      image_size=32)
+        else:
+            feats, has_image, info = extract_features(paths, cfg.visual_encoder, cache_dir / "visual", progress=False)
+        self.register_buffer("visual_features", feats, persistent=False)  # (N, F) L2-normalised, 0 = none
+        self.register_buffer("has_image", has_image, persistent=False)  # (N,)
+        self.visual_info = {k: v for k, v in info.items() if k != "cache_path"}
+        head = FlowMatchingHead if cfg.visual_head == "flow" else DiffusionHead
+        self.heads["visual"] = head(feats.shape[1], hidden, hidden=cfg.head_hidden)
 
     # --- the inference path ------------------------------------------------------------------
     def item_tokens(self, items: torch.Tensor, return_attention: bool = False):
@@ -258,8 +306,8 @@ class ContinuousTokenModel(nn.Module):
     def _dtype(self):
         return next(self.decoder.parameters()).dtype
 
-    def user_vectors(self, histories, query_ids, text_suffix: torch.Tensor | None = None):
-        """-> (u (B, R) normalised, hidden states of the suffix or None)."""
+    def user_vectors(self, histories, query_ids, text_suffix: torch.Tensor | None = None, return_states=False):
+        """-> (u (B, R) normalised, hidden states of the suffix or None [, h (B, D), history mean (B, D)])."""
         embeds, mask = self._sequence(histories, query_ids)
         n_prefix = embeds.shape[1]
         if text_suffix is not None:  # Task 1: the target text follows in the same causal pass
@@ -270,7 +318,11 @@ class ContinuousTokenModel(nn.Module):
         states = self._run_decoder(embeds, mask)
         h = states[:, n_prefix - 1].float()  # (B, D): the next-interest state (causal: text unseen)
         u = F.normalize(self.user_head(h), dim=-1)
-        return u, (states[:, n_prefix - 1:-1] if text_suffix is not None else None)
+        suffix = states[:, n_prefix - 1:-1] if text_suffix is not None else None
+        if not return_states:
+            return u, suffix
+        n_hist = histories.shape[1]  # the history positions (the query token, if any, follows them)
+        return u, suffix, h, masked_mean(states[:, :n_hist].float(), histories >= 0)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.item_head(self.item_tokens(items).float()), dim=-1)
@@ -326,7 +378,8 @@ class ContinuousTokenModel(nn.Module):
             target_text = target_text[:, : int((target_text >= 0).sum(1).max())]
         else:
             target_text = None
-        u, text_states = self.user_vectors(batch["histories"], batch["query"], target_text)
+        u, text_states, h, history_state = self.user_vectors(batch["histories"], batch["query"], target_text,
+                                                             return_states=True)
         negatives, neg_mask = action_negatives(targets, batch["exposures"], cfg.in_batch_negatives)
         items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
         v = self.item_vectors(items)  # (M, R), each distinct item encoded once
@@ -345,7 +398,27 @@ class ContinuousTokenModel(nn.Module):
             prefix = self.heads["task2_prefix"](u[decode]).to(self._dtype())[:, None]  # (B', 1, D): u alone
             out["task2"] = cfg.decodability_scale * cfg.w_task2 * self._decode_from_prefix(
                 prefix, self.item_text[targets[decode]])
+        if cfg.w_visual > 0:  # Eq. 8 on the targets that have an image
+            cond = h if cfg.visual_condition == "embedding" else history_state
+            out["visual"] = cfg.decodability_scale * cfg.w_visual * self.heads["visual"].loss(
+                self.visual_features[targets], cond, self.has_image[targets], generator=self._head_generator())
+        if cfg.generators:  # readouts of the detached state: they learn to produce v_target, not to shape h
+            v_target = v_pos.detach()
+            out["gen_diffusion"] = self.heads["gen_diffusion"].loss(v_target, h.detach(),
+                                                                    generator=self._head_generator())
+            out["gen_mse"] = F.mse_loss(self.heads["gen_mse"](h.detach()), v_target) * cfg.retrieval_dim
         return out
+
+    def readout_parameters(self) -> list[nn.Parameter]:
+        """The Table 2 generators: trained on detached states, clipped apart from the main path."""
+        return [p for name, head in self.heads.items() if name.startswith("gen_") for p in head.parameters()]
+
+    def _head_generator(self) -> torch.Generator:
+        """Noise for the visual / generator heads from a stream of its own, so adding a head does not
+        shift the random draws of the main path (decode masks, dropout)."""
+        if getattr(self, "_noise", None) is None:
+            self._noise = torch.Generator().manual_seed(torch.initial_seed() % 2**31 + GENERATOR_SEED_OFFSET)
+        return self._noise
 
     def _text_loss(self, states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """states (B, S+1, D) at the positions that predict text (B, S+1) full-vocab ids (-100 pad)."""
@@ -407,6 +480,36 @@ class ContinuousTokenModel(nn.Module):
         finally:
             self.decoder.set_attn_implementation(previous)
         return np.stack([a.float().numpy() for a in out.attentions]), window
+
+    @torch.no_grad()
+    def generated_user_embeddings(self, log: SearchLog, impressions: pd.DataFrame, batch_size: int = 256,
+                                  samples: int = 1) -> dict[str, torch.Tensor]:
+        """Table 2: the retrieval embedding generated from h by each generator head, normalised.
+
+        ``diffusion``: one DDIM sample (``generator_steps`` steps, eta 0) per impression (``samples`` > 1
+        returns (n, samples, R) under ``diffusion_samples`` for the mode/mean analysis);
+        ``ar_mse``: the MSE regressor's output. Empty when the generators are off."""
+        if not self.config.generators:
+            return {}
+        order = np.argsort([len(h) for h in impressions["history"]], kind="stable")
+        out = {"diffusion": torch.zeros(len(impressions), self.config.retrieval_dim),
+               "ar_mse": torch.zeros(len(impressions), self.config.retrieval_dim)}
+        many = torch.zeros(len(impressions), samples, self.config.retrieval_dim) if samples > 1 else None
+        noise = torch.Generator().manual_seed(GENERATOR_SEED_OFFSET)
+        for s in range(0, len(order), batch_size):
+            rows = order[s:s + batch_size]
+            batch = self._impression_batch(impressions.iloc[rows])
+            _, _, h, _ = self.user_vectors(batch["histories"], batch["query"], return_states=True)
+            index = torch.from_numpy(rows)
+            out["ar_mse"][index] = F.normalize(self.heads["gen_mse"](h), dim=-1)
+            draws = [self.heads["gen_diffusion"].sample(h, steps=self.config.generator_steps, generator=noise)
+                     for _ in range(max(1, samples))]
+            out["diffusion"][index] = F.normalize(draws[0], dim=-1)
+            if many is not None:
+                many[index] = F.normalize(torch.stack(draws, 1), dim=-1)
+        if many is not None:
+            out["diffusion_samples"] = many
+        return out
 
     # --- zero-overhead claim: what inference needs ----------------------------------------------
     def inference_state_dict(self) -> dict[str, torch.Tensor]:

@@ -119,3 +119,29 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert "action-only LLM vs KARMA" in board
     compare = tmp_path / "results" / "figures" / "attention_compare" / "synthetic__decoder_attention.png"
     assert compare.exists() and "attention_compare/synthetic__decoder_attention.png" in board
+
+
+def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
+    models = "models=[karma:karma,karma_visual,karma_gen]"
+    grid = ["search.enabled=true", "+search.grids.karma={model.karma.lr:[0.001,0.003]}",
+            "+search.grids.karma_visual={model.karma.lr:[0.001,0.003]}", "model.karma.head_hidden=16",
+            "model.karma.generator_steps=3", "funnel.generator_samples=3", "funnel.generator_impressions=20"]
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY_LLM[:-7], models, *TINY_LLM[-6:], *grid]) == 0
+    folder = tmp_path / "results" / "records" / "smoke" / "synthetic"
+    karma = json.loads((folder / "karma__karma__seed0.json").read_text())
+    visual = json.loads((folder / "karma_visual__visual__seed0.json").read_text())
+    gen = json.loads((folder / "karma_gen__generators__seed0.json").read_text())
+    # the visual run names its feature encoder and its image coverage, and trained the visual head
+    assert visual["visual_features"]["encoder"] == "tiny-pixels"
+    assert visual["adaptation"]["images"]["with_image"] == visual["data_stats"]["items"]
+    assert "visual" in visual["selection"]["history"][-1]
+    # Table 2's run reuses KARMA's search (no trials of its own) and evaluates both generators
+    assert gen["search"]["tuned_like"] == "karma:karma" and gen["search"]["selected"] == karma["search"]["selected"]
+    assert not (tmp_path / "results" / "search" / "smoke" / "synthetic" / "karma_gen__generators.json").exists()
+    assert gen["metrics"]["test"] == karma["metrics"]["test"]  # detached readouts leave KARMA's own path unchanged
+    for name in ("diffusion", "ar_mse"):
+        assert 0 <= gen["table2"][name]["HR@10"] <= 1 and 0 <= gen["table2"][name]["gAUC"] <= 1
+    analysis = gen["table2"]["analysis"]
+    assert analysis["samples"] == 3 and analysis["spread"] >= 0 and Path(analysis["figure"]).exists()
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "+ visual reconstruction" in board and "## Table 2" in board and "Mode-seeking vs mean-seeking" in board

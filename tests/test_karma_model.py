@@ -139,3 +139,77 @@ def test_hllm_trains_with_infonce_and_a_capped_temperature(preset):
     assert model.item_embeddings(log).shape == (12, 16)
     with pytest.raises(ValueError, match="no decodability"):
         HLLM(3, HLLMConfig(w_task1=1.0))
+
+
+def _image_log(tmp_path, with_image=lambda i: i % 2 == 0) -> SearchLog:
+    """The toy log with a rendered PNG for some items (the others have none)."""
+    from PIL import Image
+
+    log = _log()
+    paths = []
+    for i in range(log.n_items):
+        if with_image(i):
+            path = tmp_path / f"i{i}.png"
+            Image.new("RGB", (8, 8), color=(20 * i % 255, 80, 160)).save(path)
+            paths.append(str(path))
+        else:
+            paths.append(None)
+    log.catalog["image"] = paths
+    return log
+
+
+def _mm_model(log, tmp_path, **overrides):
+    cfg = dataclasses.replace(KarmaConfig(tiny=True, retrieval_dim=16, item_tokens=8, text_tokens=6, pool_heads=2,
+                                          head_hidden=32, generator_steps=4),
+                              **{**VARIANTS["karma"], **overrides})
+    seed_everything(0)
+    model = ContinuousTokenModel(log.n_items, cfg)
+    model.prepare(log, cache_dir=tmp_path / "cache")
+    return model
+
+
+@pytest.mark.parametrize("head,condition", [("flow", "embedding"), ("diffusion", "history")])
+def test_visual_and_generator_heads_are_train_only(tmp_path, head, condition):
+    log = _image_log(tmp_path)
+    model = _mm_model(log, tmp_path, w_visual=0.1, visual_head=head, visual_condition=condition, generators=True)
+    assert model.has_image.tolist() == [i % 2 == 0 for i in range(log.n_items)]
+    assert model.visual_info["encoder"] == "tiny-pixels" and model.visual_info["n_missing"] == log.n_items // 2
+    terms = model.losses(_batch(model, log), torch.Generator())
+    assert set(terms) == {"action", "task1", "task2", "visual", "gen_diffusion", "gen_mse"}
+    assert all(torch.isfinite(v) and v > 0 for v in terms.values())
+    # zero overhead: the inference weights and scores are the action-only model's
+    action = _mm_model(log, tmp_path, **VARIANTS["action_only"])
+    assert model.inference_state_dict().keys() == action.inference_state_dict().keys()
+    model.load_state_dict(action.inference_state_dict(), strict=False)
+    model.eval(), action.eval()
+    imp = log.split("test")
+    assert torch.equal(model.user_embeddings(log, imp), action.user_embeddings(log, imp))
+    assert torch.equal(model.item_embeddings(log), action.item_embeddings(log))
+
+
+def test_visual_loss_ignores_targets_without_an_image(tmp_path):
+    log = _image_log(tmp_path, with_image=lambda i: False)
+    model = _mm_model(log, tmp_path, w_visual=0.1)
+    visual = model.losses(_batch(model, log), torch.Generator())["visual"]
+    assert float(visual) == 0.0 and visual.requires_grad  # exact zero, still attached to the head
+    visual.backward()
+    assert all(p.grad is not None for p in model.heads["visual"].parameters())
+
+
+def test_generator_heads_leave_the_main_path_and_its_random_draws_unchanged(tmp_path):
+    log = _image_log(tmp_path)
+    plain, with_gen = _mm_model(log, tmp_path), _mm_model(log, tmp_path, generators=True)
+    a = plain.losses(_batch(plain, log), torch.Generator().manual_seed(1))
+    b = with_gen.losses(_batch(with_gen, log), torch.Generator().manual_seed(1))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same init, same decode masks, same action loss
+
+
+def test_generated_user_embeddings_have_the_retrieval_shape(tmp_path):
+    log = _image_log(tmp_path)
+    model = _mm_model(log, tmp_path, generators=True)
+    imp = log.split("test")
+    out = model.generated_user_embeddings(log, imp, samples=3)
+    assert out["diffusion"].shape == out["ar_mse"].shape == (len(imp), 16)
+    assert out["diffusion_samples"].shape == (len(imp), 3, 16)
+    assert torch.allclose(out["diffusion"].norm(dim=-1), torch.ones(len(imp)), atol=1e-5)
+    assert _mm_model(log, tmp_path).generated_user_embeddings(log, imp) == {}

@@ -86,6 +86,17 @@ def expand(names: list[str], root: Path) -> list[str]:
     return out
 
 
+def has_images(root: Path, name: str, fetch: bool = False) -> bool:
+    """Whether item images can be had without loading: the embedded catalog renders its own; a real
+    set needs an ``images/`` folder (files named by item id) or, with fetching on, item text metadata
+    (where the image URLs are)."""
+    spec = parse(name)
+    if spec.family == EMBEDDED:
+        return True
+    folder = root / spec.family / spec.category / "images"
+    return (folder.is_dir() and any(folder.iterdir())) or (fetch and has_text(root, name))
+
+
 def has_text(root: Path, name: str) -> bool:
     """Whether the dataset has item text (LLM models need it); decided from the files, without loading."""
     spec = parse(name)

@@ -1,0 +1,112 @@
+"""Table 2 of the paper, per run: the retrieval embedding *generated* from KARMA's next-interest state.
+
+A ``karma_gen`` run trains KARMA (its main path unchanged) plus two train-only readouts of the
+detached state h, each trained to produce the target item's retrieval embedding ``v_target``:
+
+- ``diffusion``: a conditional DDPM head (epsilon prediction); at test time one embedding is sampled
+  with diffusers' DDIM scheduler (eta 0, ``generator_steps`` steps) from Gaussian noise;
+- ``ar_mse``: an MLP regressor trained with MSE (the autoregressive state -> next embedding).
+
+Both are evaluated exactly like the model's own user embedding u (full catalog, same item embeddings,
+same metrics). The mode/mean analysis then draws several diffusion samples for a subset of test
+impressions and measures, in the item-embedding space:
+
+- ``spread``: mean pairwise cosine distance between the samples of one impression;
+- the cosine of a single sample, of the normalised mean of the samples, and of the AR+MSE output to
+  (a) the target item and (b) the centroid of plausible targets: the normalised mean embedding of
+  the training clicks under the same query (the "stable centroid" of the paper's reading);
+- the same retrieval metrics for the sample mean: if averaging samples (moving from a mode towards
+  the mean) retrieves better than one sample, retrieval rewards mean-seeking, as the paper argues.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.data.schema import SearchLog
+from benchmark.diagnostics import _figure
+from benchmark.evaluate import evaluate
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def plausible_centroids(log: SearchLog, impressions: pd.DataFrame, item_emb: np.ndarray) -> np.ndarray:
+    """Per impression, the normalised mean embedding of the training clicks under its query
+    (zero row when the query has no training click)."""
+    train = log.split("train")
+    means = {q: _unit(item_emb[g.to_numpy()].mean(0)) for q, g in train.groupby("query")["target"]}
+    zero = np.zeros(item_emb.shape[1])
+    return np.stack([means.get(q, zero) for q in impressions["query"]]) if len(impressions) else zero[None, :0]
+
+
+def mode_mean_analysis(samples: np.ndarray, mse: np.ndarray, targets: np.ndarray, centroids: np.ndarray) -> dict:
+    """samples (n, S, R) normalised diffusion draws, mse (n, R), targets (n, R), centroids (n, R) -> stats."""
+    n, s, _ = samples.shape
+    sims = np.einsum("nsr,ntr->nst", samples, samples)
+    off = ~np.eye(s, dtype=bool)
+    spread = float((1 - sims[:, off]).mean()) if s > 1 else 0.0
+    mean = _unit(samples.mean(1))
+    has_c = np.linalg.norm(centroids, axis=1) > 0
+
+    def cos(a: np.ndarray, b: np.ndarray, rows=slice(None)) -> float:
+        return float(np.einsum("nr,nr->n", a[rows], b[rows]).mean()) if len(a[rows]) else float("nan")
+
+    return {"impressions": int(n), "samples": int(s), "spread": spread,
+            "cos_target": {"diffusion_sample": cos(samples[:, 0], targets), "diffusion_mean": cos(mean, targets),
+                           "ar_mse": cos(mse, targets)},
+            "cos_centroid": {"diffusion_sample": cos(samples[:, 0], centroids, has_c),
+                             "diffusion_mean": cos(mean, centroids, has_c), "ar_mse": cos(mse, centroids, has_c)},
+            "with_centroid": int(has_c.sum())}
+
+
+def analysis_figure(samples: np.ndarray, mse: np.ndarray, centroids: np.ndarray, path: Path, title: str) -> Path:
+    """Histogram of the cosine to the plausible-target centroid: one diffusion sample, the mean of the
+    samples, and the AR+MSE output."""
+    has_c = np.linalg.norm(centroids, axis=1) > 0
+    series = {"diffusion, one sample": samples[has_c, 0], f"diffusion, mean of {samples.shape[1]}":
+              _unit(samples[has_c].mean(1)), "AR + MSE": mse[has_c]}
+    fig = _figure(1, width=6.0, height=4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    bins = np.linspace(-1, 1, 41)
+    for label, x in series.items():
+        ax.hist(np.einsum("nr,nr->n", x, centroids[has_c]), bins=bins, alpha=0.5, label=label)
+    ax.set_xlabel("cosine to the centroid of plausible targets (same-query training clicks)")
+    ax.set_ylabel("test impressions")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def table2_metrics(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.ndarray, item_terms, cfg,
+                   run: dict, figures_dir: Path) -> dict | None:
+    """Test metrics of each generated embedding, plus the mode/mean analysis; None for other models."""
+    if not getattr(getattr(model, "config", None), "generators", False):
+        return None
+    ks, js_k = list(cfg.eval.ks), cfg.eval.js_k
+    out = {"sampler": f"DDIM, eta 0, {model.config.generator_steps} steps (diffusers)"}
+    generated = model.generated_user_embeddings(log, test_imp)
+    for name in ("diffusion", "ar_mse"):
+        out[name] = evaluate(item_emb, generated[name].numpy(), test_imp, ks=ks, js_k=js_k,
+                             item_terms=item_terms, topk_lists=item_terms is not None).metrics
+    sub = test_imp.head(cfg.funnel.generator_impressions)
+    draws = model.generated_user_embeddings(log, sub, samples=cfg.funnel.generator_samples)
+    samples, mse = draws["diffusion_samples"].numpy(), draws["ar_mse"].numpy()
+    centroids = plausible_centroids(log, sub, item_emb)
+    analysis = mode_mean_analysis(samples, mse, item_emb[sub["target"].to_numpy()], centroids)
+    for name, users in (("diffusion_sample", samples[:, 0]), ("diffusion_mean", _unit(samples.mean(1))),
+                        ("ar_mse", mse)):
+        analysis.setdefault("subset_metrics", {})[name] = evaluate(item_emb, users, sub, ks=ks, js_k=js_k,
+                                                                   item_terms=None, topk_lists=False).metrics
+    path = Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__seed{run['seed']}.png"
+    analysis["figure"] = str(analysis_figure(samples, mse, centroids, path,
+                                             f"{log.name}: generated retrieval embeddings, seed {run['seed']}"))
+    out["analysis"] = analysis
+    return out
