@@ -354,7 +354,7 @@ class ContinuousTokenModel(nn.Module):
         for r, h in enumerate(hist):
             if len(h):
                 histories[r, width - len(h):] = torch.from_numpy(np.array(h, dtype=np.int64))
-        exp = [np.asarray(e, dtype=np.int64) for e in rows["exposures"]] if "exposures" in rows else []
+        exp = [np.array(e, dtype=np.int64) for e in rows["exposures"]] if "exposures" in rows else []
         e_width = max([len(e) for e in exp] + [0])
         exposures = torch.full((len(rows), e_width), -1, dtype=torch.long)
         for r, e in enumerate(exp):
