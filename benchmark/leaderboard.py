@@ -170,6 +170,13 @@ def render_leaderboard(records: list[dict], plan: list[dict], *, suite: str, sui
                "`missing (k/n)`: only k of n planned seeds have records (never averaged in); "
                "`n/a`: the metric is undefined (null/NaN) in at least one seed. "
                f"Metrics without a split prefix are on the `{DEFAULT_SPLIT}` split.")
+    out.append("- **queries:** public review data has none; the adaptation (HEM, Ai et al. 2017) builds the query "
+               "from the *target* item's category path (title terms where a set has no category). The LLM family "
+               "(action_llm, hllm, karma*) reads the query; popularity and SASRec do not. Rows of the two groups "
+               "compare search with recommendation, not like with like: compare LLM rows with each other.")
+    out.append("- `train s`: mean training seconds per run (validation passes included); `imp/s`: training impressions "
+               "per second; `users/s`: test impressions embedded and ranked per second; `peak MB`: the largest "
+               "resident memory of any seed's run.")
     out.append("")
 
     datasets: list[str] = []
@@ -177,7 +184,7 @@ def render_leaderboard(records: list[dict], plan: list[dict], *, suite: str, sui
         if p["dataset"] not in datasets:
             datasets.append(p["dataset"])
 
-    headers = ["model", "variant", "seeds", *metrics, "train s", "peak MB"]
+    headers = ["model", "variant", "seeds", *metrics, "train s", "imp/s", "users/s", "peak MB"]
     for dataset in datasets:
         entries = [p for p in plan if p["dataset"] == dataset]
         out += [f"## {dataset}", ""]
@@ -206,14 +213,14 @@ def render_leaderboard(records: list[dict], plan: list[dict], *, suite: str, sui
             seeds = [int(s) for s in p.get("seeds", [])]
             status = p.get("status", "planned")
             if status != "planned":
-                rows.append([model, variant, f"not run: {status}", *["" for _ in metrics], "", ""])
+                rows.append([model, variant, f"not run: {status}", *["" for _ in metrics], "", "", "", ""])
                 continue
             have = index.get((dataset, model, variant), {})
             done = [have[s] for s in seeds if s in have]
             n, k = len(seeds), len(done)
             if k < n or n == 0:
                 miss = f"missing ({k}/{n})"
-                rows.append([model, variant, f"{k}/{n}", *[miss for _ in metrics], miss, miss])
+                rows.append([model, variant, f"{k}/{n}", *[miss for _ in metrics], miss, miss, miss, miss])
                 continue
             cells = []
             for i, name in enumerate(metrics):
@@ -226,7 +233,11 @@ def render_leaderboard(records: list[dict], plan: list[dict], *, suite: str, sui
             peak = [_num((r.get("timing") or {}).get("peak_memory_mb")) for r in done]
             train_s = "n/a" if any(v is None for v in train) else f"{float(np.mean(train)):.1f}"
             peak_mb = "n/a" if any(v is None for v in peak) else f"{max(peak):.0f}"
-            rows.append([model, variant, f"{k}/{n}", *cells, train_s, peak_mb])
+            rates = []
+            for key in ("train_impressions_per_s", "eval_users_per_s"):
+                vals = [_num((r.get("timing") or {}).get(key)) for r in done]
+                rates.append("n/a" if any(v is None for v in vals) else f"{float(np.mean(vals)):.0f}")
+            rows.append([model, variant, f"{k}/{n}", *cells, train_s, *rates, peak_mb])
         out.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
         out.append("")
 
