@@ -35,6 +35,7 @@ from benchmark.models import MODELS, build, expand
 from benchmark.seed import seed_everything
 from benchmark.tables import render_attention_comparison, render_funnel, render_table1, render_table2
 from benchmark.trainer import TrainConfig, train
+from karma.visual import VisualEncoderError
 
 log = logging.getLogger(__name__)
 LEADERBOARD_METRICS = ["NDCG@10", "HR@10", "HR@50", "MRR", "gAUC", "JS@50", "test_tail/NDCG@10", "test_tail/HR@50"]
@@ -321,6 +322,9 @@ def run_suite(cfg) -> Path:
         except DataError as err:
             failures.append(f"{name}: {err}")
             problems[name] = str(err).splitlines()[0]
+            print(f"    skipped: {err}", flush=True)
+        except VisualEncoderError as err:  # e.g. the offline encoder's optional package is not installed
+            failures.append(f"{name} {run['model']}:{run['variant']} seed {run['seed']}: {err}")
             print(f"    skipped: {err}", flush=True)
     path = regenerate_leaderboard(cfg, {cfg.suite: problems})
     if failures:

@@ -12,6 +12,15 @@ Train-only heads (``self.heads``; absent from the inference path, so zero servin
 - Task 2, embedding-conditioned reconstruction: the target's text is decoded from a single prefix
   token ``A(u)`` built from the retrieval embedding u alone (the bottleneck that is scored).
 - Stage 1 warm-up: each catalog item's text is decoded from its own item token e_i.
+- Visual reconstruction (``w_visual``, paper Eq. 8): a conditional rectified-flow or DDPM head
+  (:mod:`karma.visual_heads`) predicts the target's frozen visual feature (:mod:`karma.visual`),
+  conditioned on h (Task 2 side) or on the mean history state (Task 1 side); targets without an
+  image are masked out.
+- Table 2 generators (``generators``): a DDPM head and an MLP (AR + MSE) trained to produce the
+  target's retrieval embedding v from h. They read h *detached* and are clipped apart from the rest
+  (``readout_parameters``), so KARMA's own training is unchanged and the comparison isolates how the
+  retrieval embedding is generated from the same state. The paper does not say whether its generators
+  shaped h; this is our reading, stated in the leaderboard.
 
 How this differs from the paper (which serves a Taobao-scale model on GPUs):
 - ``cpu`` preset: the item encoder (all-MiniLM-L6-v2) is frozen and its token states are cached
