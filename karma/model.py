@@ -382,13 +382,19 @@ class ContinuousTokenModel(nn.Module):
         decode = torch.rand(len(targets), generator=generator) < cfg.decode_fraction
         if cfg.decodes_text and not decode.any():
             decode[0] = True
-        if cfg.w_task1 > 0:  # Task 1 shares the causal pass: text is appended for the decoded rows only
-            target_text = self.item_text[targets].masked_fill(~decode[:, None], -100)  # (B, S+1)
+        # Task 1 shares the causal pass when every row decodes (h cannot see the text: causal mask);
+        # with decode_fraction < 1 only the decoded rows run a second pass with the text appended, so
+        # the rows that do not decode pay nothing for it.
+        shared = cfg.w_task1 > 0 and bool(decode.all())
+        target_text = self.item_text[targets] if shared else None  # (B, S+1)
+        if shared:
             target_text = target_text[:, : int((target_text >= 0).sum(1).max())]
-        else:
-            target_text = None
         u, text_states, h, history_state = self.user_vectors(batch["histories"], batch["query"], target_text,
                                                              return_states=True)
+        if cfg.w_task1 > 0 and not shared:
+            target_text = self.item_text[targets[decode]]
+            target_text = target_text[:, : int((target_text >= 0).sum(1).max())]
+            _, text_states = self.user_vectors(batch["histories"][decode], batch["query"][decode], target_text)
         negatives, neg_mask = action_negatives(targets, batch["exposures"], cfg.in_batch_negatives)
         items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
         v = self.item_vectors(items)  # (M, R), each distinct item encoded once
@@ -401,8 +407,7 @@ class ContinuousTokenModel(nn.Module):
             action = infonce(pos, neg, neg_mask, cfg.temperature)
         out = {"action": cfg.w_action * action}
         if cfg.w_task1 > 0:
-            out["task1"] = cfg.decodability_scale * cfg.w_task1 * self._text_loss(text_states[decode],
-                                                                                   target_text[decode])
+            out["task1"] = cfg.decodability_scale * cfg.w_task1 * self._text_loss(text_states, target_text)
         if cfg.w_task2 > 0:
             prefix = self.heads["task2_prefix"](u[decode]).to(self._dtype())[:, None]  # (B', 1, D): u alone
             out["task2"] = cfg.decodability_scale * cfg.w_task2 * self._decode_from_prefix(

@@ -213,3 +213,13 @@ def test_generated_user_embeddings_have_the_retrieval_shape(tmp_path):
     assert out["diffusion_samples"].shape == (len(imp), 3, 16)
     assert torch.allclose(out["diffusion"].norm(dim=-1), torch.ones(len(imp)), atol=1e-5)
     assert _mm_model(log, tmp_path).generated_user_embeddings(log, imp) == {}
+
+
+def test_partial_decoding_keeps_the_action_path_and_decodes_a_subset():
+    log = _log()
+    full, half = _model("karma"), _model("karma", decode_fraction=0.5)
+    a = full.losses(_batch(full, log), torch.Generator().manual_seed(3))
+    b = half.losses(_batch(half, log), torch.Generator().manual_seed(3))
+    # h never sees the appended text (causal mask), so the action loss does not depend on decoding
+    assert torch.allclose(a["action"], b["action"], atol=1e-5)
+    assert set(b) == {"action", "task1", "task2"} and all(torch.isfinite(v) for v in b.values())
