@@ -1,7 +1,9 @@
 """Table 2 of the paper, per run: the retrieval embedding *generated* from KARMA's next-interest state.
 
-A ``karma_gen`` run trains KARMA (its main path unchanged) plus two train-only readouts of the
-detached state h, each trained to produce the target item's retrieval embedding ``v_target``:
+A ``karma_gen`` run trains KARMA exactly as ``karma:karma`` (same selected settings, same seed), then
+fits two generators on the trained model's frozen (h, ``v_target``) pairs of the training split
+(``funnel.generator_epochs`` epochs, AdamW 1e-3, batch 256), each producing the target item's
+retrieval embedding from h:
 
 - ``diffusion``: a conditional DDPM head (epsilon prediction); at test time one embedding is sampled
   with diffusers' DDIM scheduler (eta 0, ``generator_steps`` steps) from Gaussian noise;
@@ -21,6 +23,7 @@ impressions and measures, in the item-embedding space:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +94,11 @@ def table2_metrics(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.n
     if not getattr(getattr(model, "config", None), "generators", False):
         return None
     ks, js_k = list(cfg.eval.ks), cfg.eval.js_k
-    out = {"sampler": f"DDIM, eta 0, {model.config.generator_steps} steps (diffusers)"}
+    start = time.perf_counter()
+    fit = model.fit_generators(log, cfg.funnel.generator_epochs, seed=run["seed"])
+    out = {"sampler": f"DDIM, eta 0, {model.config.generator_steps} steps (diffusers)",
+           "fit": {"epochs": cfg.funnel.generator_epochs, "final_losses": fit,
+                   "seconds": time.perf_counter() - start}}
     generated = model.generated_user_embeddings(log, test_imp)
     for name in ("diffusion", "ar_mse"):
         out[name] = evaluate(item_emb, generated[name].numpy(), test_imp, ks=ks, js_k=js_k,

@@ -59,18 +59,13 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     loader = _loader(dataset, model, config, generator)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    # Readouts of detached states (KARMA's Table 2 generators) are clipped on their own, so adding one
-    # leaves the main path's clipped gradients, hence its training, unchanged.
-    readout = {id(p) for p in getattr(model, "readout_parameters", list)()}
-    clip_groups = [group for group in ([p for p in params if id(p) not in readout],
-                                       [p for p in params if id(p) in readout]) if group]
     start = time.perf_counter()
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
     for name, stage_data, epochs in getattr(model, "stages", lambda *_: [])(log_, generator):
         stage_loader = _loader(stage_data, model, config, generator)
         for epoch in range(1, epochs + 1):
             model.train()
-            sums = _run_epoch(model, stage_loader, optimizer, clip_groups, config, generator, f"{desc} {name} {epoch}")
+            sums = _run_epoch(model, stage_loader, optimizer, params, config, generator, f"{desc} {name} {epoch}")
             result.history.append({"stage": name, "epoch": epoch, **sums})
             log.info("%s %s epoch %d: %s", desc, name, epoch, " ".join(f"{k}={v:.4f}" for k, v in sums.items()))
     best_state, best_value, since_best = None, -math.inf, 0
@@ -79,7 +74,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
-        sums = _run_epoch(model, loader, optimizer, clip_groups, config, generator, f"{desc} epoch {epoch}")
+        sums = _run_epoch(model, loader, optimizer, params, config, generator, f"{desc} epoch {epoch}")
         seen += len(dataset)
         train_time += time.perf_counter() - epoch_start
         model.eval()
@@ -108,7 +103,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     return result
 
 
-def _run_epoch(model, loader, optimizer, clip_groups, config: TrainConfig, generator, desc: str) -> dict[str, float]:
+def _run_epoch(model, loader, optimizer, params, config: TrainConfig, generator, desc: str) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of each named loss term."""
     sums: dict[str, float] = {}
     bar = tqdm(loader, desc=desc, leave=False, disable=not config.progress)
@@ -121,8 +116,7 @@ def _run_epoch(model, loader, optimizer, clip_groups, config: TrainConfig, gener
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
-            for group in clip_groups:
-                torch.nn.utils.clip_grad_norm_(group, config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())

@@ -125,7 +125,8 @@ def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     models = "models=[karma:karma,karma_visual,karma_gen]"
     grid = ["search.enabled=true", "+search.grids.karma={model.karma.lr:[0.001,0.003]}",
             "+search.grids.karma_visual={model.karma.lr:[0.001,0.003]}", "model.karma.head_hidden=16",
-            "model.karma.generator_steps=3", "funnel.generator_samples=3", "funnel.generator_impressions=20"]
+            "model.karma.generator_steps=3", "funnel.generator_samples=3", "funnel.generator_impressions=20",
+            "funnel.generator_epochs=3"]
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY_LLM[:-7], models, *TINY_LLM[-6:], *grid]) == 0
     folder = tmp_path / "results" / "records" / "smoke" / "synthetic"
     karma = json.loads((folder / "karma__karma__seed0.json").read_text())
@@ -141,6 +142,7 @@ def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     assert gen["metrics"]["test"] == karma["metrics"]["test"]  # detached readouts leave KARMA's own path unchanged
     for name in ("diffusion", "ar_mse"):
         assert 0 <= gen["table2"][name]["HR@10"] <= 1 and 0 <= gen["table2"][name]["gAUC"] <= 1
+    assert gen["table2"]["fit"]["epochs"] == 3 and set(gen["table2"]["fit"]["final_losses"]) == {"gen_diffusion", "gen_mse"}
     analysis = gen["table2"]["analysis"]
     assert analysis["samples"] == 3 and analysis["spread"] >= 0 and Path(analysis["figure"]).exists()
     board = (tmp_path / "leaderboard.md").read_text()

@@ -175,7 +175,7 @@ def test_visual_and_generator_heads_are_train_only(tmp_path, head, condition):
     assert model.has_image.tolist() == [i % 2 == 0 for i in range(log.n_items)]
     assert model.visual_info["encoder"] == "tiny-pixels" and model.visual_info["n_missing"] == log.n_items // 2
     terms = model.losses(_batch(model, log), torch.Generator())
-    assert set(terms) == {"action", "task1", "task2", "visual", "gen_diffusion", "gen_mse"}
+    assert set(terms) == {"action", "task1", "task2", "visual"}  # generators are fitted after training
     assert all(torch.isfinite(v) and v > 0 for v in terms.values())
     # zero overhead: the inference weights and scores are the action-only model's
     action = _mm_model(log, tmp_path, **VARIANTS["action_only"])
@@ -223,3 +223,18 @@ def test_partial_decoding_keeps_the_action_path_and_decodes_a_subset():
     # h never sees the appended text (causal mask), so the action loss does not depend on decoding
     assert torch.allclose(a["action"], b["action"], atol=1e-5)
     assert set(b) == {"action", "task1", "task2"} and all(torch.isfinite(v) for v in b.values())
+
+
+def test_generators_are_fitted_on_the_frozen_model_and_learn_the_target_embedding(tmp_path):
+    log = _image_log(tmp_path)
+    model = _mm_model(log, tmp_path, generators=True)
+    before = {k: v.clone() for k, v in model.inference_state_dict().items()}
+    rows = log.split("train")
+    targets = model.item_vectors(torch.as_tensor(rows["target"].to_numpy())).detach()
+    cos = lambda: float((model.generated_user_embeddings(log, rows)["ar_mse"] * targets).sum(-1).mean())  # noqa: E731
+    start = cos()
+    losses = model.fit_generators(log, epochs=60, batch_size=16)
+    assert set(losses) == {"gen_diffusion", "gen_mse"} and all(np.isfinite(v) for v in losses.values())
+    assert cos() > max(0.5, start + 0.2)  # the regressor reproduces the targets it was fitted on
+    after = model.inference_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model itself is untouched
