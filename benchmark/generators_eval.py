@@ -1,16 +1,18 @@
 """Table 2 of the paper, per run: the retrieval embedding *generated* from KARMA's next-interest state.
 
 A ``karma_gen`` run trains KARMA exactly as ``karma:karma`` (same selected settings, same seed), then
-fits two generators on the trained model's frozen (h, ``v_target``) pairs of the training split
+fits three generators on the trained model's frozen (h, ``v_target``) pairs of the training split
 (``funnel.generator_epochs`` epochs, AdamW 1e-3, batch 256), each producing the target item's
 retrieval embedding from h:
 
 - ``diffusion``: a conditional DDPM head (epsilon prediction); at test time one embedding is sampled
   with diffusers' DDIM scheduler (eta 0, ``generator_steps`` steps) from Gaussian noise;
+- ``flow``: a conditional rectified-flow head, sampled with ``generator_steps`` Euler steps (the
+  paper names diffusion and flow matching together);
 - ``ar_mse``: an MLP regressor trained with MSE (the autoregressive state -> next embedding).
 
-Both are evaluated exactly like the model's own user embedding u (full catalog, same item embeddings,
-same metrics). The mode/mean analysis then draws several diffusion samples for a subset of test
+All are evaluated exactly like the model's own user embedding u (full catalog, same item embeddings,
+same metrics). The mode/mean analysis then draws several samples of each sampled generator for a subset of test
 impressions and measures, in the item-embedding space:
 
 - ``spread``: mean pairwise cosine distance between the samples of one impression;
@@ -47,41 +49,43 @@ def plausible_centroids(log: SearchLog, impressions: pd.DataFrame, item_emb: np.
     return np.stack([means.get(q, zero) for q in impressions["query"]]) if len(impressions) else zero[None, :0]
 
 
-def mode_mean_analysis(samples: np.ndarray, mse: np.ndarray, targets: np.ndarray, centroids: np.ndarray) -> dict:
-    """samples (n, S, R) normalised diffusion draws, mse (n, R), targets (n, R), centroids (n, R) -> stats."""
-    n, s, _ = samples.shape
-    sims = np.einsum("nsr,ntr->nst", samples, samples)
-    off = ~np.eye(s, dtype=bool)
-    spread = float((1 - sims[:, off]).mean()) if s > 1 else 0.0
-    mean = _unit(samples.mean(1))
+def mode_mean_analysis(samples: dict[str, np.ndarray], mse: np.ndarray, targets: np.ndarray,
+                       centroids: np.ndarray) -> dict:
+    """samples: name -> (n, S, R) normalised draws of one sampled generator; mse, targets, centroids (n, R).
+
+    Per sampled generator: ``spread`` (mean pairwise cosine distance between an impression's draws),
+    and the cosine of one draw (``<name>_sample``) and of the normalised mean of the draws
+    (``<name>_mean``) to the target and to the centroid; the same cosines for ``ar_mse``."""
     has_c = np.linalg.norm(centroids, axis=1) > 0
 
     def cos(a: np.ndarray, b: np.ndarray, rows=slice(None)) -> float:
         return float(np.einsum("nr,nr->n", a[rows], b[rows]).mean()) if len(a[rows]) else float("nan")
 
-    return {"impressions": int(n), "samples": int(s), "spread": spread,
-            "cos_target": {"diffusion_sample": cos(samples[:, 0], targets), "diffusion_mean": cos(mean, targets),
-                           "ar_mse": cos(mse, targets)},
-            "cos_centroid": {"diffusion_sample": cos(samples[:, 0], centroids, has_c),
-                             "diffusion_mean": cos(mean, centroids, has_c), "ar_mse": cos(mse, centroids, has_c)},
+    vectors, spread = {}, {}
+    for name, draws in samples.items():
+        n, s, _ = draws.shape
+        sims = np.einsum("nsr,ntr->nst", draws, draws)
+        spread[name] = float((1 - sims[:, ~np.eye(s, dtype=bool)]).mean()) if s > 1 else 0.0
+        vectors[f"{name}_sample"], vectors[f"{name}_mean"] = draws[:, 0], _unit(draws.mean(1))
+    vectors["ar_mse"] = mse
+    return {"impressions": int(len(mse)), "samples": int(next(iter(samples.values())).shape[1]), "spread": spread,
+            "cos_target": {k: cos(v, targets) for k, v in vectors.items()},
+            "cos_centroid": {k: cos(v, centroids, has_c) for k, v in vectors.items()},
             "with_centroid": int(has_c.sum())}
 
 
-def analysis_figure(samples: np.ndarray, mse: np.ndarray, centroids: np.ndarray, path: Path, title: str) -> Path:
-    """Histogram of the cosine to the plausible-target centroid: one diffusion sample, the mean of the
-    samples, and the AR+MSE output."""
+def analysis_figure(vectors: dict[str, np.ndarray], centroids: np.ndarray, path: Path, title: str) -> Path:
+    """Histogram of the cosine to the plausible-target centroid, one series per embedding (n, R)."""
     has_c = np.linalg.norm(centroids, axis=1) > 0
-    series = {"diffusion, one sample": samples[has_c, 0], f"diffusion, mean of {samples.shape[1]}":
-              _unit(samples[has_c].mean(1)), "AR + MSE": mse[has_c]}
-    fig = _figure(1, width=6.0, height=4.0)
+    fig = _figure(1, width=6.5, height=4.0)
     ax = fig.add_subplot(1, 1, 1)
     bins = np.linspace(-1, 1, 41)
-    for label, x in series.items():
-        ax.hist(np.einsum("nr,nr->n", x, centroids[has_c]), bins=bins, alpha=0.5, label=label)
+    for label, x in vectors.items():
+        ax.hist(np.einsum("nr,nr->n", x[has_c], centroids[has_c]), bins=bins, alpha=0.45, label=label)
     ax.set_xlabel("cosine to the centroid of plausible targets (same-query training clicks)")
     ax.set_ylabel("test impressions")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -96,24 +100,30 @@ def table2_metrics(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.n
     ks, js_k = list(cfg.eval.ks), cfg.eval.js_k
     start = time.perf_counter()
     fit = model.fit_generators(log, cfg.funnel.generator_epochs, seed=run["seed"])
-    out = {"sampler": f"DDIM, eta 0, {model.config.generator_steps} steps (diffusers)",
+    steps = model.config.generator_steps
+    out = {"sampler": {"diffusion": f"DDIM, eta 0, {steps} steps (diffusers)", "flow": f"Euler, {steps} steps"},
            "fit": {"epochs": cfg.funnel.generator_epochs, "final_losses": fit,
                    "seconds": time.perf_counter() - start}}
     generated = model.generated_user_embeddings(log, test_imp)
-    for name in ("diffusion", "ar_mse"):
+    for name in ("diffusion", "flow", "ar_mse"):
         out[name] = evaluate(item_emb, generated[name].numpy(), test_imp, ks=ks, js_k=js_k,
                              item_terms=item_terms, topk_lists=item_terms is not None).metrics
     sub = test_imp.head(cfg.funnel.generator_impressions)
     draws = model.generated_user_embeddings(log, sub, samples=cfg.funnel.generator_samples)
-    samples, mse = draws["diffusion_samples"].numpy(), draws["ar_mse"].numpy()
+    samples = {name: draws[f"{name}_samples"].numpy() for name in ("diffusion", "flow")}
+    mse = draws["ar_mse"].numpy()
     centroids = plausible_centroids(log, sub, item_emb)
     analysis = mode_mean_analysis(samples, mse, item_emb[sub["target"].to_numpy()], centroids)
-    for name, users in (("diffusion_sample", samples[:, 0]), ("diffusion_mean", _unit(samples.mean(1))),
-                        ("ar_mse", mse)):
-        analysis.setdefault("subset_metrics", {})[name] = evaluate(item_emb, users, sub, ks=ks, js_k=js_k,
-                                                                   item_terms=None, topk_lists=False).metrics
+    k = cfg.funnel.generator_samples
+    vectors = {"diffusion, one sample": samples["diffusion"][:, 0], f"diffusion, mean of {k}":
+               _unit(samples["diffusion"].mean(1)), "flow, one sample": samples["flow"][:, 0],
+               f"flow, mean of {k}": _unit(samples["flow"].mean(1)), "AR + MSE": mse}
+    keys = ["diffusion_sample", "diffusion_mean", "flow_sample", "flow_mean", "ar_mse"]
+    analysis["subset_metrics"] = {key: evaluate(item_emb, users, sub, ks=ks, js_k=js_k, item_terms=None,
+                                                topk_lists=False).metrics
+                                  for key, users in zip(keys, vectors.values(), strict=True)}
     path = Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__seed{run['seed']}.png"
-    analysis["figure"] = str(analysis_figure(samples, mse, centroids, path,
+    analysis["figure"] = str(analysis_figure(vectors, centroids, path,
                                              f"{log.name}: generated retrieval embeddings, seed {run['seed']}"))
     out["analysis"] = analysis
     return out

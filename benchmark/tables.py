@@ -112,7 +112,7 @@ def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds:
            f"Suite `{suite}`. A `karma_gen` run trains KARMA exactly as `karma:karma` (its selected settings, "
            "same seed), then fits two generators on the frozen next-interest states h of the training split, each "
            "producing the target item's retrieval embedding: a conditional diffusion head (DDPM, sampled with "
-           "diffusers' DDIM, eta 0) and an MLP regressor (AR + MSE). Each is evaluated in place of u, on the same items and metrics. Cells: mean ± "
+           "diffusers' DDIM, eta 0), a conditional rectified-flow head (Euler sampler) and an MLP regressor (AR + MSE). Each is evaluated in place of u, on the same items and metrics. Cells: mean ± "
            f"95% half-width over seeds {seeds} of the per-seed difference to `karma:karma` (points). The paper "
            "prints no numbers in its text, only that diffusion underperforms and AR + MSE does better.", ""]
     analysis, figures = [], []
@@ -126,7 +126,8 @@ def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds:
             continue
         rows = [["text-only KARMA, u (absolute)", *[_abs([_metric_value(base[s], m) for s in seeds]) for m in metrics]],
                 ["karma_gen, its own u", *[_fmt([_diff(runs[s], base[s], m) for s in seeds]) for m in metrics]]]
-        for name, label in (("diffusion", "diffusion generator (1 sample)"), ("ar_mse", "AR + MSE")):
+        for name, label in (("diffusion", "diffusion generator (1 sample)"), ("flow", "flow-matching generator (1 sample)"),
+                            ("ar_mse", "AR + MSE")):
             cells = []
             for m in metrics:
                 vals = [(runs[s].get("table2") or {}).get(name, {}).get(m) for s in seeds]
@@ -141,8 +142,8 @@ def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds:
     if analysis:
         out += ["### Mode-seeking vs mean-seeking", "",
                 "Per dataset, mean over seeds, on the first test impressions: `spread` is the mean pairwise cosine "
-                "distance between diffusion samples of the same impression; `cos → target` / `cos → centroid` the "
-                "cosine of a single diffusion sample, of the normalised mean of the samples, and of the AR + MSE "
+                "distance between a generator's samples for the same impression; `cos → target` / `cos → centroid` the "
+                "cosine of a single sample, of the normalised mean of the samples, and of the AR + MSE "
                 "output to the target item and to the centroid of plausible targets (training clicks under the same "
                 f"query); HR@{k1} of each on that subset.", "",
                 tabulate(analysis, headers=["dataset", "spread", "embedding", "cos → target", "cos → centroid",
@@ -151,19 +152,21 @@ def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds:
     return "\n".join(out)
 
 
-def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k: int) -> tuple[list[list[str]], str | None]:
+def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k_hr: int) -> tuple[list[list[str]], str | None]:
     """Rows of the mode/mean analysis (means over seeds) and the first seed's figure."""
     stats = [(runs[s].get("table2") or {}).get("analysis") for s in seeds]
     if any(a is None for a in stats):
         return [], None
     rows = []
-    for i, (name, label) in enumerate((("diffusion_sample", "diffusion, 1 sample"),
-                                       ("diffusion_mean", f"diffusion, mean of {stats[0]['samples']}"),
-                                       ("ar_mse", "AR + MSE"))):
-        mean = lambda path: float(np.mean([_get(a, path) for a in stats]))  # noqa: E731
-        rows.append([dataset if i == 0 else "", f"{mean('spread'):.3f}" if i == 0 else "", label,
-                     f"{mean(f'cos_target.{name}'):.3f}", f"{mean(f'cos_centroid.{name}'):.3f}",
-                     f"{100 * mean(f'subset_metrics.{name}.HR@{k}'):.2f}"])
+    k = stats[0]["samples"]
+    mean = lambda path: float(np.mean([_get(a, path) for a in stats]))  # noqa: E731
+    labels = {"diffusion_sample": "diffusion, 1 sample", "diffusion_mean": f"diffusion, mean of {k}",
+              "flow_sample": "flow, 1 sample", "flow_mean": f"flow, mean of {k}", "ar_mse": "AR + MSE"}
+    for i, (name, label) in enumerate(labels.items()):
+        family = name.split("_")[0]
+        spread = f"{mean(f'spread.{family}'):.3f}" if name.endswith("_sample") else ""
+        rows.append([dataset if i == 0 else "", spread, label, f"{mean(f'cos_target.{name}'):.3f}",
+                     f"{mean(f'cos_centroid.{name}'):.3f}", f"{100 * mean(f'subset_metrics.{name}.HR@{k_hr}'):.2f}"])
     return rows, stats[0].get("figure")
 
 

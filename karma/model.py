@@ -16,7 +16,7 @@ Train-only heads (``self.heads``; absent from the inference path, so zero servin
   (:mod:`karma.visual_heads`) predicts the target's frozen visual feature (:mod:`karma.visual`),
   conditioned on h (Task 2 side) or on the mean history state (Task 1 side); targets without an
   image are masked out.
-- Table 2 generators (``generators``): a DDPM head and an MLP (AR + MSE) fitted, after KARMA's
+- Table 2 generators (``generators``): a DDPM head, a rectified-flow head and an MLP (AR + MSE) fitted, after KARMA's
   training, to produce the target's retrieval embedding v from the frozen h (``fit_generators``).
   KARMA's own training is unchanged, and the comparison isolates how the retrieval embedding is
   generated from the same state. The paper does not say whether its generators shaped h; this is
@@ -116,6 +116,8 @@ MULTIMODAL_VARIANTS: dict[str, dict] = {
     "visual": {**VARIANTS["karma"], "w_visual": 0.1},
     "generators": {**VARIANTS["karma"], "generators": True},
 }
+GENERATOR_HEADS = ("gen_diffusion", "gen_flow", "gen_mse")  # Table 2's generators, fitted after training
+SAMPLED_GENERATORS = {"diffusion": "gen_diffusion", "flow": "gen_flow"}  # name in results -> head
 GENERATOR_SEED_OFFSET = 7919  # the generator heads draw noise from their own stream (main path unchanged)
 
 
@@ -251,6 +253,7 @@ class ContinuousTokenModel(nn.Module):
             self._prepare_visual(log, cache_dir, hidden)
         if cfg.generators:  # Table 2: u generated from h by diffusion, or regressed by AR + MSE
             self.heads["gen_diffusion"] = DiffusionHead(cfg.retrieval_dim, hidden, hidden=cfg.head_hidden)
+            self.heads["gen_flow"] = FlowMatchingHead(cfg.retrieval_dim, hidden, hidden=cfg.head_hidden)
             self.heads["gen_mse"] = nn.Sequential(nn.Linear(hidden, cfg.head_hidden), nn.GELU(),
                                                   nn.Linear(cfg.head_hidden, cfg.retrieval_dim))
         if cfg.decodes_text:
@@ -433,19 +436,19 @@ class ContinuousTokenModel(nn.Module):
                 states.append(self.user_vectors(batch["histories"], batch["query"], return_states=True)[2])
             h = torch.cat(states)  # (n, D)
             v = self.item_vectors(torch.as_tensor(rows["target"].to_numpy()))  # (n, R) normalised
-        heads = [self.heads["gen_diffusion"], self.heads["gen_mse"]]
+        heads = [self.heads[k] for k in GENERATOR_HEADS]
         for head in heads:
             head.train()
         optimizer = torch.optim.AdamW([p for head in heads for p in head.parameters()], lr=lr)
         noise = torch.Generator().manual_seed(seed + GENERATOR_SEED_OFFSET)
         sums = {}
         for _ in range(epochs):
-            sums = {"gen_diffusion": 0.0, "gen_mse": 0.0}
+            sums = dict.fromkeys(GENERATOR_HEADS, 0.0)
             order = torch.randperm(len(h), generator=noise)
             for s in range(0, len(h), batch_size):
                 idx = order[s:s + batch_size]
-                terms = {"gen_diffusion": self.heads["gen_diffusion"].loss(v[idx], h[idx], generator=noise),
-                         "gen_mse": F.mse_loss(self.heads["gen_mse"](h[idx]), v[idx]) * self.config.retrieval_dim}
+                terms = {k: self.heads[k].loss(v[idx], h[idx], generator=noise) for k in ("gen_diffusion", "gen_flow")}
+                terms["gen_mse"] = F.mse_loss(self.heads["gen_mse"](h[idx]), v[idx]) * self.config.retrieval_dim
                 optimizer.zero_grad(set_to_none=True)
                 sum(terms.values()).backward()
                 optimizer.step()
@@ -527,15 +530,16 @@ class ContinuousTokenModel(nn.Module):
                                   samples: int = 1) -> dict[str, torch.Tensor]:
         """Table 2: the retrieval embedding generated from h by each generator head, normalised.
 
-        ``diffusion``: one DDIM sample (``generator_steps`` steps, eta 0) per impression (``samples`` > 1
-        returns (n, samples, R) under ``diffusion_samples`` for the mode/mean analysis);
-        ``ar_mse``: the MSE regressor's output. Empty when the generators are off."""
+        ``diffusion``: one DDIM sample (``generator_steps`` steps, eta 0); ``flow``: one rectified-flow
+        sample (``generator_steps`` Euler steps); ``samples`` > 1 also returns (n, samples, R) under
+        ``<name>_samples`` for the mode/mean analysis. ``ar_mse``: the MSE regressor's output. Empty
+        when the generators are off."""
         if not self.config.generators:
             return {}
+        n, dim = len(impressions), self.config.retrieval_dim
         order = np.argsort([len(h) for h in impressions["history"]], kind="stable")
-        out = {"diffusion": torch.zeros(len(impressions), self.config.retrieval_dim),
-               "ar_mse": torch.zeros(len(impressions), self.config.retrieval_dim)}
-        many = torch.zeros(len(impressions), samples, self.config.retrieval_dim) if samples > 1 else None
+        out = {"diffusion": torch.zeros(n, dim), "flow": torch.zeros(n, dim), "ar_mse": torch.zeros(n, dim)}
+        many = {name: torch.zeros(n, samples, dim) for name in SAMPLED_GENERATORS} if samples > 1 else {}
         noise = torch.Generator().manual_seed(GENERATOR_SEED_OFFSET)
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
@@ -543,13 +547,13 @@ class ContinuousTokenModel(nn.Module):
             _, _, h, _ = self.user_vectors(batch["histories"], batch["query"], return_states=True)
             index = torch.from_numpy(rows)
             out["ar_mse"][index] = F.normalize(self.heads["gen_mse"](h), dim=-1)
-            draws = [self.heads["gen_diffusion"].sample(h, steps=self.config.generator_steps, generator=noise)
-                     for _ in range(max(1, samples))]
-            out["diffusion"][index] = F.normalize(draws[0], dim=-1)
-            if many is not None:
-                many[index] = F.normalize(torch.stack(draws, 1), dim=-1)
-        if many is not None:
-            out["diffusion_samples"] = many
+            for name, head in SAMPLED_GENERATORS.items():
+                draws = [self.heads[head].sample(h, steps=self.config.generator_steps, generator=noise)
+                         for _ in range(max(1, samples))]
+                out[name][index] = F.normalize(draws[0], dim=-1)
+                if many:
+                    many[name][index] = F.normalize(torch.stack(draws, 1), dim=-1)
+        out.update({f"{name}_samples": x for name, x in many.items()})
         return out
 
     # --- zero-overhead claim: what inference needs ----------------------------------------------
