@@ -343,8 +343,12 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
     revision, dirty = R.git_state()
     sections = []
     for suite in suites:
-        suite_cfg = cfg if suite == cfg.suite else compose(config_name="config", overrides=[f"suite={suite}"])
-        suite_cfg = OmegaConf.merge(suite_cfg, {"data_dir": cfg.data_dir, "results_dir": cfg.results_dir})
+        file_cfg = compose(config_name="config", overrides=[f"suite={suite}"])
+        suite_cfg = cfg if suite == cfg.suite else file_cfg
+        # The leaderboard shows the whole suite: a run restricted on the command line (datasets=[...],
+        # models=[...], seeds=[...]) adds to the suite file's plan and never hides the rest of it.
+        widened = {key: list(dict.fromkeys([*file_cfg[key], *suite_cfg[key]])) for key in ("datasets", "models", "seeds")}
+        suite_cfg = OmegaConf.merge(suite_cfg, {"data_dir": cfg.data_dir, "results_dir": cfg.results_dir, **widened})
         runs, problems = plan(suite_cfg)
         problems.update((problems_by_suite or {}).get(suite, {}))
         entries = {}

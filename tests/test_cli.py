@@ -69,6 +69,10 @@ def test_smoke_suite_writes_records_and_leaderboard_then_skips_done_runs(tmp_pat
     assert capsys.readouterr().out.count("[done]") == 2
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
     assert records[1].stat().st_mtime_ns == before  # not re-run
+    # a run restricted to one model regenerates the whole suite's leaderboard, not just that model
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY[:-1], "models=[popularity]", "--leaderboard-only"]) == 0
+    row = next(line for line in (tmp_path / "leaderboard.md").read_text().splitlines() if line.startswith("| sasrec"))
+    assert "1/1" in row and "missing" not in row
 
 
 def test_module_entry_point_help():
