@@ -110,7 +110,7 @@ def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds:
     metrics = ["gAUC", f"HR@{k1}", f"HR@{k2}", "JS@50"]
     out = ["## Table 2: generating the retrieval embedding (deltas over text-only KARMA)", "",
            f"Suite `{suite}`. A `karma_gen` run trains KARMA exactly as `karma:karma` (its selected settings, "
-           "same seed), then fits two generators on the frozen next-interest states h of the training split, each "
+           "same seed), then fits three generators on the frozen next-interest states h of the training split, each "
            "producing the target item's retrieval embedding: a conditional diffusion head (DDPM, sampled with "
            "diffusers' DDIM, eta 0), a conditional rectified-flow head (Euler sampler) and an MLP regressor (AR + MSE). Each is evaluated in place of u, on the same items and metrics. Cells: mean ± "
            f"95% half-width over seeds {seeds} of the per-seed difference to `karma:karma` (points). The paper "
