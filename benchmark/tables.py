@@ -62,6 +62,13 @@ def render_table1(records: list[dict], *, suite: str, suite_version: str, seeds:
            f"Taobao's catalog) are scaled to HR@{k1} / HR@{k2} here, the depths used by sequential-recommendation "
            "benchmarks on catalogs of 10^3–10^4 items. `tail`: test events whose target has at most 5 training "
            "interactions or none. The paper's row is its Table 1 as printed (Taobao search logs).", ""]
+    runs_llm = [r for (ds, model, _), recs in index.items() if ds in datasets and model in ("action_llm", "karma")
+                for r in recs.values()]
+    at_end = [r for r in runs_llm if (r.get("selection") or {}).get("best_epoch") == (r.get("selection") or {}).get("epochs_run")
+              and (r.get("selection") or {}).get("stopped_by") in ("max_epochs", "time budget")]
+    if runs_llm:
+        out += [f"Training budget: {len(at_end)} of {len(runs_llm)} runs in this table selected their last epoch and "
+                "stopped on the epoch cap or the time budget, i.e. may be under-trained (`selection` in each record).", ""]
     for dataset in datasets:
         base = index.get((dataset, *BASELINE), {})
         rows = []
