@@ -63,12 +63,9 @@ def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run: 
         mask = model.item_mask[items].numpy()
         stats = [D.attention_stats(attn[:, h, :], mask) for h in range(attn.shape[1])]
         out["item_encoder_attention"] = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
-        folder = Path(figures_dir) / "attention" / log.name.replace("/", "__")
-        name = f"{run['model']}__{run['variant']}__seed{run['seed']}.png"
-        D.heatmap(attn[:32].mean(1), folder / name, title=f"{log.name} {run['model']}:{run['variant']} "
-                  "item-encoder attention (items x token positions)")
-        np.save(folder / name.replace(".png", ".npy"), attn[:32].mean(1))
-        out["item_encoder_attention"]["heatmap"] = str(folder / name)
+        out["item_encoder_attention"]["heatmap"] = _save_heatmap(
+            attn[:32].mean(1), Path(figures_dir) / "attention", log, run,
+            "item-encoder attention (items x token positions)")
     if hasattr(model, "decoder_attention"):
         out.update(_decoder_diagnostics(model, log, cfg, run, figures_dir))
     return out
@@ -93,10 +90,14 @@ def _decoder_diagnostics(model, log: SearchLog, cfg, run: dict, figures_dir: Pat
     summary = {k: float(np.mean([s[k] for s in per_layer])) for k in per_layer[0] if k != "rows"}
     summary.update(window=window, impressions=n_rows, layers=per_layer)
     last_row = layers[-1][:, :, -1, :].mean(1)  # (B, L)
-    folder = Path(figures_dir) / "decoder_attention" / log.name.replace("/", "__")
-    name = f"{run['model']}__{run['variant']}__seed{run['seed']}.png"
-    D.heatmap(last_row[:32], folder / name, title=f"{log.name} {run['model']}:{run['variant']} decoder "
-              "attention, last layer, final position (impressions x positions)")
-    np.save(folder / name.replace(".png", ".npy"), last_row[:32])
-    summary["heatmap"] = str(folder / name)
+    summary["heatmap"] = _save_heatmap(last_row[:32], Path(figures_dir) / "decoder_attention", log, run,
+                                       "decoder attention, last layer, final position (impressions x positions)")
     return {"decoder_attention": summary}
+
+
+def _save_heatmap(attn: np.ndarray, folder: Path, log: SearchLog, run: dict, what: str) -> str:
+    """Save one run's (Q, L) map as PNG plus the .npy the leaderboard's side-by-side figures read."""
+    path = folder / log.name.replace("/", "__") / f"{run['model']}__{run['variant']}__seed{run['seed']}.png"
+    D.heatmap(attn, path, title=f"{log.name} {run['model']}:{run['variant']} {what}")
+    np.save(path.with_suffix(".npy"), attn)
+    return str(path)

@@ -341,6 +341,7 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
     present = sorted(p.name for p in suites_dir.iterdir() if p.is_dir()) if suites_dir.exists() else []
     suites = [s for s in SUITE_ORDER if s in present] + [s for s in present if s not in SUITE_ORDER]
     revision, dirty = R.git_state()
+    link_base = Path(cfg.leaderboard).resolve().parent  # figures are linked relative to leaderboard.md
     sections = []
     for suite in suites:
         file_cfg = compose(config_name="config", overrides=[f"suite={suite}"])
@@ -358,32 +359,32 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                                      "seeds": [], "status": "planned"})["seeds"].append(r["seed"])
             if r["dataset"] in problems:
                 entries[key]["status"] = f"dataset missing: {problems[r['dataset']]}"
-        text = render_leaderboard(R.read_records(results, suite), list(entries.values()), suite=suite,
+        records = R.read_records(results, suite)  # read once, rendered into every table
+        text = render_leaderboard(records, list(entries.values()), suite=suite,
                                   suite_version=str(suite_cfg.suite_version),
                                   revision=f"{revision}{' (dirty)' if dirty else ''}",
                                   metrics=LEADERBOARD_METRICS, figures_dir=results / "figures",
-                                  link_base=Path(cfg.leaderboard).resolve().parent)
+                                  link_base=link_base)
         sections.append(text)
         llm_datasets = sorted({r["dataset"] for r in runs if r["model"] in ("action_llm", "karma")} - set(problems))
+        ks = sorted(suite_cfg.eval.ks)
         if llm_datasets and any(r["model"] == "karma" for r in runs):
-            ks = sorted(suite_cfg.eval.ks)
-            sections.append(render_table1(R.read_records(results, suite), suite=suite,
+            sections.append(render_table1(records, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
                                           ks=(ks[0], ks[-1]), datasets=llm_datasets))
         if any(r["model"] == "karma_gen" for r in runs):
-            ks = sorted(suite_cfg.eval.ks)
-            sections.append(render_table2(R.read_records(results, suite), suite=suite,
+            sections.append(render_table2(records, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
                                           ks=(ks[0], ks[-1]), datasets=llm_datasets,
-                                          link_base=Path(cfg.leaderboard).resolve().parent))
-        funnel = render_funnel(R.read_records(results, suite), suite=suite, suite_version=str(suite_cfg.suite_version),
+                                          link_base=link_base))
+        funnel = render_funnel(records, suite=suite, suite_version=str(suite_cfg.suite_version),
                                seeds=list(suite_cfg.seeds))
         if "### " in funnel:
             sections.append(funnel)
-        heatmaps = render_attention_comparison(R.read_records(results, suite), suite=suite,
+        heatmaps = render_attention_comparison(records, suite=suite,
                                                suite_version=str(suite_cfg.suite_version),
                                                figures_dir=results / "figures",
-                                               link_base=Path(cfg.leaderboard).resolve().parent)
+                                               link_base=link_base)
         if heatmaps:
             sections.append(heatmaps)
     path = Path(cfg.leaderboard)

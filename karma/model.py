@@ -180,6 +180,12 @@ class _Items(Dataset):
         return ("item", i)
 
 
+def _length_batches(impressions: pd.DataFrame, batch_size: int):
+    """Positions of ``impressions`` in batches of similar history length (stable order)."""
+    order = np.argsort([len(h) for h in impressions["history"]], kind="stable")
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 class ContinuousTokenModel(nn.Module):
     """KARMA's network; ``VARIANTS`` set which train-only losses are on."""
 
@@ -389,14 +395,11 @@ class ContinuousTokenModel(nn.Module):
         # with decode_fraction < 1 only the decoded rows run a second pass with the text appended, so
         # the rows that do not decode pay nothing for it.
         shared = cfg.w_task1 > 0 and bool(decode.all())
-        target_text = self.item_text[targets] if shared else None  # (B, S+1)
-        if shared:
-            target_text = target_text[:, : int((target_text >= 0).sum(1).max())]
+        target_text = self._target_text(targets) if shared else None  # (B, S')
         u, text_states, h, history_state = self.user_vectors(batch["histories"], batch["query"], target_text,
                                                              return_states=True)
         if cfg.w_task1 > 0 and not shared:
-            target_text = self.item_text[targets[decode]]
-            target_text = target_text[:, : int((target_text >= 0).sum(1).max())]
+            target_text = self._target_text(targets[decode])
             _, text_states = self.user_vectors(batch["histories"][decode], batch["query"][decode], target_text)
         negatives, neg_mask = action_negatives(targets, batch["exposures"], cfg.in_batch_negatives)
         items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
@@ -428,13 +431,9 @@ class ContinuousTokenModel(nn.Module):
         if not self.config.generators:
             return {}
         self.eval()
+        rows = log.split("train")
+        h = self._user_states(rows, batch_size)[1]  # (n, D)
         with torch.no_grad():
-            rows = log.split("train")
-            states = []
-            for s in range(0, len(rows), batch_size):
-                batch = self._impression_batch(rows.iloc[s:s + batch_size])
-                states.append(self.user_vectors(batch["histories"], batch["query"], return_states=True)[2])
-            h = torch.cat(states)  # (n, D)
             v = self.item_vectors(torch.as_tensor(rows["target"].to_numpy()))  # (n, R) normalised
         heads = [self.heads[k] for k in GENERATOR_HEADS]
         for head in heads:
@@ -464,6 +463,11 @@ class ContinuousTokenModel(nn.Module):
             self._noise = torch.Generator().manual_seed(torch.initial_seed() % 2**31 + GENERATOR_SEED_OFFSET)
         return self._noise
 
+    def _target_text(self, items: torch.Tensor) -> torch.Tensor:
+        """Text ids (B, S') of ``items``, cut to the longest row (-100 pad)."""
+        text = self.item_text[items]
+        return text[:, : int((text >= 0).sum(1).max())]
+
     def _text_loss(self, states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """states (B, S+1, D) at the positions that predict text (B, S+1) full-vocab ids (-100 pad)."""
         weight = self.decoder.get_output_embeddings().weight
@@ -491,14 +495,18 @@ class ContinuousTokenModel(nn.Module):
 
     @torch.no_grad()
     def user_embeddings(self, log: SearchLog, impressions: pd.DataFrame, batch_size: int = 256) -> torch.Tensor:
-        # Batch impressions of similar history length (less padding), then restore the input order.
-        order = np.argsort([len(h) for h in impressions["history"]], kind="stable")
-        out = torch.zeros(len(impressions), self.config.retrieval_dim)
-        for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
+        return self._user_states(impressions, batch_size)[0]
+
+    @torch.no_grad()
+    def _user_states(self, impressions: pd.DataFrame, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u (n, R), h (n, D)) in input order, computed in batches of similar history length (less padding)."""
+        u = torch.zeros(len(impressions), self.config.retrieval_dim)
+        h = torch.zeros(len(impressions), self.decoder.config.hidden_size)
+        for rows in _length_batches(impressions, batch_size):
             batch = self._impression_batch(impressions.iloc[rows])
-            out[torch.from_numpy(rows)] = self.user_vectors(batch["histories"], batch["query"])[0]
-        return out
+            u_b, _, h_b, _ = self.user_vectors(batch["histories"], batch["query"], return_states=True)
+            u[torch.from_numpy(rows)], h[torch.from_numpy(rows)] = u_b, h_b
+        return u, h
 
     @torch.no_grad()
     def decoder_attention(self, impressions: pd.DataFrame, window: int = 8, max_rows: int = 64):
@@ -537,16 +545,14 @@ class ContinuousTokenModel(nn.Module):
         if not self.config.generators:
             return {}
         n, dim = len(impressions), self.config.retrieval_dim
-        order = np.argsort([len(h) for h in impressions["history"]], kind="stable")
-        out = {"diffusion": torch.zeros(n, dim), "flow": torch.zeros(n, dim), "ar_mse": torch.zeros(n, dim)}
+        states = self._user_states(impressions, batch_size)[1]
+        out = {"diffusion": torch.zeros(n, dim), "flow": torch.zeros(n, dim),
+               "ar_mse": F.normalize(self.heads["gen_mse"](states), dim=-1)}
         many = {name: torch.zeros(n, samples, dim) for name in SAMPLED_GENERATORS} if samples > 1 else {}
         noise = torch.Generator().manual_seed(GENERATOR_SEED_OFFSET)
-        for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
-            batch = self._impression_batch(impressions.iloc[rows])
-            _, _, h, _ = self.user_vectors(batch["histories"], batch["query"], return_states=True)
+        for rows in _length_batches(impressions, batch_size):  # the batches h was computed in
             index = torch.from_numpy(rows)
-            out["ar_mse"][index] = F.normalize(self.heads["gen_mse"](h), dim=-1)
+            h = states[index]
             for name, head in SAMPLED_GENERATORS.items():
                 draws = [self.heads[head].sample(h, steps=self.config.generator_steps, generator=noise)
                          for _ in range(max(1, samples))]
