@@ -145,8 +145,11 @@ def _bar_chart(path: Path, dataset: str, metric: str, rows: list[tuple[str, floa
 
 def render_leaderboard(records: list[dict], plan: list[dict], *, suite: str, suite_version: str, revision: str,
                        metrics: list[str], figures_dir: Path | None = None,
-                       link_base: Path | None = None) -> str:
+                       link_base: Path | None = None, stale: int = 0) -> str:
     """Markdown leaderboard of ``records`` laid out by ``plan``.
+
+    stale: how many records were left out before this call because the suite file changed since
+    they ran (they are re-run by the next suite run); stated in the header.
 
     plan entries: ``{"dataset", "model", "variant", "seeds": [...], "status": "planned" | "dataset missing: <why>"}``.
     metrics: names in the test split ("NDCG@10") or split-qualified ("test_tail/NDCG@10").
@@ -165,7 +168,9 @@ def render_leaderboard(records: list[dict], plan: list[dict], *, suite: str, sui
     out.append(f"- records from revision(s): {', '.join(revs) if revs else 'none'}")
     out.append(f"- built from {len(records)} records under results/records/{suite}"
                + (f" ({other_suite} of another suite or version ignored)" if other_suite else "")
-               + (f" ({unplanned} outside the plan ignored)" if unplanned else ""))
+               + (f" ({unplanned} outside the plan ignored)" if unplanned else "")
+               + (f"; {stale} stale records (made before the suite file last changed) left out until re-run"
+                  if stale else ""))
     out.append(f"- cells: mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over seeds; "
                "`missing (k/n)`: only k of n planned seeds have records (never averaged in); "
                "`n/a`: the metric is undefined (null/NaN) in at least one seed. "

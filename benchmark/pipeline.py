@@ -31,7 +31,7 @@ from benchmark.evaluate import evaluate, summarize
 from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
 from benchmark.generators_eval import table2_metrics
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
-from benchmark.models import MODELS, build, expand
+from benchmark.models import MODELS, build, expand, model_config
 from benchmark.seed import seed_everything
 from benchmark.tables import render_attention_comparison, render_funnel, render_table1, render_table2
 from benchmark.trainer import TrainConfig, train
@@ -107,9 +107,54 @@ def plan(cfg) -> tuple[list[dict], dict[str, str]]:
                 continue  # no image to reconstruct
             for seed in cfg.seeds:
                 path = R.record_path(cfg.results_dir, cfg.suite, name, model, variant, seed)
+                exists = path.exists()
+                current = exists and record_is_current(R.read_record(path), cfg)
                 runs.append({"dataset": name, "model": model, "variant": variant, "seed": int(seed),
-                             "record": path, "done": path.exists()})
+                             "record": path, "done": current, "stale": exists and not current})
     return runs, problems
+
+
+def _train_config(cfg, model_cfg) -> TrainConfig:
+    """The trainer's settings for one model: the suite's, with the model's own lr and epoch cap."""
+    train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train))
+    if getattr(model_cfg, "lr", None):  # models tune their own learning rate; train.lr is the others' default
+        train_cfg = dataclasses.replace(train_cfg, lr=model_cfg.lr)
+    if getattr(model_cfg, "max_epochs", 0):  # a model family's own epoch cap
+        train_cfg = dataclasses.replace(train_cfg, max_epochs=min(model_cfg.max_epochs, train_cfg.max_epochs))
+    return train_cfg
+
+
+# Settings that never change a result: where caches live, and whether bars are drawn.
+_NOT_RESULT_SETTINGS = {"cache_dir", "progress"}
+
+
+def _untuned_settings(cfg, model: str, variant: str) -> dict:
+    """A run's settings as the suite defines them, less those its tuning search chooses."""
+    source = MODELS[model].tuned_like or (model, variant)
+    skip = _NOT_RESULT_SETTINGS | {key.rsplit(".", 1)[-1] for trial in _grid_for(cfg, *source) for key in trial}
+    model_cfg = model_config(model, variant, cfg.model)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    settings = {"model_config": dataclasses.asdict(model_cfg),
+                "train": dataclasses.asdict(_train_config(cfg, model_cfg)),
+                "eval": resolved["eval"], "adapt": resolved["adapt"]}
+    return json.loads(json.dumps({part: {k: v for k, v in values.items() if k not in skip}
+                                  for part, values in settings.items()}, default=str))  # tuples -> lists
+
+
+def record_is_current(record: dict, cfg) -> bool:
+    """Whether a record still answers the suite as it is defined now.
+
+    Its recorded settings must agree with the suite's on every field the tuning search does not
+    choose (model config, trainer, evaluation, data adaptation). Editing the suite file (an epoch
+    cap, a loss weight, a split) thus makes the affected records stale: they are re-run and, until
+    then, left out of the leaderboard. Fields a record predates are not compared.
+    """
+    model, variant = record.get("model"), record.get("variant")
+    if model not in MODELS or variant not in MODELS[model].variants:
+        return False
+    got = json.loads(json.dumps(record.get("config") or {}, default=str))
+    return all(value == got[part][key] for part, values in _untuned_settings(cfg, model, variant).items()
+               for key, value in values.items() if key in (got.get(part) or {}))
 
 
 def format_plan(cfg) -> str:
@@ -119,7 +164,8 @@ def format_plan(cfg) -> str:
              f"{len({r['dataset'] for r in runs})} datasets x {len(expand(list(cfg.models)))} models/variants x "
              f"{len(cfg.seeds)} seeds"]
     for r in runs:
-        state = "done" if r["done"] and not cfg.overwrite else "missing data" if r["dataset"] in problems else "to run"
+        state = ("done" if r["done"] and not cfg.overwrite else "missing data" if r["dataset"] in problems
+                 else "stale: the suite changed since it ran; to re-run" if r["stale"] else "to run")
         lines.append(f"  {r['dataset']:<36} {r['model']:<12} {r['variant']:<8} seed {r['seed']}  [{state}]")
     lines += [f"  ! {name}: {why}" for name, why in problems.items()]
     return "\n".join(lines)
@@ -154,13 +200,7 @@ def _fit(run: dict, search_log: SearchLog, cfg, item_terms):
         return result.metrics[metric]
 
     desc = f"{run['dataset']} {run['model']}:{run['variant']} s{run['seed']}"
-    train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train))
-    model_lr = getattr(model.config, "lr", None) if hasattr(model, "config") else None
-    if model_lr:  # models tune their own learning rate; train.lr is the default for the others
-        train_cfg = dataclasses.replace(train_cfg, lr=model_lr)
-    model_epochs = getattr(model.config, "max_epochs", 0) if hasattr(model, "config") else 0
-    if model_epochs:  # a model family's own epoch cap (the LLM family's CPU budget)
-        train_cfg = dataclasses.replace(train_cfg, max_epochs=min(model_epochs, train_cfg.max_epochs))
+    train_cfg = _train_config(cfg, getattr(model, "config", None))
     with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
         model.initial_item_embeddings = model.item_embeddings(search_log).float().numpy()
     trained = train(model, search_log, train_cfg, generator, validate, desc=desc)
@@ -176,36 +216,57 @@ def search(run: dict, search_log: SearchLog, cfg) -> tuple[object, dict | None]:
 
     Trials train on the search seed and are scored on the validation split only; each finished
     trial is saved at once (an interrupted search resumes), and the best trial's overrides are
-    applied to the config of every seed's final run. Returns (config, search summary or None).
+    applied to the config of every seed's final run. Returns ((config, tuned fields), search
+    summary or None, the selected trial's fit or None). The selected trial trained exactly the
+    search seed's final run (same settings, same seed), so that run reuses it instead of training
+    it again; a trial from an earlier, interrupted process is not kept, and its run trains anew.
     """
     source = MODELS[run["model"]].tuned_like
     if source is not None:  # the same settings as another variant, selected by that variant's search
-        (run_cfg, tuned), summary = search({**run, "model": source[0], "variant": source[1]}, search_log, cfg)
-        return (run_cfg, tuned), (None if summary is None else {**summary, "tuned_like": ":".join(source)})
+        (run_cfg, tuned), summary, _ = search({**run, "model": source[0], "variant": source[1]}, search_log, cfg)
+        return (run_cfg, tuned), (None if summary is None else {**summary, "tuned_like": ":".join(source)}), None
     grid = _grid_for(cfg, run["model"], run["variant"])
     if not grid:
-        return (cfg, {}), None
+        return (cfg, {}), None, None
     path = (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run["dataset"])
             / f"{run['model']}__{run['variant']}.json")
-    done = json.loads(path.read_text())["trials"] if path.exists() else []
+    # Trials are kept only if they ran with the suite's current settings (a suite edit re-runs the
+    # search); trials saved before settings were stamped count while the search seed's record is current.
+    settings = R.config_hash(_untuned_settings(cfg, run["model"], run["variant"]))
+    seed_record = R.record_path(cfg.results_dir, cfg.suite, run["dataset"], run["model"], run["variant"],
+                                cfg.search.seed)
+    unstamped_ok = seed_record.exists() and record_is_current(R.read_record(seed_record), cfg)
+    done = [t for t in (json.loads(path.read_text())["trials"] if path.exists() else [])
+            if t.get("settings", settings if unstamped_ok else None) == settings]
     item_terms = _item_terms(search_log)
+    kept = None  # (overrides, fit, peak memory) of the best trial trained in this process
     for overrides in grid:
         if any(t["overrides"] == overrides for t in done):
             continue
         trial_cfg, tuned = _with_overrides(cfg, run["model"], overrides)
         with R.PeakMemory() as memory:
             start = time.perf_counter()
-            model, trained, _ = _fit({**run, "seed": cfg.search.seed, "tuned": tuned}, search_log, trial_cfg,
-                                     item_terms)
-        done.append({"overrides": overrides, "valid": trained.valid_value, "best_epoch": trained.best_epoch,
+            fit = _fit({**run, "seed": cfg.search.seed, "tuned": tuned}, search_log, trial_cfg, item_terms)
+        trained = fit[1]
+        done.append({"overrides": overrides, "settings": settings, "valid": trained.valid_value,
+                     "best_epoch": trained.best_epoch,
                      "train_s": time.perf_counter() - start, "peak_memory_mb": memory.peak_mb})
         print(f"    search {run['model']}:{run['variant']} {overrides} -> valid "
               f"{cfg.eval.selection_metric}={trained.valid_value:.4f}", flush=True)
         R.write_text_atomic(path, json.dumps({"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
                                               "trials": done}, indent=1, default=str))
-    best = max(done, key=lambda t: -math.inf if t["valid"] is None else t["valid"])
-    return _with_overrides(cfg, run["model"], best["overrides"]), {"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
-                                                      "trials": done, "selected": best["overrides"]}
+        if _best_trial(done)["overrides"] == overrides:
+            kept = (overrides, fit, memory.peak_mb)
+        del fit
+    best = _best_trial(done)
+    reusable = kept[1:] if kept is not None and kept[0] == best["overrides"] else None
+    return (_with_overrides(cfg, run["model"], best["overrides"]),
+            {"metric": cfg.eval.selection_metric, "seed": cfg.search.seed, "trials": done,
+             "selected": best["overrides"]}, reusable)
+
+
+def _best_trial(trials: list[dict]) -> dict:
+    return max(trials, key=lambda t: -math.inf if t["valid"] is None else t["valid"])
 
 
 def _grid_for(cfg, model: str, variant: str) -> list[dict]:
@@ -233,10 +294,12 @@ def _with_overrides(cfg, model: str, overrides: dict):
     return (OmegaConf.merge(cfg, OmegaConf.from_dotlist(rest)) if rest else cfg), tuned
 
 
-def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None = None) -> dict:
+def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None = None,
+            trial: tuple | None = None) -> dict:
+    """Train (or take the search's identical trial: ``(fit, peak memory)``), evaluate, write the record."""
     item_terms = _item_terms(search_log)
     with R.PeakMemory() as memory:
-        model, trained, train_cfg = _fit(run, search_log, cfg, item_terms)
+        model, trained, train_cfg = _fit(run, search_log, cfg, item_terms) if trial is None else trial[0]
         valid_emb = _embed(model, search_log, "valid")
         valid, _ = _eval(model, search_log, "valid", cfg, item_terms, with_lists=False, embedded=valid_emb)
         start = time.perf_counter()
@@ -267,7 +330,9 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
         "dataset": run["dataset"], "model": run["model"], "variant": run["variant"], "seed": run["seed"],
         "config": run_cfg, "config_hash": R.config_hash(run_cfg), "data_fingerprint": search_log.fingerprint,
         "adaptation": search_log.adaptation, "environment": environment,
-        "timing": {"train_s": trained.train_seconds, "eval_s": eval_s, "peak_memory_mb": memory.peak_mb,
+        "timing": {"train_s": trained.train_seconds, "eval_s": eval_s,
+                   "peak_memory_mb": max(memory.peak_mb, trial[1] if trial else 0.0),
+                   "reused_search_trial": trial is not None,
                    "train_impressions_per_s": trained.examples_per_second,
                    "eval_users_per_s": len(test_imp) / eval_s if eval_s > 0 else None},
         "selection": {"metric": cfg.eval.selection_metric, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
@@ -313,9 +378,13 @@ def run_suite(cfg) -> Path:
             key = (name, run["model"], run["variant"])
             if key not in searched:
                 searched[key] = search(run, logs[name], cfg)
-            (run_cfg, tuned), summary = searched[key]
-            print(f"[{i}/{len(todo)}] {name} {run['model']}:{run['variant']} seed {run['seed']}", flush=True)
-            record = run_one({**run, "tuned": tuned}, logs[name], run_cfg, summary)
+            (run_cfg, tuned), summary, trial = searched[key]
+            trial = trial if run["seed"] == cfg.search.seed else None
+            if trial is not None:
+                searched[key] = ((run_cfg, tuned), summary, None)  # used once, then freed
+            print(f"[{i}/{len(todo)}] {name} {run['model']}:{run['variant']} seed {run['seed']}"
+                  + (" (the search's selected trial: same settings and seed)" if trial else ""), flush=True)
+            record = run_one({**run, "tuned": tuned}, logs[name], run_cfg, summary, trial)
             m = record["metrics"]["test"]
             print(f"    test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
                   f"train {record['timing']['train_s']:.0f}s", flush=True)
@@ -360,7 +429,9 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
             if r["dataset"] in problems:
                 entries[key]["status"] = f"dataset missing: {problems[r['dataset']]}"
         records = R.read_records(results, suite)  # read once, rendered into every table
-        text = render_leaderboard(records, list(entries.values()), suite=suite,
+        current = [r for r in records if r.get("suite") != suite or record_is_current(r, suite_cfg)]
+        stale, records = len(records) - len(current), current
+        text = render_leaderboard(records, list(entries.values()), suite=suite, stale=stale,
                                   suite_version=str(suite_cfg.suite_version),
                                   revision=f"{revision}{' (dirty)' if dirty else ''}",
                                   metrics=LEADERBOARD_METRICS, figures_dir=results / "figures",

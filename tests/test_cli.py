@@ -92,6 +92,38 @@ def test_search_tunes_on_validation_and_the_record_names_the_selected_trial(tmp_
     best = max(trials, key=lambda t: t["valid"])
     assert record["search"]["selected"] == best["overrides"]
     assert record["config"]["train"]["lr"] == best["overrides"]["model.sasrec.lr"]
+    # seed 0 is the search seed: its run is the selected trial itself, not trained a second time ...
+    assert record["timing"]["reused_search_trial"] and record["metrics"]["valid"]["NDCG@10"] == best["valid"]
+    # ... and is what training it again gives (trials read back from the file are not kept in memory)
+    assert main(["--suite", "smoke", "--overwrite", *_args(tmp_path), *TINY, "models=[sasrec]", *grid]) == 0
+    again = json.loads((folder / "sasrec__default__seed0.json").read_text())
+    assert not again["timing"]["reused_search_trial"]
+    assert again["metrics"]["test"] == record["metrics"]["test"]
+    assert json.loads(search_file.read_text())["trials"] == trials  # the search was not re-run
+    # a tuned field on the command line does not make the records stale; an untuned one does, and
+    # re-runs the search too
+    capsys.readouterr()
+    assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), *TINY, "models=[sasrec]", *grid,
+                 "model.sasrec.lr=0.5"]) == 0
+    assert "[done]" in capsys.readouterr().out
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY, "models=[sasrec]", *grid, "train.patience=1"]) == 0
+    rerun = json.loads(search_file.read_text())["trials"]
+    assert len(rerun) == 2 and rerun[0]["settings"] != trials[0]["settings"]
+    assert json.loads((folder / "sasrec__default__seed0.json").read_text())["config"]["train"]["patience"] == 1
+
+
+def test_records_of_a_changed_suite_are_stale_rerun_and_left_off_the_leaderboard(tmp_path, capsys):
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
+    capsys.readouterr()
+    changed = [*TINY, "model.sasrec.dropout=0.4"]  # an untuned setting of sasrec only
+    assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), *changed]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[done]") == 1 and out.count("[stale") == 1 and "sasrec" in out.split("[stale")[0].splitlines()[-1]
+    assert main(["--suite", "smoke", "--leaderboard-only", *_args(tmp_path), *changed]) == 0
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "1 stale records" in board
+    row = next(line for line in board.splitlines() if line.startswith("| sasrec"))
+    assert "missing (0/1)" in row
 
 
 def test_search_refuses_unequal_budgets(tmp_path):
