@@ -35,7 +35,8 @@ class FunnelConfig:
     ctr_epochs: int = 10  # CTR model epochs (early-stopped on validation AUC)
     n_boot: int = 2000  # bootstrap resamples for the paired deltas
     attention_items: int = 256  # catalog items (the first, by index) whose item-encoder attention is analysed
-    generator_epochs: int = 50  # Table 2: epochs fitting the generators on the frozen (h, v_target) pairs
+    generator_updates: int = 3000  # Table 2: optimizer updates (batches of 256) fitting the generators on the
+    # frozen (h, v_target) pairs; a fixed count, not epochs (a small catalog's epoch is a few batches)
     generator_samples: int = 8  # Table 2 mode/mean analysis: diffusion samples drawn per test impression
     generator_impressions: int = 512  # test impressions in the mode/mean analysis
 

@@ -1,12 +1,14 @@
 """Table 2 of the paper, per run: the retrieval embedding *generated* from KARMA's next-interest state.
 
 A ``karma_gen`` run trains KARMA exactly as ``karma:karma`` (same selected settings, same seed), then
-fits three generators on the trained model's frozen (h, ``v_target``) pairs of the training split
-(``funnel.generator_epochs`` epochs, AdamW 1e-3, batch 256), each producing the target item's
+fits four generators on the trained model's frozen (h, ``v_target``) pairs of the training split
+(``funnel.generator_updates`` AdamW updates at 1e-3, batch 256), each producing the target item's
 retrieval embedding from h:
 
-- ``diffusion``: a conditional DDPM head (epsilon prediction); at test time one embedding is sampled
-  with diffusers' DDIM scheduler (eta 0, ``generator_steps`` steps) from Gaussian noise;
+- ``diffusion``: a conditional DDPM head predicting the noise (the DDPM default); at test time one
+  embedding is sampled with diffusers' DDIM scheduler (eta 0, ``generator_steps`` steps) from
+  Gaussian noise;
+- ``diffusion_x0``: the same head and sampler, the network predicting the clean embedding x0;
 - ``flow``: a conditional rectified-flow head, sampled with ``generator_steps`` Euler steps (the
   paper names diffusion and flow matching together);
 - ``ar_mse``: an MLP regressor trained with MSE (the autoregressive state -> next embedding).
@@ -34,6 +36,10 @@ import pandas as pd
 from benchmark.data.schema import SearchLog
 from benchmark.diagnostics import _figure
 from benchmark.evaluate import evaluate
+from karma.model import SAMPLED_GENERATORS
+
+GENERATOR_LABELS = {"diffusion": "diffusion (noise pred.)", "diffusion_x0": "diffusion (x0 pred.)", "flow": "flow",
+                    "ar_mse": "AR + MSE"}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -99,31 +105,33 @@ def table2_metrics(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.n
         return None
     ks, js_k = list(cfg.eval.ks), cfg.eval.js_k
     start = time.perf_counter()
-    fit = model.fit_generators(log, cfg.funnel.generator_epochs, seed=run["seed"])
+    fit = model.fit_generators(log, cfg.funnel.generator_updates, seed=run["seed"])
     steps = model.config.generator_steps
-    out = {"sampler": {"diffusion": f"DDIM, eta 0, {steps} steps (diffusers)", "flow": f"Euler, {steps} steps"},
-           "fit": {"epochs": cfg.funnel.generator_epochs, "final_losses": fit,
+    ddim = f"DDIM, eta 0, {steps} steps (diffusers)"
+    out = {"sampler": {"diffusion": f"{ddim}, noise prediction", "diffusion_x0": f"{ddim}, x0 prediction",
+                       "flow": f"Euler, {steps} steps"},
+           "fit": {"updates": cfg.funnel.generator_updates, "final_losses": fit,
                    "seconds": time.perf_counter() - start}}
     generated = model.generated_user_embeddings(log, test_imp)
-    for name in ("diffusion", "flow", "ar_mse"):
+    for name in (*SAMPLED_GENERATORS, "ar_mse"):
         out[name] = evaluate(item_emb, generated[name].numpy(), test_imp, ks=ks, js_k=js_k,
                              item_terms=item_terms, topk_lists=item_terms is not None).metrics
     sub = test_imp.head(cfg.funnel.generator_impressions)
     draws = model.generated_user_embeddings(log, sub, samples=cfg.funnel.generator_samples)
-    samples = {name: draws[f"{name}_samples"].numpy() for name in ("diffusion", "flow")}
+    samples = {name: draws[f"{name}_samples"].numpy() for name in SAMPLED_GENERATORS}
     mse = draws["ar_mse"].numpy()
     centroids = plausible_centroids(log, sub, item_emb)
     analysis = mode_mean_analysis(samples, mse, item_emb[sub["target"].to_numpy()], centroids)
     k = cfg.funnel.generator_samples
-    vectors = {"diffusion, one sample": samples["diffusion"][:, 0], f"diffusion, mean of {k}":
-               _unit(samples["diffusion"].mean(1)), "flow, one sample": samples["flow"][:, 0],
-               f"flow, mean of {k}": _unit(samples["flow"].mean(1)), "AR + MSE": mse}
-    keys = ["diffusion_sample", "diffusion_mean", "flow_sample", "flow_mean", "ar_mse"]
+    vectors, labels = {}, {}  # key -> (n, R) embedding, key -> figure label
+    for name, draws_n in samples.items():
+        vectors[f"{name}_sample"], labels[f"{name}_sample"] = draws_n[:, 0], f"{GENERATOR_LABELS[name]}, one sample"
+        vectors[f"{name}_mean"], labels[f"{name}_mean"] = _unit(draws_n.mean(1)), f"{GENERATOR_LABELS[name]}, mean of {k}"
+    vectors["ar_mse"], labels["ar_mse"] = mse, "AR + MSE"
     analysis["subset_metrics"] = {key: evaluate(item_emb, users, sub, ks=ks, js_k=js_k, item_terms=None,
-                                                topk_lists=False).metrics
-                                  for key, users in zip(keys, vectors.values(), strict=True)}
+                                                topk_lists=False).metrics for key, users in vectors.items()}
     path = Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__seed{run['seed']}.png"
-    analysis["figure"] = str(analysis_figure(vectors, centroids, path,
+    analysis["figure"] = str(analysis_figure({labels[k]: v for k, v in vectors.items()}, centroids, path,
                                              f"{log.name}: generated retrieval embeddings, seed {run['seed']}"))
     out["analysis"] = analysis
     return out

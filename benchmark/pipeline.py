@@ -136,7 +136,7 @@ def _untuned_settings(cfg, model: str, variant: str) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     settings = {"model_config": dataclasses.asdict(model_cfg),
                 "train": dataclasses.asdict(_train_config(cfg, model_cfg)),
-                "eval": resolved["eval"], "adapt": resolved["adapt"]}
+                "eval": resolved["eval"], "adapt": resolved["adapt"], "funnel": resolved["funnel"]}
     return json.loads(json.dumps({part: {k: v for k, v in values.items() if k not in skip}
                                   for part, values in settings.items()}, default=str))  # tuples -> lists
 
@@ -145,7 +145,7 @@ def record_is_current(record: dict, cfg) -> bool:
     """Whether a record still answers the suite as it is defined now.
 
     Its recorded settings must agree with the suite's on every field the tuning search does not
-    choose (model config, trainer, evaluation, data adaptation). Editing the suite file (an epoch
+    choose (model config, trainer, evaluation, data adaptation, funnel and Table 2). Editing the suite file (an epoch
     cap, a loss weight, a split) thus makes the affected records stale: they are re-run and, until
     then, left out of the leaderboard. Fields a record predates are not compared.
     """
@@ -320,7 +320,7 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
     run_cfg = {"model": run["model"], "variant": run["variant"],
                "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
                "train": dataclasses.asdict(train_cfg),
-               "eval": resolved["eval"], "adapt": resolved["adapt"], "seed": run["seed"]}
+               "eval": resolved["eval"], "adapt": resolved["adapt"], "funnel": resolved["funnel"], "seed": run["seed"]}
     npz = R.per_impression_path(run["record"])
     R.write_per_impression(npz, {**test.per_impression, "user": users, "target": test_imp["target"].to_numpy(),
                                  "tail": tail})

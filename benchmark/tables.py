@@ -16,6 +16,7 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmark.diagnostics import compare_heatmaps
+from benchmark.generators_eval import GENERATOR_LABELS
 from benchmark.leaderboard import _index_records, _metric_value, mean_ci
 
 # Paper Table 1 (KARMA, Taobao search), as printed: deltas over action-only (units as printed;
@@ -117,9 +118,11 @@ def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds:
     metrics = ["gAUC", f"HR@{k1}", f"HR@{k2}", "JS@50"]
     out = ["## Table 2: generating the retrieval embedding (deltas over text-only KARMA)", "",
            f"Suite `{suite}`. A `karma_gen` run trains KARMA exactly as `karma:karma` (its selected settings, "
-           "same seed), then fits three generators on the frozen next-interest states h of the training split, each "
-           "producing the target item's retrieval embedding: a conditional diffusion head (DDPM, sampled with "
-           "diffusers' DDIM, eta 0), a conditional rectified-flow head (Euler sampler) and an MLP regressor (AR + MSE). Each is evaluated in place of u, on the same items and metrics. Cells: mean ± "
+           "same seed), then fits four generators on the frozen next-interest states h of the training split (a fixed "
+           "number of updates, `funnel.generator_updates`), each producing the target item's retrieval embedding: a "
+           "conditional diffusion head (DDPM, sampled with diffusers' DDIM, eta 0) whose network predicts the noise "
+           "(the DDPM default) or the clean embedding x0, a conditional rectified-flow head (Euler sampler) and an MLP "
+           "regressor (AR + MSE). Each is evaluated in place of u, on the same items and metrics. Cells: mean ± "
            f"95% half-width over seeds {seeds} of the per-seed difference to `karma:karma` (points). The paper "
            "prints no numbers in its text, only that diffusion underperforms and AR + MSE does better.", ""]
     analysis, figures = [], []
@@ -133,8 +136,8 @@ def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds:
             continue
         rows = [["text-only KARMA, u (absolute)", *[_abs([_metric_value(base[s], m) for s in seeds]) for m in metrics]],
                 ["karma_gen, its own u", *[_fmt([_diff(runs[s], base[s], m) for s in seeds]) for m in metrics]]]
-        for name, label in (("diffusion", "diffusion generator (1 sample)"), ("flow", "flow-matching generator (1 sample)"),
-                            ("ar_mse", "AR + MSE")):
+        for name, label in GENERATOR_LABELS.items():
+            label = label if name == "ar_mse" else f"{label} generator (1 sample)"
             cells = []
             for m in metrics:
                 vals = [(runs[s].get("table2") or {}).get(name, {}).get(m) for s in seeds]
@@ -167,10 +170,13 @@ def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k_hr: int) -> tu
     rows = []
     k = stats[0]["samples"]
     mean = lambda path: float(np.mean([_get(a, path) for a in stats]))  # noqa: E731
-    labels = {"diffusion_sample": "diffusion, 1 sample", "diffusion_mean": f"diffusion, mean of {k}",
-              "flow_sample": "flow, 1 sample", "flow_mean": f"flow, mean of {k}", "ar_mse": "AR + MSE"}
+    labels = {}
+    for family in stats[0]["spread"]:  # the sampled generators this run had
+        labels[f"{family}_sample"] = f"{GENERATOR_LABELS.get(family, family)}, 1 sample"
+        labels[f"{family}_mean"] = f"{GENERATOR_LABELS.get(family, family)}, mean of {k}"
+    labels["ar_mse"] = GENERATOR_LABELS["ar_mse"]
     for i, (name, label) in enumerate(labels.items()):
-        family = name.split("_")[0]
+        family = name.rsplit("_", 1)[0]
         spread = f"{mean(f'spread.{family}'):.3f}" if name.endswith("_sample") else ""
         rows.append([dataset if i == 0 else "", spread, label, f"{mean(f'cos_target.{name}'):.3f}",
                      f"{mean(f'cos_centroid.{name}'):.3f}", f"{100 * mean(f'subset_metrics.{name}.HR@{k_hr}'):.2f}"])

@@ -203,12 +203,22 @@ class DDPMObjective:
     scaled features are not confined to [-1, 1]). The network sees ``t = timestep / T``.
     """
 
-    def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "linear"):
+    PREDICTIONS = ("epsilon", "sample", "v_prediction")  # the network's target: noise, x0, or velocity
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "linear", prediction: str = "epsilon"):
         from diffusers import DDPMScheduler
 
+        if prediction not in self.PREDICTIONS:
+            raise ValueError(f"unknown diffusion prediction {prediction!r}; valid: {', '.join(self.PREDICTIONS)}")
         self.num_train_timesteps = num_train_timesteps
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                       prediction_type="epsilon", clip_sample=False)
+                                       prediction_type=prediction, clip_sample=False)
+
+    def _target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        return x0 if kind == "sample" else self.scheduler.get_velocity(x0, noise, timesteps)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return self.scheduler.add_noise(x0, noise, timesteps.to(x0.device))
@@ -226,7 +236,7 @@ class DDPMObjective:
         timesteps = timesteps.to(x0.device).long()
         x_t = self.add_noise(x0, noise, timesteps)
         pred = net(x_t, timesteps.to(x0.dtype) / self.num_train_timesteps, c_sel)
-        return masked_mse(pred, noise, None)
+        return masked_mse(pred, self._target(x0, noise, timesteps), None)
 
     @torch.no_grad()
     def sample(self, net: nn.Module, c: torch.Tensor, feature_dim: int, steps: int = 50,
@@ -238,8 +248,7 @@ class DDPMObjective:
         x = _randn((c.shape[0], feature_dim), c, generator)
         for ts in sched.timesteps:
             t = torch.full((c.shape[0],), float(ts) / self.num_train_timesteps, device=c.device, dtype=x.dtype)
-            eps = net(x, t, c)
-            x = sched.step(eps, ts, x, eta=0.0).prev_sample
+            x = sched.step(net(x, t, c), ts, x, eta=0.0).prev_sample  # the step reads prediction_type
         return x
 
 
@@ -286,5 +295,6 @@ class DiffusionHead(_Head):
     """DDPM (epsilon) head: training noise via DDPMScheduler.add_noise, sampling via DDIMScheduler."""
 
     def __init__(self, feature_dim: int, cond_dim: int, hidden: int = 256, num_train_timesteps: int = 1000,
-                 data_scale: float | None = None, net: nn.Module | None = None):
-        super().__init__(feature_dim, cond_dim, hidden, DDPMObjective(num_train_timesteps), data_scale, net)
+                 data_scale: float | None = None, net: nn.Module | None = None, prediction: str = "epsilon"):
+        super().__init__(feature_dim, cond_dim, hidden, DDPMObjective(num_train_timesteps, prediction=prediction),
+                         data_scale, net)

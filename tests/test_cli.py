@@ -162,7 +162,7 @@ def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     grid = ["search.enabled=true", "+search.grids.karma={model.karma.lr:[0.001,0.003]}",
             "+search.grids.karma_visual={model.karma.lr:[0.001,0.003]}", "model.karma.head_hidden=16",
             "model.karma.generator_steps=3", "funnel.generator_samples=3", "funnel.generator_impressions=20",
-            "funnel.generator_epochs=3"]
+            "funnel.generator_updates=3"]
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY_LLM[:-7], models, *TINY_LLM[-6:], *grid]) == 0
     folder = tmp_path / "results" / "records" / "smoke" / "synthetic"
     karma = json.loads((folder / "karma__karma__seed0.json").read_text())
@@ -176,10 +176,12 @@ def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     assert gen["search"]["tuned_like"] == "karma:karma" and gen["search"]["selected"] == karma["search"]["selected"]
     assert not (tmp_path / "results" / "search" / "smoke" / "synthetic" / "karma_gen__generators.json").exists()
     assert gen["metrics"]["test"] == karma["metrics"]["test"]  # detached readouts leave KARMA's own path unchanged
-    for name in ("diffusion", "flow", "ar_mse"):
+    for name in ("diffusion", "diffusion_x0", "flow", "ar_mse"):
         assert 0 <= gen["table2"][name]["HR@10"] <= 1 and 0 <= gen["table2"][name]["gAUC"] <= 1
-    assert gen["table2"]["fit"]["epochs"] == 3 and set(gen["table2"]["fit"]["final_losses"]) == {"gen_diffusion", "gen_flow", "gen_mse"}
+    assert gen["table2"]["fit"]["updates"] == 3
+    assert set(gen["table2"]["fit"]["final_losses"]) == {"gen_diffusion", "gen_diffusion_x0", "gen_flow", "gen_mse"}
     analysis = gen["table2"]["analysis"]
     assert analysis["samples"] == 3 and min(analysis["spread"].values()) >= 0 and Path(analysis["figure"]).exists()
     board = (tmp_path / "leaderboard.md").read_text()
     assert "+ visual reconstruction" in board and "## Table 2" in board and "Mode-seeking vs mean-seeking" in board
+    assert "diffusion (x0 pred.) generator (1 sample)" in board and "diffusion (x0 pred.), mean of 3" in board

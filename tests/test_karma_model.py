@@ -209,8 +209,8 @@ def test_generated_user_embeddings_have_the_retrieval_shape(tmp_path):
     model = _mm_model(log, tmp_path, generators=True)
     imp = log.split("test")
     out = model.generated_user_embeddings(log, imp, samples=3)
-    assert out["diffusion"].shape == out["flow"].shape == out["ar_mse"].shape == (len(imp), 16)
-    assert out["diffusion_samples"].shape == out["flow_samples"].shape == (len(imp), 3, 16)
+    assert out["diffusion"].shape == out["diffusion_x0"].shape == out["flow"].shape == out["ar_mse"].shape == (len(imp), 16)
+    assert out["diffusion_samples"].shape == out["diffusion_x0_samples"].shape == out["flow_samples"].shape == (len(imp), 3, 16)
     assert torch.allclose(out["diffusion"].norm(dim=-1), torch.ones(len(imp)), atol=1e-5)
     assert _mm_model(log, tmp_path).generated_user_embeddings(log, imp) == {}
 
@@ -233,8 +233,11 @@ def test_generators_are_fitted_on_the_frozen_model_and_learn_the_target_embeddin
     targets = model.item_vectors(torch.as_tensor(rows["target"].to_numpy())).detach()
     cos = lambda: float((model.generated_user_embeddings(log, rows)["ar_mse"] * targets).sum(-1).mean())  # noqa: E731
     start = cos()
-    losses = model.fit_generators(log, epochs=60, batch_size=16)
-    assert set(losses) == {"gen_diffusion", "gen_flow", "gen_mse"} and all(np.isfinite(v) for v in losses.values())
+    losses = model.fit_generators(log, updates=60 * -(-len(rows) // 16), batch_size=16)  # 60 epochs' worth
+    assert set(losses) == {"gen_diffusion", "gen_diffusion_x0", "gen_flow", "gen_mse"}
+    assert all(np.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="updates must be >= 1"):
+        model.fit_generators(log, updates=0)
     assert cos() > max(0.5, start + 0.2)  # the regressor reproduces the targets it was fitted on
     after = model.inference_state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the model itself is untouched

@@ -214,6 +214,31 @@ def test_ddpm_objective_hand_checked():
     assert isinstance(head.objective, DDPMObjective)
 
 
+def test_ddpm_sample_and_velocity_targets_hand_checked():
+    x0 = torch.tensor([[1.0, -1.0], [2.0, 0.0]])
+    noise = torch.tensor([[0.5, 0.5], [-1.0, 1.0]])
+    ts = torch.tensor([10, 500])
+    c = torch.ones(2, 1)
+    # x0 prediction: a network that outputs x0 has zero loss; one that outputs 0 has mean(x0^2) per row
+    head = DiffusionHead(2, 1, data_scale=1.0, net=ConstNet(x0.clone()), prediction="sample")
+    assert head.loss(x0, c, noise=noise, timesteps=ts).item() == pytest.approx(0.0, abs=1e-7)
+    head.net.out = torch.zeros(2, 2)
+    assert head.loss(x0, c, noise=noise, timesteps=ts).item() == pytest.approx((1.0 + 2.0) / 2)
+    # v prediction: target sqrt(abar) * eps - sqrt(1 - abar) * x0 (Salimans & Ho 2022)
+    head = DiffusionHead(2, 1, data_scale=1.0, net=ConstNet(torch.zeros(2, 2)), prediction="v_prediction")
+    abar = head.objective.scheduler.alphas_cumprod[ts][:, None]
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    assert head.loss(x0, c, noise=noise, timesteps=ts).item() == pytest.approx(v.pow(2).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="valid: epsilon, sample, v_prediction"):
+        DiffusionHead(2, 1, prediction="x0")
+
+
+@pytest.mark.parametrize("prediction", ["sample", "v_prediction"])
+def test_ddpm_parameterisations_learn_the_toy_distribution(prediction):
+    test_head_learns_a_toy_conditional_distribution(
+        lambda feat, n_cls, net: DiffusionHead(feat, n_cls, net=net, prediction=prediction))
+
+
 @pytest.mark.parametrize("cls", [FlowMatchingHead, DiffusionHead])
 def test_rows_without_image_are_excluded(cls):
     torch.manual_seed(0)
