@@ -145,16 +145,23 @@ def record_is_current(record: dict, cfg) -> bool:
     """Whether a record still answers the suite as it is defined now.
 
     Its recorded settings must agree with the suite's on every field the tuning search does not
-    choose (model config, trainer, evaluation, data adaptation, funnel and Table 2). Editing the suite file (an epoch
-    cap, a loss weight, a split) thus makes the affected records stale: they are re-run and, until
-    then, left out of the leaderboard. Fields a record predates are not compared.
+    choose (model config, trainer, evaluation, data adaptation, funnel and Table 2). Editing the
+    suite file (an epoch cap, a loss weight, a split) thus makes the affected records stale: they
+    are re-run and, until then, left out of the leaderboard.
     """
     model, variant = record.get("model"), record.get("variant")
     if model not in MODELS or variant not in MODELS[model].variants:
         return False
     got = json.loads(json.dumps(record.get("config") or {}, default=str))
-    return all(value == got[part][key] for part, values in _untuned_settings(cfg, model, variant).items()
-               for key, value in values.items() if key in (got.get(part) or {}))
+    return _settings_agree(_untuned_settings(cfg, model, variant), got)
+
+
+def _settings_agree(want: dict, got: dict) -> bool:
+    """``part -> {field: value}`` settings; only the parts and fields both have are compared, so a
+    field added to the code later (with a default that keeps the old behaviour) leaves older
+    records and trials valid."""
+    return all(value == got[part][key] for part, values in want.items() if isinstance(got.get(part), dict)
+               for key, value in values.items() if key in got[part])
 
 
 def format_plan(cfg) -> str:
@@ -231,13 +238,14 @@ def search(run: dict, search_log: SearchLog, cfg) -> tuple[object, dict | None]:
     path = (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run["dataset"])
             / f"{run['model']}__{run['variant']}.json")
     # Trials are kept only if they ran with the suite's current settings (a suite edit re-runs the
-    # search); trials saved before settings were stamped count while the search seed's record is current.
-    settings = R.config_hash(_untuned_settings(cfg, run["model"], run["variant"]))
+    # search; the funnel's settings do not enter a trial's validation score, so they are not stamped).
+    # Trials saved without a settings stamp count while the search seed's record is current.
+    settings = {k: v for k, v in _untuned_settings(cfg, run["model"], run["variant"]).items() if k != "funnel"}
     seed_record = R.record_path(cfg.results_dir, cfg.suite, run["dataset"], run["model"], run["variant"],
                                 cfg.search.seed)
     unstamped_ok = seed_record.exists() and record_is_current(R.read_record(seed_record), cfg)
     done = [t for t in (json.loads(path.read_text())["trials"] if path.exists() else [])
-            if t.get("settings", settings if unstamped_ok else None) == settings]
+            if (_settings_agree(settings, t["settings"]) if isinstance(t.get("settings"), dict) else unstamped_ok)]
     item_terms = _item_terms(search_log)
     kept = None  # (overrides, fit, peak memory) of the best trial trained in this process
     for overrides in grid:

@@ -108,7 +108,7 @@ def test_search_tunes_on_validation_and_the_record_names_the_selected_trial(tmp_
     assert "[done]" in capsys.readouterr().out
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY, "models=[sasrec]", *grid, "train.patience=1"]) == 0
     rerun = json.loads(search_file.read_text())["trials"]
-    assert len(rerun) == 2 and rerun[0]["settings"] != trials[0]["settings"]
+    assert len(rerun) == 2 and rerun[0]["settings"]["train"]["patience"] == 1 != trials[0]["settings"]["train"]["patience"]
     assert json.loads((folder / "sasrec__default__seed0.json").read_text())["config"]["train"]["patience"] == 1
 
 
