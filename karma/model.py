@@ -63,6 +63,9 @@ class KarmaConfig:
     item_tokens: int = 32  # item-encoder input tokens per item (title first)
     text_tokens: int = 12  # target text tokens decoded by Task 1, Task 2 and the warm-up
     decode_fraction: float = 1.0  # share of each batch's impressions that Task 1 / Task 2 decode (cpu: < 1)
+    # cpu preset on large logs: at most this many training impressions per epoch decode text (0 = no cap);
+    # lowers decode_fraction to budget / train impressions, so the text losses' cost stops growing with the log
+    decode_budget: int = 0
     pool_heads: int = 4  # heads of the trainable attention pooling over item-encoder states
     max_history: int = 20  # most recent history items fed to the LLM
     use_query: bool = True  # append a query token (search); False = pure next-item prediction
@@ -103,6 +106,13 @@ class KarmaConfig:
     @property
     def decodes_text(self) -> bool:
         return self.w_task1 > 0 or self.w_task2 > 0 or self.warmup_epochs > 0
+
+
+def effective_decode_fraction(cfg: KarmaConfig, train_impressions: int) -> float:
+    """The share of impressions that decode text: ``decode_fraction``, lowered to fit ``decode_budget``."""
+    if cfg.decode_budget > 0 and train_impressions > cfg.decode_budget:
+        return min(cfg.decode_fraction, cfg.decode_budget / train_impressions)
+    return cfg.decode_fraction
 
 
 # Table 1 variants: the same network, different train-only losses.
@@ -202,6 +212,7 @@ class ContinuousTokenModel(nn.Module):
             raise ValueError(f"preset must be 'cpu' or 'gpu', got {config.preset!r}")
         self.config = config
         self.n_items = n_items
+        self.decode_fraction = config.decode_fraction  # set per log by train_dataset (decode_budget)
         self._prepared_for: str | None = None
 
     # --- setup: backbones and per-catalog caches (called by the pipeline before training) ---------
@@ -355,6 +366,7 @@ class ContinuousTokenModel(nn.Module):
     # --- the RankingModel interface ----------------------------------------------------------
     def train_dataset(self, log: SearchLog, generator: torch.Generator) -> Dataset:
         self._train_rows = log.split("train").reset_index(drop=True)
+        self.decode_fraction = effective_decode_fraction(self.config, len(self._train_rows))
         return _Impressions(self._train_rows, self.config.max_history)
 
     def stages(self, log: SearchLog, generator: torch.Generator) -> list[tuple[str, Dataset, int]]:
@@ -395,7 +407,7 @@ class ContinuousTokenModel(nn.Module):
             return {"warmup": self._decode_from_prefix(tokens, self.item_text[batch["items"]])}
         targets = batch["targets"]
         # Decodability on a random share of the batch (an unbiased estimate of the full-batch mean).
-        decode = torch.rand(len(targets), generator=generator) < cfg.decode_fraction
+        decode = torch.rand(len(targets), generator=generator) < self.decode_fraction
         if cfg.decodes_text and not decode.any():
             decode[0] = True
         # Task 1 shares the causal pass when every row decodes (h cannot see the text: causal mask);

@@ -241,3 +241,16 @@ def test_generators_are_fitted_on_the_frozen_model_and_learn_the_target_embeddin
     assert cos() > max(0.5, start + 0.2)  # the regressor reproduces the targets it was fitted on
     after = model.inference_state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the model itself is untouched
+
+
+def test_decode_budget_lowers_the_decoded_share_on_large_logs_only():
+    from karma.model import effective_decode_fraction
+    cfg = KarmaConfig(decode_budget=8000)
+    assert effective_decode_fraction(cfg, 1582) == 1.0  # small logs decode every impression
+    assert effective_decode_fraction(cfg, 32000) == 0.25
+    assert effective_decode_fraction(dataclasses.replace(cfg, decode_fraction=0.1), 32000) == 0.1
+    assert effective_decode_fraction(KarmaConfig(), 10**6) == 1.0  # 0 = no cap
+    log = _log()
+    model = _model("karma", decode_budget=2)
+    model.train_dataset(log, torch.Generator())
+    assert model.decode_fraction == 2 / len(log.split("train"))
