@@ -96,7 +96,7 @@ def plan(cfg) -> tuple[list[dict], dict[str, str]]:
         spec = registry.parse(name)
         if spec.family != registry.EMBEDDED and not registry._present(root, spec.family, spec.category):
             problems[name] = f"no files under {root / spec.family / spec.category}"
-    runs = []
+    runs, memo = [], {}
     for name in datasets:
         text = name in problems or registry.has_text(root, name)
         images = name in problems or registry.has_images(root, name, fetch=cfg.images.fetch)
@@ -108,7 +108,7 @@ def plan(cfg) -> tuple[list[dict], dict[str, str]]:
             for seed in cfg.seeds:
                 path = R.record_path(cfg.results_dir, cfg.suite, name, model, variant, seed)
                 exists = path.exists()
-                current = exists and record_is_current(R.read_record(path), cfg)
+                current = exists and record_is_current(R.read_record(path), cfg, memo)
                 runs.append({"dataset": name, "model": model, "variant": variant, "seed": int(seed),
                              "record": path, "done": current, "stale": exists and not current})
     return runs, problems
@@ -141,19 +141,23 @@ def _untuned_settings(cfg, model: str, variant: str) -> dict:
                                   for part, values in settings.items()}, default=str))  # tuples -> lists
 
 
-def record_is_current(record: dict, cfg) -> bool:
+def record_is_current(record: dict, cfg, memo: dict | None = None) -> bool:
     """Whether a record still answers the suite as it is defined now.
 
     Its recorded settings must agree with the suite's on every field the tuning search does not
     choose (model config, trainer, evaluation, data adaptation, funnel and Table 2). Editing the
     suite file (an epoch cap, a loss weight, a split) thus makes the affected records stale: they
-    are re-run and, until then, left out of the leaderboard.
+    are re-run and, until then, left out of the leaderboard. ``memo`` (a dict, one per ``cfg``)
+    keeps the suite's settings per model/variant across calls.
     """
     model, variant = record.get("model"), record.get("variant")
     if model not in MODELS or variant not in MODELS[model].variants:
         return False
+    memo = {} if memo is None else memo
+    if (model, variant) not in memo:
+        memo[model, variant] = _untuned_settings(cfg, model, variant)
     got = json.loads(json.dumps(record.get("config") or {}, default=str))
-    return _settings_agree(_untuned_settings(cfg, model, variant), got)
+    return _settings_agree(memo[model, variant], got)
 
 
 def _settings_agree(want: dict, got: dict) -> bool:
@@ -437,7 +441,8 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
             if r["dataset"] in problems:
                 entries[key]["status"] = f"dataset missing: {problems[r['dataset']]}"
         records = R.read_records(results, suite)  # read once, rendered into every table
-        current = [r for r in records if r.get("suite") != suite or record_is_current(r, suite_cfg)]
+        memo = {}
+        current = [r for r in records if r.get("suite") != suite or record_is_current(r, suite_cfg, memo)]
         stale, records = len(records) - len(current), current
         text = render_leaderboard(records, list(entries.values()), suite=suite, stale=stale,
                                   suite_version=str(suite_cfg.suite_version),
