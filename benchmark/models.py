@@ -49,7 +49,8 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def expand(entries: list[str]) -> list[tuple[str, str]]:
-    """Suite entries -> (model, variant) pairs; errors list the valid choices."""
+    """Suite entries -> distinct (model, variant) pairs, in order ("karma" and "karma:karma" overlap);
+    errors list the valid choices."""
     out = []
     for entry in entries:
         name, _, variant = entry.partition(":")
@@ -59,7 +60,7 @@ def expand(entries: list[str]) -> list[tuple[str, str]]:
         if variant and variant not in variants:
             raise KeyError(f"unknown variant {variant!r} of {name}; valid: {', '.join(variants)}")
         out += [(name, v) for v in ([variant] if variant else variants)]
-    return out
+    return list(dict.fromkeys(out))
 
 
 def model_config(name: str, variant: str, model_configs, tuned: dict | None = None):

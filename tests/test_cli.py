@@ -45,6 +45,10 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 datasets x 2 models/variants x 2 seeds" in out and out.count("[to run]") == 4
     assert not (tmp_path / "results").exists()
+    # a variant named twice (alone and through its model) is planned once
+    assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), "seeds=[0]", "models=[karma,karma:karma]"]) == 0
+    out = capsys.readouterr().out
+    assert "1 datasets x 3 models/variants x 1 seeds" in out and out.count("karma        karma") == 1
 
 
 def test_full_suite_reports_missing_real_data_in_the_plan(tmp_path, capsys):
