@@ -244,10 +244,11 @@ def search(run: dict, search_log: SearchLog, cfg) -> tuple[object, dict | None]:
     # Trials are kept only if they ran with the suite's current settings (a suite edit re-runs the
     # search; the funnel's settings do not enter a trial's validation score, so they are not stamped).
     # Trials saved without a settings stamp count while the search seed's record is current.
-    settings = {k: v for k, v in _untuned_settings(cfg, run["model"], run["variant"]).items() if k != "funnel"}
+    memo = {(run["model"], run["variant"]): _untuned_settings(cfg, run["model"], run["variant"])}
+    settings = {k: v for k, v in memo[run["model"], run["variant"]].items() if k != "funnel"}
     seed_record = R.record_path(cfg.results_dir, cfg.suite, run["dataset"], run["model"], run["variant"],
                                 cfg.search.seed)
-    unstamped_ok = seed_record.exists() and record_is_current(R.read_record(seed_record), cfg)
+    unstamped_ok = seed_record.exists() and record_is_current(R.read_record(seed_record), cfg, memo)
     done = [t for t in (json.loads(path.read_text())["trials"] if path.exists() else [])
             if (_settings_agree(settings, t["settings"]) if isinstance(t.get("settings"), dict) else unstamped_ok)]
     item_terms = _item_terms(search_log)

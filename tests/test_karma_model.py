@@ -11,7 +11,7 @@ from baselines.hllm import HLLM, HLLMConfig
 from benchmark.data.schema import SearchLog
 from benchmark.seed import seed_everything
 from benchmark.trainer import TrainConfig, train
-from karma.model import VARIANTS, ContinuousTokenModel, KarmaConfig
+from karma.model import VARIANTS, ContinuousTokenModel, KarmaConfig, effective_decode_fraction
 
 WORDS = ["red", "blue", "mug", "lamp", "steel", "wood", "chair", "cup", "soft", "hard"]
 
@@ -244,7 +244,6 @@ def test_generators_are_fitted_on_the_frozen_model_and_learn_the_target_embeddin
 
 
 def test_decode_budget_lowers_the_decoded_share_on_large_logs_only():
-    from karma.model import effective_decode_fraction
     cfg = KarmaConfig(decode_budget=8000)
     assert effective_decode_fraction(cfg, 1582) == 1.0  # small logs decode every impression
     assert effective_decode_fraction(cfg, 32000) == 0.25
