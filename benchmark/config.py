@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from baselines.bm25 import BM25Config
 from baselines.hllm import HLLMConfig
 from baselines.popularity import PopularityConfig
 from baselines.sasrec import SASRecConfig
@@ -58,6 +59,7 @@ class SearchConfig:
 @dataclass
 class ModelsConfig:
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    bm25: BM25Config = field(default_factory=BM25Config)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     karma: KarmaConfig = field(default_factory=KarmaConfig)  # shared by action_llm and karma's variants
     hllm: HLLMConfig = field(default_factory=HLLMConfig)

@@ -117,14 +117,19 @@ class BM25Scorer:
         if hit is not None:
             self._cache.move_to_end(q)
             return hit
-        toks = self._bm25s.tokenize([q], stopwords="en", return_ids=False, show_progress=False)[0] if q else []
-        toks = [t for t in toks if t]
+        toks = self.tokens(q)
         s = (np.asarray(self.retriever.get_scores(toks), dtype=np.float32) if toks
              else np.zeros(self.n_items, dtype=np.float32))
         self._cache[q] = s
         if len(self._cache) > self._limit:
             self._cache.popitem(last=False)
         return s
+
+    def tokens(self, query: str) -> list[str]:
+        """The query's terms as the index sees them (lower-cased, English stop-words removed)."""
+        q = str(query or "")
+        toks = self._bm25s.tokenize([q], stopwords="en", return_ids=False, show_progress=False)[0] if q else []
+        return [t for t in toks if t]
 
     def scores(self, queries: Sequence[str]) -> np.ndarray:
         if len(queries) == 0:

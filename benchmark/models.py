@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
+from baselines.bm25 import BM25
 from baselines.hllm import HLLM
 from baselines.popularity import Popularity
 from baselines.sasrec import SASRec
@@ -31,6 +32,8 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "popularity": ModelSpec(Popularity, "popularity", {"default": {}}),  # sanity floor
+    # the query alone (lexical match, no history): what the LLM family gets from the query itself
+    "bm25": ModelSpec(BM25, "bm25", {"default": {}}, needs_text=True),
     "sasrec": ModelSpec(SASRec, "sasrec", {"default": {}}),  # Kang & McAuley 2018, CE / sampled softmax
     # The action-only LLM is KARMA's network with every decodability loss off (same inference path).
     "action_llm": ModelSpec(ContinuousTokenModel, "karma", {"default": KARMA_VARIANTS["action_only"]},

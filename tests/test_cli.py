@@ -32,7 +32,7 @@ def test_hugging_face_datasets_is_not_shadowed():
 def test_unknown_suite_model_and_key_list_the_valid_choices(tmp_path, capsys):
     with pytest.raises(SystemExit, match="valid suites: full, smoke"):
         main(["--suite", "nope"])
-    with pytest.raises(SystemExit, match="valid models: popularity, sasrec, action_llm, hllm, karma"):
+    with pytest.raises(SystemExit, match="valid models: popularity, bm25, sasrec, action_llm, hllm, karma"):
         main(["--suite", "smoke", "models=[nope]"])
     with pytest.raises(SystemExit, match=r"(?s)train\.nope.*valid keys:.*train\.lr"):
         main(["--suite", "smoke", "train.nope=1"])
