@@ -381,9 +381,23 @@ def test_atomic_rebuilds_truncated_sequences(tmp_path):
     assert list(u1.item_id) == ["I2", "I3"] and list(u1.split) == ["train", "valid"]  # I6: unknown index
     assert dict(report.counts) == {"unknown_index": 1, "item_without_meta": 1}
     i1 = log.catalog.set_index("item_id").loc["I1"]
-    assert i1["title"] == "Thing 1" and i1["category"] == [] and i1["description"].startswith("Thing 1. Industrial")
+    assert (i1["title"], i1["category"], i1["brand"]) == ("Thing 1", ["Industrial & Scientific Tools"], "Brand1")
     with pytest.raises(DataError, match=r"unknown_index at Sci\.test\.inter:3"):
         atomic.load(tmp_path, "Sci", DataReport("t", strict=True), allow_download=False)
+
+
+def test_atomic_text_parts_are_found_by_the_category_slot():
+    texts = ["Dr. Foo Kit 3/8. Industrial & Scientific Fittings Pipe Fittings. Mr. Heater.",  # ". " in title and brand
+             "TPI Fan, 120 Volt. . TPI.",  # empty category slot
+             "Glue. Industrial & Scientific Tapes. .",  # empty brand slot
+             "No slots at all. Just a sentence."]
+    root = atomic._root_category(texts + ["Saw. Industrial & Scientific Saws. Bosch."])  # a majority vote
+    assert root == "Industrial &"
+    assert atomic._split_text(texts[0], root) == ("Dr. Foo Kit 3/8", "Industrial & Scientific Fittings Pipe Fittings",
+                                                  "Mr. Heater")
+    assert atomic._split_text(texts[1], root) == ("TPI Fan, 120 Volt", "", "TPI")
+    assert atomic._split_text(texts[2], root) == ("Glue", "Industrial & Scientific Tapes", "")
+    assert atomic._split_text(texts[3], root) is None
 
 
 def test_atomic_inconsistent_history_falls_back(tmp_path):
@@ -451,6 +465,8 @@ def test_shared_unisrec_scientific():
     assert report.stats["raw_rows"] == 59_427 and report.counts["duplicate_event"] == 291
     assert counts == (8442, 4385, 59_136) and not report.counts["inconsistent_history"]
     assert log.interactions.split.value_counts().to_dict() == {"train": 42_356, "test": 8392, "valid": 8388}
+    # every text splits into title / category path / brand; 134 items have an empty category slot
+    assert not report.counts["unparsed_text"] and (log.catalog.category.str.len() > 0).sum() == 4251
 
 
 @pytest.mark.shared_data

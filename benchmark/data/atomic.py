@@ -2,9 +2,14 @@
 
 Files under ``<root>/unisrec/<Cat>/`` (each may also be gzip'd, ``.gz`` added):
 - ``<Cat>.text``: header ``item_id:token<TAB>text:token_seq``, then raw ASIN TAB
-  "title. category path. brand." (one string; the three parts cannot be told apart reliably,
-  since titles hold ". " too and brands may be missing, so the whole string is the description,
-  the title is the text before the first ". ", and category/brand stay empty);
+  "title. category path. brand." (one string; an empty part leaves its slot, "title. . brand.").
+  Titles and brands hold ". " too, so the parts are found by the category path: its segment starts
+  with the catalog's root category (the most common first two words of the second-to-last segment,
+  "Industrial &" on Scientific), or is empty. The path's levels are joined by spaces in the source
+  and cannot be split, so ``category`` is one flat element. A string with no such segment keeps the
+  old reading (title = text before the first ". ", no category, the whole string as description)
+  and is counted as ``unparsed_text``. Without the path the query would fall back to the title's
+  leading terms (brand and model number), which names the target; see ``benchmark.data.adapt``;
 - ``<Cat>.{train,valid,test}.inter``: header, then user_idx TAB space-separated history
   item_idx TAB target item_idx; train holds one row per prefix, valid/test the last two targets;
 - ``<Cat>.item2index`` / ``<Cat>.user2index``: raw id TAB index (no header).
@@ -20,7 +25,7 @@ the longest history + target). The valid and test targets keep their split in ``
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from benchmark.data.download import RemoteFile, ensure_files
@@ -73,8 +78,27 @@ def _read_index(path: Path, report: DataReport) -> dict[int, str]:
     return out
 
 
+def _root_category(texts: list[str]) -> str:
+    """The most common first two words of the "category path" slot (the second-to-last ". " segment)."""
+    slots = (t.rsplit(". ", 2) for t in texts)
+    heads = Counter(" ".join(s[-2].split()[:2]) for s in slots if len(s) == 3)
+    heads.pop("", None)
+    return heads.most_common(1)[0][0] if heads else ""
+
+
+def _split_text(text: str, root: str) -> tuple[str, str, str] | None:
+    """"title. category path. brand." -> (title, category path, brand), or None when no segment after
+    the first is the category (starts with ``root``) or the empty slot."""
+    segments = text.split(". ")
+    for j in range(1, len(segments)):
+        if segments[j] == "" or (root and segments[j].startswith(root + " ")):
+            brand = ". ".join(segments[j + 1:]).strip().rstrip(".").strip()
+            return ". ".join(segments[:j]).rstrip(".").strip(), segments[j].rstrip(".").strip(), brand
+    return None
+
+
 def _read_text(path: Path, report: DataReport) -> dict[str, dict]:
-    meta: dict[str, dict] = {}
+    rows: list[tuple[str, str, int]] = []
     for lineno, line in read_lines(path, report):
         if lineno == 1 and line.startswith("item_id"):
             continue
@@ -83,11 +107,20 @@ def _read_text(path: Path, report: DataReport) -> dict[str, dict]:
         if not sep or not item or not text:
             report.issue("missing_field", path, lineno, f"{line[:60]!r}")
             continue
+        rows.append((item, text, lineno))
+    root = _root_category([text for _, text, _ in rows])
+    meta: dict[str, dict] = {}
+    for item, text, lineno in rows:
         if item in meta:
             report.issue("duplicate_meta", path, lineno, f"item {item} again (first kept)")
             continue
-        title = text.split(". ", 1)[0].rstrip(".").strip()
-        meta[item] = catalog_row(item, title=title, description=text)
+        parts = _split_text(text, root)
+        if parts is None:
+            report.issue("unparsed_text", path, lineno, f"no category slot after the title: {text[:60]!r}")
+            meta[item] = catalog_row(item, title=text.split(". ", 1)[0].rstrip(".").strip(), description=text)
+            continue
+        title, category, brand = parts
+        meta[item] = catalog_row(item, title=title, brand=brand, category=[category] if category else [])
     return meta
 
 
