@@ -400,6 +400,19 @@ def test_atomic_text_parts_are_found_by_the_category_slot():
     assert atomic._split_text(texts[3], root) is None
 
 
+def test_a_loader_parser_version_changes_the_data_fingerprint(tmp_path, monkeypatch):
+    """Same files read differently must not hit the old cache (nor pass for the old data in records)."""
+    from benchmark.pipeline import load_log
+    from benchmark.run import compose_config
+
+    atomic_files(tmp_path / "unisrec/Sci")
+    cfg = compose_config("smoke", [f"data_dir={tmp_path}", "adapt.k_core=1"])
+    before = load_log("unisrec/Sci", cfg, tmp_path)
+    assert before.adaptation["source_config"] == {"parser_version": atomic.PARSER_VERSION}
+    monkeypatch.setattr(atomic, "PARSER_VERSION", atomic.PARSER_VERSION + 1)
+    assert load_log("unisrec/Sci", cfg, tmp_path).fingerprint != before.fingerprint
+
+
 def test_atomic_inconsistent_history_falls_back(tmp_path):
     atomic_files(tmp_path / "unisrec/Sci", consistent=False)
     report = DataReport("t")

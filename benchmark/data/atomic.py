@@ -42,6 +42,8 @@ from benchmark.data.schema import RawLog
 
 # The UniSRec release is on Google Drive; CoWPiRec's repository re-hosts the Scientific files
 # unchanged, so its pinned commit is the download address (checksums: of the uncompressed files).
+# 2: the category path and brand are parsed out of the text (1: the whole text was the description)
+PARSER_VERSION = 2
 BASE = "https://raw.githubusercontent.com/ysh-1998/CoWPiRec/97b0c8e80346c1e5ac43257b420accd620a44d15/dataset"
 SHA256 = {
     "Scientific.text": "95887e6bda76e54f59b71b566320520d5da74e21d3b6ff8f20bfb6e8e84aa831",
