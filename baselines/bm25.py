@@ -67,11 +67,14 @@ class BM25(nn.Module):
 
     def user_embeddings(self, log: SearchLog, impressions: pd.DataFrame) -> torch.Tensor:
         scorer, terms = self._terms(log)
-        emb = np.zeros((len(impressions), len(terms) + 1), dtype=np.float32)
-        for r, query in enumerate(impressions["query"]):
+        rows = {}  # distinct query -> its row (queries repeat heavily)
+        for query in impressions["query"].unique():
+            row = np.zeros(len(terms) + 1, dtype=np.float32)
+            row[-1] = 1.0
             for term in scorer.tokens(query):  # a repeated term counts twice, as in BM25Scorer
                 if term not in terms:
                     raise KeyError(f"query term {term!r} is not in the log's queries: pass impressions of this log")
-                emb[r, terms[term]] += 1.0
-        emb[:, -1] = 1.0
-        return torch.from_numpy(emb)
+                row[terms[term]] += 1.0
+            rows[query] = row
+        out = np.array([rows[q] for q in impressions["query"]], dtype=np.float32)
+        return torch.from_numpy(out.reshape(len(impressions), len(terms) + 1))  # (0, D) when empty

@@ -177,10 +177,11 @@ def render_leaderboard(records: list[dict], plan: list[dict], *, suite: str, sui
                f"Metrics without a split prefix are on the `{DEFAULT_SPLIT}` split.")
     out.append("- **queries:** public review data has none; the adaptation (HEM, Ai et al. 2017) builds the query "
                "from the *target* item's category path (title terms where a set has no category). The LLM family "
-               "(action_llm, hllm, karma*) reads the query and the history; bm25 reads the query alone, so its row is "
-               "what the query by itself gives (its gAUC is biased low: on the Amazon sets the exposures, gAUC's "
-               "negatives, are BM25's own top results for that query); popularity and SASRec read no query. Rows of the groups compare "
-               "search with recommendation, not like with like: compare LLM rows with each other and with bm25.")
+               "(action_llm, hllm, karma*) reads the query and the history; bm25 reads the query alone, so its row "
+               "is what the query by itself gives (its gAUC is biased low: on the Amazon sets the exposures, "
+               "gAUC's negatives, are BM25's own top results for that query); popularity and SASRec read no "
+               "query. Rows of the groups compare search with recommendation, not like with like: compare LLM "
+               "rows with each other and with bm25.")
     out.append("- `train s`: mean training seconds per run (validation passes included); `imp/s`: training impressions "
                "per second; `users/s`: test impressions embedded and ranked per second; `peak MB`: the largest "
                "resident memory of any seed's run.")

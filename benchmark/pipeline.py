@@ -55,10 +55,10 @@ def load_log(name: str, cfg, root: Path) -> SearchLog:
         raw = synthetic.load(cache_root(), syn_cfg, report)  # generated: images go to the cache
         source_config = dataclasses.asdict(syn_cfg)
     else:
-        raw = registry.loader(spec.family).load(root, spec.category, report, allow_download=cfg.allow_download)
+        module = registry.loader(spec.family)
+        raw = module.load(root, spec.category, report, allow_download=cfg.allow_download)
         # a loader that changed how it reads the same files declares PARSER_VERSION: it enters the data
         # fingerprint (and so the cache key), which the raw files' checksums alone would not change
-        module = registry.loader(spec.family)
         source_config = {"parser_version": module.PARSER_VERSION} if hasattr(module, "PARSER_VERSION") else {}
     fp = A.fingerprint(raw, adapt_cfg, source_config)
     folder = cache_root() / "processed" / name.replace("/", "__") / fp
