@@ -62,7 +62,11 @@ def render_table1(records: list[dict], *, suite: str, suite_version: str, seeds:
            "variant − action-only, in points (×100). Cut-offs: the paper's HR@200 / HR@1000 (a 1:5 ratio on "
            f"Taobao's catalog) are scaled to HR@{k1} / HR@{k2} here, the depths used by sequential-recommendation "
            "benchmarks on catalogs of 10^3–10^4 items. `tail`: test events whose target has at most 5 training "
-           "interactions or none. The paper's row is its Table 1 as printed (Taobao search logs).", ""]
+           "interactions or none. The paper's row is its Table 1 as printed (Taobao search logs).", "",
+           "Equal-epoch view: the training budget is wall clock, so a variant whose heads cost time trains fewer "
+           "epochs. `Δ at equal epochs` is variant − action-only on the validation selection metric after the last "
+           "joint epoch both runs reached, paired by seed, in points: what the heads do per epoch, apart from what "
+           "they cost.", ""]
     runs_llm = [r for (ds, model, _), recs in index.items() if ds in datasets and model in ("action_llm", "karma")
                 for r in recs.values()]
     at_end = [r for r in runs_llm if (r.get("selection") or {}).get("best_epoch") == (r.get("selection") or {}).get("epochs_run")
@@ -92,7 +96,45 @@ def render_table1(records: list[dict], *, suite: str, suite_version: str, seeds:
         rows += _multimodal_rows(index, dataset, seeds, metrics)
         headers = ["variant", *metrics, *[f"tail {m}" for m in metrics]]
         out += [f"### {dataset}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
+        out += _equal_epoch_view(index, dataset, seeds)
     return "\n".join(out)
+
+
+def _main_curve(record: dict) -> list[float]:
+    """Validation value after each joint-training ("main") epoch, from the record's selection history."""
+    history = (record.get("selection") or {}).get("history") or []
+    return [h["valid"] for h in history if h.get("stage", "main") == "main" and h.get("valid") is not None]
+
+
+def equal_epoch_delta(run: dict, base: dict) -> tuple[int, float] | None:
+    """(e, run's validation value minus base's after epoch e), e = the last epoch both reached; None when
+    either has no curve. Under a wall-clock budget the decodability heads cost epochs: this separates
+    what they do per epoch from what they cost."""
+    a, b = _main_curve(run), _main_curve(base)
+    if not a or not b:
+        return None
+    e = min(len(a), len(b))
+    return e, a[e - 1] - b[e - 1]
+
+
+def _equal_epoch_view(index: dict, dataset: str, seeds: list[int]) -> list[str]:
+    """Per variant: main epochs run (variant / action-only) and the validation delta at equal epochs."""
+    base = index.get((dataset, *BASELINE), {})
+    rows = []
+    for variant, label in VARIANT_LABELS.items():
+        runs = index.get((dataset, "karma", variant), {})
+        pairs = [equal_epoch_delta(runs[s], base[s]) for s in seeds if s in runs and s in base]
+        if len(pairs) < len(seeds) or any(p is None for p in pairs):
+            continue
+        epochs = np.mean([len(_main_curve(runs[s])) for s in seeds]), np.mean([len(_main_curve(base[s])) for s in seeds])
+        metric = (runs[seeds[0]].get("selection") or {}).get("metric", "valid")
+        rows.append([label, f"{epochs[0]:.1f} / {epochs[1]:.1f}", ", ".join(str(e) for e, _ in pairs),
+                     _fmt([d for _, d in pairs]), metric])
+    if not rows:
+        return []
+    return ["Equal-epoch view (validation split):", "",
+            tabulate(rows, headers=["variant", "epochs (variant / action-only)", "equal epoch per seed",
+                                    "Δ at equal epochs", "metric"], tablefmt="github"), ""]
 
 
 def _multimodal_rows(index: dict, dataset: str, seeds: list[int], metrics: list[str]) -> list[list[str]]:
