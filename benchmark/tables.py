@@ -273,8 +273,11 @@ def render_funnel(records: list[dict], *, suite: str, suite_version: str, seeds:
            "Collapse: effective rank of the item embeddings before and after training, and the item encoder's "
            "attention (share on the first token, on the top-3 tokens, normalised entropy, barcode score) on the "
            "first 256 catalog items; the same statistics for the decoder (mean over layers, causal mask, up to 256 "
-           "test impressions with a full window of history). Runs recorded before these evaluations existed show "
-           "`n/a`.", ""]
+           "test impressions with a full window of history). Under the `cpu` preset the item encoder (MiniLM) is "
+           "frozen and only its attention-pooling queries train, so the item-encoder columns describe that pooling "
+           "(normalised entropy 1.0 = it stayed uniform); the attention sinks the paper reports form inside the "
+           "encoder's own layers, which that preset does not train, so there only the decoder columns can show "
+           "collapse. Runs recorded before these evaluations existed show `n/a`.", ""]
     datasets = sorted({key[0] for key in index})
     for dataset in datasets:
         for title, columns in (("funnel", FUNNEL_COLUMNS), ("collapse", COLLAPSE_COLUMNS)):
