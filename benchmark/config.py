@@ -1,7 +1,7 @@
 """Structured configuration (Hydra). Unknown keys are errors; every default is commented.
 
 The tree: ``RunConfig`` at the top, composed from ``conf/config.yaml`` and one suite file under
-``conf/suite/``; command-line overrides such as ``train.lr=3e-4`` or ``model.sasrec.layers=3``
+``conf/suite/``; command-line overrides such as ``model.sasrec.lr=3e-4`` or ``model.sasrec.layers=3``
 apply last. Typed dataclasses below the CLI; nothing downstream sees a raw dict.
 """
 
@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from baselines.bm25 import BM25Config
 from baselines.hllm import HLLMConfig
 from baselines.popularity import PopularityConfig
+from baselines.query_pop import QueryPopConfig
 from baselines.sasrec import SASRecConfig
 from benchmark.data.adapt import AdaptConfig
 from benchmark.data.synthetic import SyntheticConfig
@@ -52,13 +53,16 @@ class ImagesConfig:
 class SearchConfig:
     enabled: bool = False  # run the tuning search before the seeds of each model/variant
     seed: int = 0  # the seed trials train with (scored on the validation split only)
-    # model or model:variant -> {dotted config key: values}; every grid must have the same size
+    # model or model:variant -> {dotted config key: values}. Every model gets ``trials`` trials: a grid
+    # whose product is larger is cut to a balanced fraction of it (benchmark.pipeline.grid_trials).
     grids: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    trials: int = 4
 
 
 @dataclass
 class ModelsConfig:
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    query_pop: QueryPopConfig = field(default_factory=QueryPopConfig)
     bm25: BM25Config = field(default_factory=BM25Config)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     karma: KarmaConfig = field(default_factory=KarmaConfig)  # shared by action_llm and karma's variants
@@ -76,6 +80,9 @@ class RunConfig:
     datasets: list[str] = field(default_factory=list)  # names; "*" = every real set found under the data root
     models: list[str] = field(default_factory=list)  # keys of benchmark.models.MODELS
     seeds: list[int] = field(default_factory=lambda: [0])  # model seeds; data are identical across seeds
+    # query modes (benchmark.data.adapt): a query-reading model runs in each one the dataset has;
+    # query-blind models run once, in mode none, which stands for every mode
+    modes: list[str] = field(default_factory=lambda: ["coarse"])
     overwrite: bool = False  # re-run runs whose record exists
     strict: bool = False  # raise on the first bad input record instead of counting it
     allow_download: bool = True  # fetch missing Amazon files (with checksums) when online

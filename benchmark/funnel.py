@@ -70,6 +70,7 @@ __all__ = [
     "fuse",
     "hr_at_k_fused",
     "choose_weight",
+    "choose_weight_blocks",
     "prerank_funnel",
     # recall
     "topk_from_scores",
@@ -491,14 +492,25 @@ def choose_weight(pre: np.ndarray, emb: np.ndarray, targets: np.ndarray, k: int,
     Ties go to the smallest w (the pre-ranker alone wins unless the embedding helps). Returns
     ``(w, {w: HR@K})``.
     """
-    hr = {float(w): float(hr_at_k_fused(pre, emb, targets, float(w), k, valid).mean()) for w in grid}
+    return choose_weight_blocks([(pre, emb, targets, valid)], k, grid=grid)
+
+
+def choose_weight_blocks(blocks, k: int, *, grid: Sequence[float] = DEFAULT_GRID) -> tuple[float, dict]:
+    """``choose_weight`` over impressions given in blocks of ``(pre, emb, targets, valid)`` rows (a
+    catalog-wide score matrix of every validation impression does not fit in memory)."""
+    grid = [float(w) for w in grid]
+    hits, n = np.zeros(len(grid)), 0
+    for pre, emb, targets, valid in blocks:
+        hits += [hr_at_k_fused(pre, emb, targets, w, k, valid).sum() for w in grid]
+        n += len(targets)
+    hr = dict(zip(grid, (hits / max(1, n)).tolist(), strict=True))
     best = max(hr.values())
     return min(w for w, v in hr.items() if v == best), hr
 
 
 def _blocks(log: SearchLog, rows: pd.DataFrame, user_emb: np.ndarray, item_emb: np.ndarray,
             bm25: BM25Scorer | None, log_pop: np.ndarray, block: int):
-    """Yield (slice, targets, valid, z(pre), z(emb)) per block of impression rows.
+    """Yield (slice, targets, valid, pre, emb) per block of impression rows.
 
     Rows per block are capped so one (rows, N) float64 array stays under ~64 MB.
     """
@@ -512,7 +524,7 @@ def _blocks(log: SearchLog, rows: pd.DataFrame, user_emb: np.ndarray, item_emb: 
         b25 = bm25.scores(queries[sl]) if bm25 is not None else np.zeros(valid.shape, np.float32)
         pre = preranker_scores(b25, log_pop, valid)
         emb = np.asarray(user_emb[sl], dtype=np.float32) @ np.asarray(item_emb, dtype=np.float32).T
-        yield sl, targets[sl], valid, zscore_rows(pre, valid), zscore_rows(emb, valid)
+        yield sl, targets[sl], valid, pre, emb
 
 
 def prerank_funnel(log: SearchLog, item_emb: np.ndarray, user_emb_valid: np.ndarray, user_emb_test: np.ndarray,
@@ -529,19 +541,15 @@ def prerank_funnel(log: SearchLog, item_emb: np.ndarray, user_emb_valid: np.ndar
     if bm25 is None and log.has_text:
         bm25 = BM25Scorer(log.catalog["text"].fillna("").astype(str).tolist())
     log_pop = np.log1p(train_popularity(log)).astype(np.float64)
-    grid = [float(w) for w in grid]
-    hits = np.zeros(len(grid))
     vrows = log.split("valid")
-    for _, t, v, zp, ze in _blocks(log, vrows, user_emb_valid, item_emb, bm25, log_pop, block):
-        hits += [M.hit_rate(pessimistic_ranks(_combine(zp, ze, w), t, v), k).sum() for w in grid]
-    hr_by_w = dict(zip(grid, (hits / max(1, len(vrows))).tolist(), strict=True))
-    best = max(hr_by_w.values())
-    w_star = min(w for w, h in hr_by_w.items() if h == best)
+    w_star, hr_by_w = choose_weight_blocks(
+        ((pre, emb, t, v) for _, t, v, pre, emb in _blocks(log, vrows, user_emb_valid, item_emb, bm25, log_pop,
+                                                            block)), k, grid=grid)
     trows = log.split("test")
     per = {name: np.zeros(len(trows)) for name in ("pre", "fused", "emb")}
-    for sl, t, v, zp, ze in _blocks(log, trows, user_emb_test, item_emb, bm25, log_pop, block):
+    for sl, t, v, pre, emb in _blocks(log, trows, user_emb_test, item_emb, bm25, log_pop, block):
         for name, w in (("pre", 0.0), ("fused", w_star), ("emb", 1.0)):
-            per[name][sl] = M.hit_rate(pessimistic_ranks(_combine(zp, ze, w), t, v), k)
+            per[name][sl] = hr_at_k_fused(pre, emb, t, w, k, v)
     users = trows["user"].to_numpy()
     return {"K": k, "w": w_star, "valid_hr_by_w": hr_by_w,
             "HR_pre": float(per["pre"].mean()), "HR_fused": float(per["fused"].mean()),

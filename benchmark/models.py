@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from baselines.bm25 import BM25
 from baselines.hllm import HLLM
 from baselines.popularity import Popularity
+from baselines.query_pop import QueryPop
 from baselines.sasrec import SASRec
 from karma.model import MULTIMODAL_VARIANTS, ContinuousTokenModel
 from karma.model import VARIANTS as KARMA_VARIANTS
@@ -28,19 +29,27 @@ class ModelSpec:
     needs_text: bool = False  # True: skipped (shown as not applicable) on ID-only datasets
     needs_images: bool = False  # True: skipped on datasets without item images
     tuned_like: tuple[str, str] | None = None  # reuse this (model, variant)'s search instead of its own
+    # How the model uses the query: "ignored" (query-blind: one run, in mode none, stands for every
+    # mode, since the impressions, splits and exposures do not depend on the mode), "required" (runs
+    # in the search modes only), "optional" (runs in every mode of the suite, without a query in none).
+    query_use: str = "optional"
 
 
 MODELS: dict[str, ModelSpec] = {
-    "popularity": ModelSpec(Popularity, "popularity", {"default": {}}),  # sanity floor
-    # the query alone (lexical match, no history): what the LLM family gets from the query itself
-    "bm25": ModelSpec(BM25, "bm25", {"default": {}}, needs_text=True),
-    "sasrec": ModelSpec(SASRec, "sasrec", {"default": {}}),  # Kang & McAuley 2018, CE / sampled softmax
-    # The action-only LLM is KARMA's network with every decodability loss off (same inference path).
-    "action_llm": ModelSpec(ContinuousTokenModel, "karma", {"default": KARMA_VARIANTS["action_only"]},
+    "popularity": ModelSpec(Popularity, "popularity", {"default": {}}, query_use="ignored"),  # sanity floor
+    # what the query alone gives away: its item group ranked by popularity, and its lexical match
+    "query_pop": ModelSpec(QueryPop, "query_pop", {"default": {}}, needs_text=True, query_use="required"),
+    "bm25": ModelSpec(BM25, "bm25", {"default": {}}, needs_text=True, query_use="required"),
+    # Kang & McAuley 2018, CE / sampled softmax
+    "sasrec": ModelSpec(SASRec, "sasrec", {"default": {}}, query_use="ignored"),
+    # The action-only LLM is KARMA's network with every decodability loss off (same inference path);
+    # "warmup" adds only KARMA's stage-1 semantic warm-up, so its effect is not credited to Tasks 1/2.
+    "action_llm": ModelSpec(ContinuousTokenModel, "karma", {"default": KARMA_VARIANTS["action_only"],
+                                                            "warmup": KARMA_VARIANTS["warmup"]},
                             needs_text=True),
     "hllm": ModelSpec(HLLM, "hllm", {"default": {}}, needs_text=True),  # item LLM + user LLM, InfoNCE (scaled down)
     "karma": ModelSpec(ContinuousTokenModel, "karma",
-                       {k: v for k, v in KARMA_VARIANTS.items() if k != "action_only"}, needs_text=True),
+                       {k: v for k, v in KARMA_VARIANTS.items() if k not in ("action_only", "warmup")}, needs_text=True),
     # Table 1's multimodal row: KARMA + visual reconstruction (its own search, like every variant).
     "karma_visual": ModelSpec(ContinuousTokenModel, "karma", {"visual": MULTIMODAL_VARIANTS["visual"]},
                               needs_text=True, needs_images=True),

@@ -45,8 +45,16 @@ _ENVIRONMENT: dict | None = None  # environment() captured when the running suit
 
 # --------------------------------------------------------------------------- data
 
+def mode_config(cfg, mode: str):
+    """The suite's config with the adaptation's query mode set to ``mode`` (every run is in one mode)."""
+    if mode not in A.QUERY_MODES:
+        raise ValueError(f"unknown query mode {mode!r}; valid: {', '.join(A.QUERY_MODES)}")
+    return OmegaConf.merge(cfg, {"adapt": {"query": mode}})
+
+
 def load_log(name: str, cfg, root: Path) -> SearchLog:
-    """Load, adapt and cache one dataset; a cache hit skips parsing and BM25 entirely."""
+    """Load, adapt (in ``cfg.adapt.query``'s mode) and cache one dataset; a cache hit skips the
+    adaptation (BM25 exposures) entirely."""
     report = DataReport(name, strict=cfg.strict)
     adapt_cfg = A.AdaptConfig(**OmegaConf.to_container(cfg.adapt))
     spec = registry.parse(name)
@@ -103,25 +111,33 @@ def plan(cfg) -> tuple[list[dict], dict[str, str]]:
     for name in datasets:
         text = name in problems or registry.has_text(root, name)
         images = name in problems or registry.has_images(root, name, fetch=cfg.images.fetch)
+        available = ["none", *A.SEARCH_MODES] if name in problems else registry.query_modes(root, name)
         for model, variant in expand(list(cfg.models)):
             if MODELS[model].needs_text and not text:
                 continue  # an LLM over item text has nothing to read on an ID-only dataset
             if MODELS[model].needs_images and not images:
                 continue  # no image to reconstruct
-            for seed in cfg.seeds:
-                path = R.record_path(cfg.results_dir, cfg.suite, name, model, variant, seed)
-                exists = path.exists()
-                current = exists and record_is_current(R.read_record(path), cfg, memo)
-                runs.append({"dataset": name, "model": model, "variant": variant, "seed": int(seed),
-                             "record": path, "done": current, "stale": exists and not current})
+            for mode in model_modes(MODELS[model].query_use, list(cfg.modes), available):
+                for seed in cfg.seeds:
+                    path = R.record_path(cfg.results_dir, cfg.suite, name, mode, model, variant, seed)
+                    exists = path.exists()
+                    current = exists and record_is_current(R.read_record(path), mode_config(cfg, mode), memo)
+                    runs.append({"dataset": name, "mode": mode, "model": model, "variant": variant,
+                                 "seed": int(seed), "record": path, "done": current, "stale": exists and not current})
     return runs, problems
 
 
+def model_modes(query_use: str, suite_modes: list[str], available: list[str]) -> list[str]:
+    """The modes one model runs in on one dataset (see ``ModelSpec.query_use``)."""
+    if query_use == "ignored":
+        return ["none"]  # one query-blind run stands for every mode: only the query differs between them
+    wanted = [m for m in suite_modes if m in available]
+    return [m for m in wanted if m != "none"] if query_use == "required" else wanted
+
+
 def _train_config(cfg, model_cfg) -> TrainConfig:
-    """The trainer's settings for one model: the suite's, with the model's own lr and epoch cap."""
+    """The trainer's settings for one model: the suite's, with the model's own epoch cap."""
     train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train))
-    if getattr(model_cfg, "lr", None):  # models tune their own learning rate; train.lr is the others' default
-        train_cfg = dataclasses.replace(train_cfg, lr=model_cfg.lr)
     if getattr(model_cfg, "max_epochs", 0):  # a model family's own epoch cap
         train_cfg = dataclasses.replace(train_cfg, max_epochs=min(model_cfg.max_epochs, train_cfg.max_epochs))
     return train_cfg
@@ -156,11 +172,14 @@ def record_is_current(record: dict, cfg, memo: dict | None = None) -> bool:
     model, variant = record.get("model"), record.get("variant")
     if model not in MODELS or variant not in MODELS[model].variants:
         return False
+    if record.get("mode") != cfg.adapt.query:
+        return False
     memo = {} if memo is None else memo
-    if (model, variant) not in memo:
-        memo[model, variant] = _untuned_settings(cfg, model, variant)
+    key = (model, variant, cfg.adapt.query)
+    if key not in memo:
+        memo[key] = _untuned_settings(cfg, model, variant)
     got = json.loads(json.dumps(record.get("config") or {}, default=str))
-    return _settings_agree(memo[model, variant], got)
+    return _settings_agree(memo[key], got)
 
 
 def _settings_agree(want: dict, got: dict) -> bool:
@@ -180,7 +199,7 @@ def format_plan(cfg) -> str:
     for r in runs:
         state = ("done" if r["done"] and not cfg.overwrite else "missing data" if r["dataset"] in problems
                  else "stale: the suite changed since it ran; to re-run" if r["stale"] else "to run")
-        lines.append(f"  {r['dataset']:<36} {r['model']:<12} {r['variant']:<8} seed {r['seed']}  [{state}]")
+        lines.append(f"  {r['dataset']:<30} {r['mode']:<7} {r['model']:<12} {r['variant']:<8} seed {r['seed']}  [{state}]")
     lines += [f"  ! {name}: {why}" for name, why in problems.items()]
     return "\n".join(lines)
 
@@ -213,11 +232,12 @@ def _fit(run: dict, search_log: SearchLog, cfg, item_terms):
         result, _ = _eval(m, search_log, "valid", cfg, item_terms, with_lists=False)
         return result.metrics[metric]
 
-    desc = f"{run['dataset']} {run['model']}:{run['variant']} s{run['seed']}"
+    desc = f"{run['dataset']} [{run['mode']}] {run['model']}:{run['variant']} s{run['seed']}"
     train_cfg = _train_config(cfg, getattr(model, "config", None))
     with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
         model.initial_item_embeddings = model.item_embeddings(search_log).float().numpy()
-    trained = train(model, search_log, train_cfg, generator, validate, desc=desc)
+    trained = train(model, search_log, train_cfg, generator, validate,
+                    lr=getattr(getattr(model, "config", None), "lr", 1e-3), desc=desc)
     return model, trained, train_cfg
 
 
@@ -242,15 +262,15 @@ def search(run: dict, search_log: SearchLog, cfg) -> tuple[object, dict | None]:
     grid = _grid_for(cfg, run["model"], run["variant"])
     if not grid:
         return (cfg, {}), None, None
-    path = (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run["dataset"])
+    path = (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run["dataset"]) / run["mode"]
             / f"{run['model']}__{run['variant']}.json")
     # Trials are kept only if they ran with the suite's current settings (a suite edit re-runs the
     # search; the funnel's settings do not enter a trial's validation score, so they are not stamped).
     # Trials saved without a settings stamp count while the search seed's record is current.
-    memo = {(run["model"], run["variant"]): _untuned_settings(cfg, run["model"], run["variant"])}
-    settings = {k: v for k, v in memo[run["model"], run["variant"]].items() if k != "funnel"}
-    seed_record = R.record_path(cfg.results_dir, cfg.suite, run["dataset"], run["model"], run["variant"],
-                                cfg.search.seed)
+    memo = {(run["model"], run["variant"], run["mode"]): _untuned_settings(cfg, run["model"], run["variant"])}
+    settings = {k: v for k, v in memo[run["model"], run["variant"], run["mode"]].items() if k != "funnel"}
+    seed_record = R.record_path(cfg.results_dir, cfg.suite, run["dataset"], run["mode"], run["model"],
+                                run["variant"], cfg.search.seed)
     unstamped_ok = seed_record.exists() and record_is_current(R.read_record(seed_record), cfg, memo)
     done = [t for t in (json.loads(path.read_text())["trials"] if path.exists() else [])
             if (_settings_agree(settings, t["settings"]) if isinstance(t.get("settings"), dict) else unstamped_ok)]
@@ -286,19 +306,30 @@ def _best_trial(trials: list[dict]) -> dict:
 
 
 def _grid_for(cfg, model: str, variant: str) -> list[dict]:
-    """The trials of one model/variant: the product of its grid's values, as dotted overrides."""
+    """The trials of one model/variant: its grid cut to ``search.trials`` points, as dotted overrides."""
     if not cfg.search.enabled:
         return []
     grids = OmegaConf.to_container(cfg.search.grids)
     grid = grids.get(f"{model}:{variant}", grids.get(model))
-    if grid is None:
-        return []
+    return [] if grid is None else grid_trials(grid, int(cfg.search.trials))
+
+
+def grid_trials(grid: dict[str, list], trials: int) -> list[dict]:
+    """The product of a grid's values, or, when it has more points than ``trials``, the balanced
+    fraction of it: for two-level axes, the points whose level indices sum to an even number (the
+    2^(k-1) half fraction, defining relation C = A x B for three axes: every level of every axis
+    appears in half the trials, and every pair of axes is crossed in full). So a family whose members
+    add an axis (a decodability weight) keeps the same number of trials and the same levels of the
+    shared axes. Any other size mismatch is an error: the tuning budget must be equal."""
     keys = sorted(grid)
-    trials = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
-    sizes = {k: len(list(itertools.product(*g.values()))) for k, g in grids.items()}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"search.grids must give every model the same number of trials (a fair budget): {sizes}")
-    return trials
+    levels = [range(len(grid[k])) for k in keys]
+    points = list(itertools.product(*levels))
+    if len(points) > trials and all(len(grid[k]) == 2 for k in keys) and len(points) == 2 * trials:
+        points = [p for p in points if sum(p) % 2 == 0]
+    if len(points) != trials:
+        raise ValueError(f"search grid {grid} gives {len(points)} trials, not search.trials={trials}: every "
+                         "model gets the same tuning budget (a two-level grid of twice the size is halved)")
+    return [{k: grid[k][i] for k, i in zip(keys, p, strict=True)} for p in points]
 
 
 def _with_overrides(cfg, model: str, overrides: dict):
@@ -333,7 +364,7 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
     tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
                              ks=list(cfg.eval.ks), js_k=cfg.eval.js_k)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    run_cfg = {"model": run["model"], "variant": run["variant"],
+    run_cfg = {"model": run["model"], "variant": run["variant"], "mode": run["mode"],
                "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
                "train": dataclasses.asdict(train_cfg),
                "eval": resolved["eval"], "adapt": resolved["adapt"], "funnel": resolved["funnel"], "seed": run["seed"]}
@@ -343,7 +374,8 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
     environment = _ENVIRONMENT or R.environment()
     record = {
         "schema": R.SCHEMA_VERSION, "suite": cfg.suite, "suite_version": str(cfg.suite_version),
-        "dataset": run["dataset"], "model": run["model"], "variant": run["variant"], "seed": run["seed"],
+        "dataset": run["dataset"], "mode": run["mode"], "model": run["model"], "variant": run["variant"],
+        "seed": run["seed"],
         "config": run_cfg, "config_hash": R.config_hash(run_cfg), "data_fingerprint": search_log.fingerprint,
         "adaptation": search_log.adaptation, "environment": environment,
         "timing": {"train_s": trained.train_seconds, "eval_s": eval_s,
@@ -353,6 +385,7 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
                    "eval_users_per_s": len(test_imp) / eval_s if eval_s > 0 else None},
         "selection": {"metric": cfg.eval.selection_metric, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
                       "valid_value": trained.valid_value, "stopped_by": trained.stopped_by,
+                      "converged": trained.converged, "max_epochs": train_cfg.max_epochs,
                       "history": trained.history},
         "metrics": {"valid": valid.metrics, "test": test.metrics, "test_tail": tail_metrics},
         "per_impression": npz.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -379,28 +412,32 @@ def run_suite(cfg) -> Path:
     root = data_root(cfg.data_dir)
     runs, problems = plan(cfg)
     todo = [r for r in runs if r["dataset"] not in problems and (cfg.overwrite or not r["done"])]
+    views = list(dict.fromkeys((r["dataset"], r["mode"]) for r in runs))
+    todo.sort(key=lambda r: views.index((r["dataset"], r["mode"])))  # stable: one dataset view loaded at a time
     print(format_plan(cfg))
     logs: dict[str, SearchLog] = {}
     searched: dict[tuple, tuple] = {}
     failures = []
     for i, run in enumerate(todo, 1):
-        name = run["dataset"]
+        name, mode = run["dataset"], run["mode"]
+        view = (name, mode)
         try:
-            if name not in logs:
-                logs.clear()  # one dataset in memory at a time
-                logs[name] = load_log(name, cfg, root)
-                if any(MODELS[r["model"]].needs_images for r in todo if r["dataset"] == name):
-                    attach_images(logs[name], cfg, root)
-            key = (name, run["model"], run["variant"])
+            mode_cfg = mode_config(cfg, mode)
+            if view not in logs:
+                logs.clear()  # one dataset view in memory at a time
+                logs[view] = load_log(name, mode_cfg, root)
+                if any(MODELS[r["model"]].needs_images for r in todo if (r["dataset"], r["mode"]) == view):
+                    attach_images(logs[view], cfg, root)
+            key = (name, mode, run["model"], run["variant"])
             if key not in searched:
-                searched[key] = search(run, logs[name], cfg)
+                searched[key] = search(run, logs[view], mode_cfg)
             (run_cfg, tuned), summary, trial = searched[key]
             trial = trial if run["seed"] == cfg.search.seed else None
             if trial is not None:
                 searched[key] = ((run_cfg, tuned), summary, None)  # used once, then freed
-            print(f"[{i}/{len(todo)}] {name} {run['model']}:{run['variant']} seed {run['seed']}"
+            print(f"[{i}/{len(todo)}] {name} [{mode}] {run['model']}:{run['variant']} seed {run['seed']}"
                   + (" (the search's selected trial: same settings and seed)" if trial else ""), flush=True)
-            record = run_one({**run, "tuned": tuned}, logs[name], run_cfg, summary, trial)
+            record = run_one({**run, "tuned": tuned}, logs[view], run_cfg, summary, trial)
             m = record["metrics"]["test"]
             print(f"    test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
                   f"train {record['timing']['train_s']:.0f}s", flush=True)

@@ -8,14 +8,14 @@ records that are missing, and the reporter (``benchmark.leaderboard``) rebuilds
 
 Layout on disk::
 
-    results/records/<suite>/<dataset, "/" -> "__">/<model>__<variant>__seed<seed>.json
-    results/records/<suite>/<dataset>/<model>__<variant>__seed<seed>.npz   # optional per-impression arrays
+    results/records/<suite>/<dataset, "/" -> "__">/<query mode>/<model>__<variant>__seed<seed>.json
+    results/records/<suite>/<dataset>/<mode>/<model>__<variant>__seed<seed>.npz   # per-impression arrays
 
 Record layout (the caller builds it; ``write_record`` checks the required keys)::
 
     {"schema": 1,                       # bump when the layout changes
      "suite": str, "suite_version": str,
-     "dataset": str, "model": str, "variant": str, "seed": int,
+     "dataset": str, "mode": str, "model": str, "variant": str, "seed": int,
      "config": {...},                   # the resolved config of this run
      "config_hash": str,                # config_hash(config)
      "data_fingerprint": str,           # checksum of the processed canonical log
@@ -51,10 +51,10 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the query mode (a part of the run's key and of its path)
 
 REQUIRED_KEYS: tuple[str, ...] = (
-    "schema", "suite", "suite_version", "dataset", "model", "variant", "seed",
+    "schema", "suite", "suite_version", "dataset", "mode", "model", "variant", "seed",
     "config", "config_hash", "data_fingerprint", "adaptation", "environment",
     "timing", "selection", "metrics", "per_impression", "created",
 )
@@ -83,9 +83,10 @@ def dataset_dirname(dataset: str) -> str:
     return dataset.replace("/", "__")
 
 
-def record_path(results_dir: str | Path, suite: str, dataset: str, model: str, variant: str, seed: int) -> Path:
-    """``results_dir/records/<suite>/<dataset__>/<model>__<variant>__seed<seed>.json``."""
-    return (Path(results_dir) / "records" / suite / dataset_dirname(dataset)
+def record_path(results_dir: str | Path, suite: str, dataset: str, mode: str, model: str, variant: str,
+                seed: int) -> Path:
+    """``results_dir/records/<suite>/<dataset__>/<mode>/<model>__<variant>__seed<seed>.json``."""
+    return (Path(results_dir) / "records" / suite / dataset_dirname(dataset) / mode
             / f"{model}__{variant}__seed{int(seed)}.json")
 
 
@@ -98,7 +99,10 @@ def per_impression_path(record_file: str | Path) -> Path:
 
 
 def _tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
+    # one temporary name per process and thread: two writers of one file never share it
+    import threading
+
+    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -3,7 +3,9 @@
 It shuffles the model's own training examples with an explicit generator, minimises the sum of
 the model's named losses with AdamW, calls a validation function after each epoch and keeps the
 best state by that value (model and epoch selection on the validation split only; the test split
-is never seen here). It stops on patience, on ``max_epochs`` or on a wall-clock budget.
+is never seen here). It stops on patience or on ``max_epochs``, never on the wall clock: time is
+measured and reported, so a result does not depend on how busy the machine was. A run whose best
+epoch is its last allowed one had not stopped improving: it is reported as not converged.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     max_epochs: int = 30  # upper bound; early stopping usually ends sooner
     batch_size: int = 128  # training examples per step
-    lr: float = 1e-3  # AdamW learning rate (a model config's own ``lr`` takes precedence)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     patience: int = 3  # epochs without validation gain before stopping
-    max_minutes: float = 15.0  # wall-clock budget for training one run (validation included); no epoch
-    # starts that the mean epoch time says would end past it
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError(f"train.max_epochs, train.batch_size and train.patience must be >= 1, got "
+                             f"{self.max_epochs}, {self.batch_size}, {self.patience}")
     grad_clip: float = 5.0  # max gradient norm; 0 disables
     progress: bool = True  # tqdm bars
 
@@ -45,12 +49,14 @@ class TrainResult:
     train_seconds: float = 0.0
     examples_per_second: float | None = None
     stopped_by: str = "nothing to train"
+    converged: bool | None = None  # False when the best epoch is the last allowed one (None: nothing trained)
     history: list[dict] = field(default_factory=list)  # per epoch: losses and validation value
 
 
 def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Generator,
-          validate: Callable[[RankingModel], float], desc: str = "") -> TrainResult:
-    """Train ``model`` in place; on return it holds the best-validation weights."""
+          validate: Callable[[RankingModel], float], lr: float, desc: str = "") -> TrainResult:
+    """Train ``model`` in place with AdamW at ``lr`` (the model config's own, which its tuning search
+    chooses); on return it holds the best-validation weights."""
     result = TrainResult()
     dataset = model.train_dataset(log_, generator)
     if dataset is None or len(dataset) == 0 or not any(p.requires_grad for p in model.parameters()):
@@ -58,7 +64,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         return result
     loader = _loader(dataset, model, config, generator)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     start = time.perf_counter()
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
     for name, stage_data, epochs in getattr(model, "stages", lambda *_: [])(log_, generator):
@@ -90,14 +96,11 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         if since_best >= config.patience:
             result.stopped_by = "patience"
             break
-        elapsed = time.perf_counter() - start
-        if elapsed + elapsed / epoch > config.max_minutes * 60:  # another epoch would overrun the budget
-            result.stopped_by = "time budget"
-            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     result.valid_value = best_value if best_state is not None else None
+    result.converged = result.best_epoch is not None and result.best_epoch < config.max_epochs
     result.train_seconds = time.perf_counter() - start
     result.examples_per_second = seen / train_time if train_time > 0 else None
     return result

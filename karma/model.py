@@ -118,6 +118,7 @@ def effective_decode_fraction(cfg: KarmaConfig, train_impressions: int) -> float
 # Table 1 variants: the same network, different train-only losses.
 VARIANTS: dict[str, dict] = {
     "action_only": {"w_task1": 0.0, "w_task2": 0.0, "warmup_epochs": 0},
+    "warmup": {"w_task1": 0.0, "w_task2": 0.0, "warmup_epochs": 1},  # action-only + the semantic warm-up
     "task1": {"w_task1": 0.1, "w_task2": 0.0, "warmup_epochs": 1},
     "task2": {"w_task1": 0.0, "w_task2": 0.1, "warmup_epochs": 1},
     "karma": {"w_task1": 0.1, "w_task2": 0.1, "warmup_epochs": 1},
@@ -253,7 +254,8 @@ class ContinuousTokenModel(nn.Module):
         # Queries: frozen item-encoder mean-pooled embeddings, one per distinct query string.
         queries = sorted(set(log.impressions["query"].astype(str)))
         self.query_index = {q: i for i, q in enumerate(queries)}
-        if cfg.use_query:
+        self.reads_query = cfg.use_query and any(queries)  # mode none: no query token at all
+        if self.reads_query:
             q_states, q_mask = backbones.encode_item_states(queries or [""], enc_tok, encoder, 16, None, progress=False)
             pooled = (q_states.float() * q_mask[..., None]).sum(1) / q_mask.sum(1, keepdim=True).clamp(min=1)
             self.register_buffer("query_emb", pooled, persistent=False)  # (Q, H)
@@ -333,7 +335,7 @@ class ContinuousTokenModel(nn.Module):
         tokens = torch.zeros(*histories.shape, self.decoder.config.hidden_size, dtype=self._dtype())
         if mask.any():
             tokens[mask] = self.item_tokens(histories[mask]).to(tokens.dtype)
-        if self.config.use_query and query_ids is not None:
+        if self.reads_query and query_ids is not None:
             q = self.query_adapter(self.query_emb[query_ids]).to(tokens.dtype)[:, None]  # (B, 1, D)
             tokens = torch.cat([tokens, q], dim=1)
             mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=torch.bool)], dim=1)

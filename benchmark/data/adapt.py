@@ -7,11 +7,22 @@ literature does (HEM, Ai et al. SIGIR 2017), and every choice here is a field of
 1. k-core filter (users and items with at least ``k_core`` interactions, iterated to a fixed
    point). Skipped when the source publishes its own split, which k-core would break, and for
    sources marked ``skip_k_core`` (the embedded catalog, whose unseen items are the point).
-2. query = the target's category path, stop-words and duplicate terms removed; fallback when
-   an item has no category: its first ``query_fallback_terms`` title terms; ID-only sources get
-   an empty query. Sources that log real queries (the embedded catalog) keep theirs.
-3. exposures = the top ``n_exposures`` of a BM25 ranker (bm25s, Lucene variant) for that query
-   over the catalog text, minus the click: the hard negatives. Logged exposures are kept.
+2. query, by ``query`` mode (recorded in every record and card):
+   - ``none``: no query (next-item recommendation, the setting SASRec and HLLM are published in);
+   - ``coarse`` (the search default): the category path's deepest prefix (over its terms) that at
+     least ``max(query_min_items, query_min_share * items)`` catalog items share, so a query names a
+     group of items, never the target alone;
+   - ``hem``: the full path (HEM, Ai et al. 2017); measured here it names the target so precisely
+     that a no-learning rule beats every learned model, so it is shown apart as an easy setting.
+   The path is the target's category path; a source that logs its searches (the embedded catalog)
+   logs the searched path (``query_path``) and, for ``hem``, the typed query. A query is never built
+   from a title: an item with no category path gives an empty query, and a source whose items have
+   no category at all has no search mode (``search_modes``).
+3. exposures = the top ``n_exposures`` of a BM25 ranker (bm25s, Lucene variant) for the target's
+   full category path over the catalog text, minus the click: the hard negatives. They do not depend
+   on the query mode (gAUC is comparable across modes) and never use the target's title: an item
+   without a category path gets ``n_exposures`` items drawn by training popularity (fixed seed).
+   Logged exposures are kept.
 4. split: chronological leave-last-out per user (valid = second-last, test = last), or a global
    time split at timestamp quantiles, or the source's published split. The first event of a
    sequence has no history and is never an impression; it still counts as a training interaction.
@@ -33,11 +44,16 @@ import pandas as pd
 
 from benchmark.data.report import DataError, DataReport
 from benchmark.data.schema import SPLITS, RawLog, SearchLog
-from benchmark.data.text import unique_terms
+from benchmark.data.text import terms
 
 log = logging.getLogger(__name__)
 
-ADAPT_VERSION = "1"  # bump whenever this module's output changes for the same inputs
+ADAPT_VERSION = "2"  # bump whenever this module's output changes for the same inputs
+# 2: query modes (none / coarse / hem), no title-term fallback, exposures from the full path only
+
+QUERY_MODES = ("none", "coarse", "hem")
+SEARCH_MODES = ("coarse", "hem")
+EXPOSURE_SEED = 20261201  # the popularity-drawn exposures' own stream (data, never a model seed)
 
 
 @dataclass
@@ -48,9 +64,22 @@ class AdaptConfig:
     test_frac: float = 0.1  # global_time only: share of the latest events in test
     max_history: int = 50  # most recent history items kept per impression (SASRec's usual maxlen)
     n_exposures: int = 20  # BM25 hard negatives per impression
-    query_fallback_terms: int = 4  # title terms used as the query when an item has no category
+    query: str = "coarse"  # none | coarse | hem (see the module docstring)
+    # coarse: a query names at least max(query_min_items, query_min_share * catalog items) items. 50 and
+    # 2% keep a group well above one result page (HR@10) and large enough that popularity alone cannot
+    # place the target in the top 50 of it (measured per dataset in its card: query_pop HR@50).
+    query_min_items: int = 50
+    query_min_share: float = 0.02
     max_text_chars: int = 512  # catalog text truncation (title + brand + category + description)
     min_user_events: int = 3  # shorter users cannot give a train, a valid and a test event
+
+    def __post_init__(self) -> None:
+        if self.query not in QUERY_MODES:
+            raise ValueError(f"adapt.query must be one of {', '.join(QUERY_MODES)}, got {self.query!r}")
+        if self.split not in ("leave_last_out", "global_time"):
+            raise ValueError(f"adapt.split must be leave_last_out or global_time, got {self.split!r}")
+        if self.query_min_items < 1 or not 0.0 <= self.query_min_share <= 1.0:
+            raise ValueError("adapt.query_min_items must be >= 1 and adapt.query_min_share in [0, 1]")
 
 
 def fingerprint(raw: RawLog, config: AdaptConfig, source_config: dict | None = None) -> str:
@@ -78,16 +107,59 @@ def _item_text(row, max_chars: int) -> str:
     return ". ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())[:max_chars]
 
 
-def _queries(catalog: pd.DataFrame, config: AdaptConfig, has_text: bool) -> list[str]:
-    """One query per item (it is the target's query), HEM-style."""
-    if not has_text:
-        return [""] * len(catalog)
+def path_terms(path) -> list[str]:
+    """A category path (a list of levels, or one flat level) as its terms, duplicates kept."""
+    return terms(" ".join(path)) if len(path) else []
+
+
+def coarse_threshold(n_items: int, config: AdaptConfig) -> int:
+    return max(config.query_min_items, int(np.ceil(config.query_min_share * n_items)))
+
+
+class QueryRule:
+    """Maps a searched category path to the query of a mode, given the catalog's paths."""
+
+    def __init__(self, catalog_paths: list, config: AdaptConfig):
+        self.mode = config.query
+        self.threshold = coarse_threshold(len(catalog_paths), config)
+        self.prefix_items: dict[tuple[str, ...], int] = {}  # term prefix -> catalog items under it
+        for path in catalog_paths:
+            words = path_terms(path)
+            for n in range(1, len(words) + 1):
+                key = tuple(words[:n])
+                self.prefix_items[key] = self.prefix_items.get(key, 0) + 1
+
+    def __call__(self, path, typed: str | None = None) -> str:
+        if self.mode == "none":
+            return ""
+        if self.mode == "hem" and typed is not None:
+            return typed
+        words = path_terms(path)
+        if self.mode == "coarse":
+            # deepest prefix shared by enough items; the shallowest one when none is (a tiny catalog)
+            depth = max((n for n in range(1, len(words) + 1) if self.prefix_items.get(tuple(words[:n]), 0)
+                         >= self.threshold), default=min(1, len(words)))
+            words = words[:depth]
+        return " ".join(dict.fromkeys(words))
+
+
+def search_modes(catalog: pd.DataFrame, has_text: bool) -> list[str]:
+    """The query modes a catalog supports: search modes need item category paths."""
+    has_paths = has_text and any(len(c) for c in catalog["category"])
+    return list(QUERY_MODES) if has_paths else ["none"]
+
+
+def popularity_exposures(popularity: np.ndarray, targets: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` items per impression drawn without replacement in proportion to 1 + training clicks,
+    the target excluded: the exposures of items with no category path to search by."""
+    rng = np.random.default_rng(seed)
+    weights = popularity.astype(np.float64) + 1.0
+    k = min(n, len(weights) - 1)
     out = []
-    for category, title in zip(catalog["category"], catalog["title"], strict=True):
-        words = unique_terms(" ".join(category)) if len(category) else []
-        if not words:  # documented fallback: no category path -> leading title terms
-            words = unique_terms(title or "")[: config.query_fallback_terms]
-        out.append(" ".join(words))
+    for t in targets:
+        w = weights.copy()
+        w[t] = 0.0
+        out.append(np.sort(rng.choice(len(w), size=k, replace=False, p=w / w.sum())).astype(np.int64))
     return out
 
 
@@ -182,32 +254,51 @@ def adapt(raw: RawLog, config: AdaptConfig, report: DataReport) -> SearchLog:
     train_count = np.bincount(inter.loc[inter["split"] == "train", "item"], minlength=len(catalog))
     catalog["train_count"] = train_count
 
-    queries_per_item = _queries(catalog, config, raw.has_text)
+    modes = search_modes(catalog, raw.has_text)
+    if config.query not in modes:
+        raise DataError(f"[{raw.name}] adapt.query={config.query!r} needs item category paths, which this "
+                        f"source lacks; its only mode is {modes}. Never fall back to title terms: the title "
+                        "names the target.")
+    rule = QueryRule(catalog["category"].tolist(), config)
     impressions = _impressions(inter, config)
-    if "query" in inter.columns and inter["query"].notna().all():
-        impressions["query"] = inter.loc[inter["position"] > 0, "query"].astype(str).to_numpy()
-    else:
-        impressions["query"] = [queries_per_item[t] for t in impressions["target"]]
+    targets = impressions["target"].to_numpy()
+    rows = inter["position"] > 0
+    logged_paths = "query_path" in inter.columns and inter["query_path"].notna().all()
+    paths = (inter.loc[rows, "query_path"].tolist() if logged_paths
+             else [catalog["category"].iat[t] for t in targets])
+    typed = (inter.loc[rows, "query"].astype(str).tolist() if "query" in inter.columns
+             and inter["query"].notna().all() else [None] * len(targets))
+    impressions["query"] = [rule(p, q) for p, q in zip(paths, typed, strict=True)]
     if "exposures" in inter.columns:
-        logged = inter.loc[inter["position"] > 0, "exposures"].tolist()
+        logged = inter.loc[rows, "exposures"].tolist()
         impressions["exposures"] = [
             np.array([index_of[i] for i in (ex if isinstance(ex, list | tuple | np.ndarray) else [])
                       if i in index_of.index and index_of[i] != t], dtype=np.int64)
-            for ex, t in zip(logged, impressions["target"], strict=True)]
+            for ex, t in zip(logged, targets, strict=True)]
         exposure_source = "logged"
     elif raw.has_text:
-        impressions["exposures"] = bm25_exposures(catalog["text"].tolist(), impressions["query"].tolist(),
-                                                  impressions["target"].to_numpy(), config.n_exposures)
-        exposure_source = "bm25"
+        # the target's full path, whatever the mode: exposures (and gAUC) are the same in every mode
+        full = [" ".join(dict.fromkeys(path_terms(catalog["category"].iat[t]))) for t in targets]
+        exposures = bm25_exposures(catalog["text"].tolist(), full, targets, config.n_exposures)
+        no_path = [i for i, q in enumerate(full) if not q]
+        drawn = popularity_exposures(train_count, targets[no_path], config.n_exposures, EXPOSURE_SEED)
+        for i, ex in zip(no_path, drawn, strict=True):
+            exposures[i] = ex
+        impressions["exposures"] = exposures
+        exposure_source = "bm25 of the target's full category path" + (
+            f"; popularity draw for the {len(no_path)} impressions whose target has none" if no_path else "")
     else:
         impressions["exposures"] = [np.zeros(0, dtype=np.int64)] * len(impressions)
         exposure_source = "none (ID-only source)"
+    catalog["query"] = [rule(c) for c in catalog["category"]]  # the query an item gets as a target
 
     search_log = SearchLog(
         name=raw.name, catalog=catalog, impressions=impressions[IMPRESSION_ORDER], n_users=len(user_ids),
         has_text=raw.has_text, fingerprint="", user_ids=[str(u) for u in user_ids],
         adaptation={**asdict(config), "split_source": "published" if preset else config.split,
-                    "exposure_source": exposure_source, "k_core_applied": apply_k_core},
+                    "exposure_source": exposure_source, "k_core_applied": apply_k_core,
+                    "query_modes": modes, "query_source": "logged search path" if logged_paths
+                    else "target's category path", "coarse_min_items": rule.threshold},
     )
     check_no_leakage(search_log)
     for name, value in data_stats(search_log).items():
@@ -262,7 +353,40 @@ def data_stats(log_: SearchLog) -> dict:
     test = imp[imp["split"] == "test"]
     tail = log_.catalog["train_count"].to_numpy()[test["target"].to_numpy()] <= 5
     stats["test_tail_share"] = round(float(tail.mean()), 4) if len(test) else 0.0
+    stats.update(query_stats(log_))
     return stats
+
+
+def query_stats(log_: SearchLog) -> dict:
+    """What the query gives away, before any model: distinct test queries, and how many catalog items
+    match a query (every query term in the item's category path; the median over test impressions)."""
+    test = log_.split("test")
+    queries = test["query"].astype(str)
+    if not log_.has_text or not (queries != "").any():
+        return {"distinct_queries": 0, "median_items_per_query": None, "empty_query_share": 1.0}
+    paths = [" ".join(c) for c in log_.catalog["category"]]
+    matches = query_matches(paths, sorted(set(queries) - {""}))
+    sizes = [int(matches[q].sum()) for q in queries if q]
+    return {"distinct_queries": int(queries[queries != ""].nunique()),
+            "median_items_per_query": float(np.median(sizes)),
+            "empty_query_share": round(float((queries == "").mean()), 4)}
+
+
+def query_matches(texts: list[str], queries: list[str]) -> dict[str, np.ndarray]:
+    """query -> (N,) bool: the items whose text holds every term of the query (boolean AND)."""
+    postings: dict[str, set[int]] = {}
+    for i, text in enumerate(texts):
+        for t in set(terms(text)):
+            postings.setdefault(t, set()).add(i)
+    out = {}
+    for q in queries:
+        mask = np.zeros(len(texts), dtype=bool)
+        words = set(terms(q))
+        if words:
+            hit = set.intersection(*(postings.get(t, set()) for t in words))
+            mask[list(hit)] = True
+        out[q] = mask
+    return out
 
 
 def save(log_: SearchLog, folder: Path) -> None:

@@ -106,3 +106,17 @@ def has_text(root: Path, name: str) -> bool:
         return False
     folder = root / spec.family / spec.category
     return any((folder / f"meta_{spec.category}.json{gz}").exists() for gz in ("", ".gz"))
+
+
+def query_modes(root: Path, name: str) -> list[str]:
+    """The query modes a dataset supports, decided from the files without loading: the search modes
+    need item category paths (``benchmark.data.adapt.search_modes`` checks the loaded catalog too)."""
+    spec = parse(name)
+    folder = root / spec.family / spec.category
+    if spec.family in (EMBEDDED, "unisrec"):
+        has_paths = True
+    elif spec.family == "amazon2023":  # the benchmark-split CSV layout's item table has no categories
+        has_paths = any((folder / f"meta_{spec.category}.jsonl{gz}").exists() for gz in ("", ".gz"))
+    else:
+        has_paths = has_text(root, name)  # the 2014 / 2018 metadata carry a category list
+    return ["none", "coarse", "hem"] if has_paths else ["none"]

@@ -20,13 +20,15 @@ RAW_CATALOG_COLUMNS = ["item_id", "title", "brand", "category", "description", "
 # RawLog.interactions columns. ``timestamp`` is an int (seconds, or the file's order when the
 # source has no clock); ``order`` keeps the source's order to break timestamp ties.
 RAW_INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "order"]
-# Optional RawLog.interactions columns: ``query`` (str) and ``exposures`` (list of item_id str)
-# when the source logs them (the embedded catalog does), ``split`` when the source publishes its
-# own split (train/valid/test), which then replaces the adapter's.
-OPTIONAL_INTERACTION_COLUMNS = ["query", "exposures", "split"]
+# Optional RawLog.interactions columns: ``query`` (the typed str), ``query_path`` (the searched
+# category path, a list of levels) and ``exposures`` (list of item_id str) when the source logs them
+# (the embedded catalog does), ``split`` when the source publishes its own split (train/valid/test),
+# which then replaces the adapter's.
+OPTIONAL_INTERACTION_COLUMNS = ["query", "query_path", "exposures", "split"]
 
 # SearchLog.catalog columns: ``item`` is the contiguous index 0..N-1 used everywhere downstream.
-CATALOG_COLUMNS = ["item", "item_id", "title", "text", "category", "image"]
+# ``query``: the query of the log's mode that the item gets as a target ("" in mode none).
+CATALOG_COLUMNS = ["item", "item_id", "title", "text", "category", "image", "query"]
 # SearchLog.impressions columns: ``history`` and ``exposures`` are int64 numpy arrays of ``item``.
 IMPRESSION_COLUMNS = ["user", "timestamp", "query", "history", "target", "exposures", "split"]
 SPLITS = ("train", "valid", "test")

@@ -361,13 +361,15 @@ def generate(config: SyntheticConfig) -> SyntheticWorld:
                        + rng.gumbel(size=len(shown)))
             click = int(shown[int(np.argmax(utility))])
             clicked[click] = True
-            user_rows.append((f"u{u:05d}", f"syn{click:05d}", int(times[e]), e, query,
+            user_rows.append((f"u{u:05d}", f"syn{click:05d}", int(times[e]), e, query, [t, s, lf],
                               [f"syn{j:05d}" for j in shown if j != click]))
 
-    inter = pd.DataFrame(user_rows, columns=["user_id", "item_id", "timestamp", "seq", "query", "exposures"])
+    # query_path: the searched category path (the query modes of benchmark.data.adapt cut it)
+    inter = pd.DataFrame(user_rows, columns=["user_id", "item_id", "timestamp", "seq", "query", "query_path",
+                                             "exposures"])
     inter = inter.sort_values(["timestamp", "user_id", "seq"], kind="stable").reset_index(drop=True)
     inter["order"] = np.arange(len(inter), dtype=np.int64)
-    inter = inter[RAW_INTERACTION_COLUMNS + ["query", "exposures"]]
+    inter = inter[RAW_INTERACTION_COLUMNS + ["query", "query_path", "exposures"]]
     return SyntheticWorld(catalog, inter, is_new, leaf, colour, material, style, jitter)
 
 

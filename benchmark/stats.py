@@ -1,0 +1,191 @@
+"""Statistics over run results: the one place where the benchmark turns numbers into claims.
+
+Choices (and why):
+
+- **Across seeds** (``mean_ci``): a leaderboard cell is the mean over seeds with the half-width of
+  the Student-t interval. With 3-5 seeds the normal approximation is far too narrow, so the t
+  quantile with ``n - 1`` degrees of freedom is used; one seed has no interval (``None``).
+- **Model A vs model B** (``paired_delta``): both models are scored on the *same* test
+  impressions, so the comparison is paired per impression, which removes the (large) variance
+  between impressions that an unpaired test over seed means would keep. Seeds are pooled first,
+  by averaging each model's per-impression values over its own seeds
+  (``x_i = mean_s A_s,i``, ``y_i = mean_s B_s,i``); this allows different seed counts (e.g. a
+  deterministic reference run once) and makes the unit of the test the impression, of which
+  there are thousands, rather than the seed, of which there are a handful. Then a paired t-test
+  on ``d_i = x_i - y_i``: ``delta = mean(d)``, interval ``delta ± t_{n-1} * sd(d) / sqrt(n)``,
+  two-sided p from the t distribution. By the CLT the t-test is adequate at these ``n`` even
+  for bounded, skewed metrics such as NDCG. Note what it does *not* capture: the seed-to-seed
+  variance of training is averaged out, not tested — the interval answers "on this test set,
+  is the pooled A better than the pooled B", not "would a new training run be better".
+- **Undefined values**: an impression whose metric is NaN in any seed of either model (e.g. AUC
+  with no negatives) is dropped for both models, so the pairs stay pairs.
+- **Many comparisons** (``holm``, ``adjust``): a table of deltas is a family of tests, so the
+  p-values are corrected with Holm–Bonferroni (step-down). It controls the family-wise error
+  rate under any dependence between the tests — and the tests of one table are dependent (same
+  impressions, same models) — while being uniformly more powerful than plain Bonferroni.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+ALPHA = 0.05
+
+
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float | None]:
+    """Mean and half-width of the Student-t interval over seeds (half-width None for one value)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, None
+    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1)) * sem
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """A paired comparison of one metric between two models over the same test impressions."""
+
+    metric: str
+    a: str  # label of model A
+    b: str  # label of model B
+    delta: float  # mean over impressions of (A - B), each model pooled over its seeds
+    low: float  # lower end of the interval of delta
+    high: float  # upper end of the interval of delta
+    p_value: float  # two-sided, uncorrected
+    n: int  # impressions kept (defined in every seed of both models)
+    seeds_a: int
+    seeds_b: int
+    p_adjusted: float | None = None  # after the multiple-comparison correction (see ``adjust``)
+    significant: bool | None = None  # p_adjusted <= alpha
+
+
+def _stack(arrays: Sequence[np.ndarray], which: str) -> np.ndarray:
+    """(seeds, impressions) matrix; all seeds must cover the same impressions."""
+    if len(arrays) == 0:
+        raise ValueError(f"paired_delta: model {which} has no seeds")
+    rows = [np.asarray(arr, dtype=float) for arr in arrays]
+    for s, row in enumerate(rows):
+        if row.ndim != 1:
+            raise ValueError(
+                f"paired_delta: model {which}, seed #{s}: expected a 1-D array, got shape {row.shape}"
+            )
+    lengths = {row.shape[0] for row in rows}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"paired_delta: model {which} has per-impression arrays of different lengths {sorted(lengths)}; "
+            "every seed must be scored on the same test impressions"
+        )
+    return np.stack(rows)
+
+
+def paired_delta(
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    *,
+    metric: str,
+    label_a: str,
+    label_b: str,
+    confidence: float = CONFIDENCE,
+) -> PairedDelta:
+    """Paired t-test over impressions of A - B, each model first averaged over its seeds.
+
+    ``a`` / ``b``: one per-impression array of ``metric`` per seed, all over the same impressions
+    in the same order. Impressions that are NaN in any seed of either model are dropped.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"paired_delta: confidence must be in (0, 1), got {confidence}")
+    xa, xb = _stack(a, "A"), _stack(b, "B")
+    if xa.shape[1] != xb.shape[1]:
+        raise ValueError(
+            f"paired_delta: {label_a!r} has {xa.shape[1]} impressions but {label_b!r} has {xb.shape[1]}; "
+            "a paired comparison needs both scored on the same test impressions"
+        )
+    keep = ~(np.isnan(xa).any(axis=0) | np.isnan(xb).any(axis=0))
+    d = xa[:, keep].mean(axis=0) - xb[:, keep].mean(axis=0)
+    n = int(d.size)
+    nan = float("nan")
+    base = {"metric": metric, "a": label_a, "b": label_b, "n": n, "seeds_a": len(xa), "seeds_b": len(xb)}
+    if n == 0:
+        return PairedDelta(delta=nan, low=nan, high=nan, p_value=nan, **base)
+    delta = float(d.mean())
+    if n < 2:  # no spread to estimate from
+        return PairedDelta(delta=delta, low=nan, high=nan, p_value=nan, **base)
+    # Exact equality, not sd == 0: the mean of identical floats can be off by an ulp, giving a tiny sd.
+    if np.all(d == d[0]):
+        return PairedDelta(delta=delta, low=delta, high=delta, p_value=1.0 if delta == 0 else 0.0, **base)
+    sem = float(d.std(ddof=1)) / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sem
+    t_stat = delta / sem
+    p = float(2.0 * stats.t.sf(abs(t_stat), df=n - 1))  # sf, not 1 - cdf: keeps precision for tiny p
+    return PairedDelta(delta=delta, low=delta - half, high=delta + half, p_value=min(p, 1.0), **base)
+
+
+def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[tuple[float, bool]]:
+    """Holm–Bonferroni step-down: (adjusted p, significant at ``alpha``) per input, in input order.
+
+    Adjusted ``p_(k) = max_{j <= k} min(1, (m - j + 1) * p_(j))`` over the ascending order, so the
+    adjusted values are monotone in the raw ones; "significant" is ``adjusted <= alpha`` (the same
+    decision as the step-down rule). NaN p-values come back as ``(nan, False)`` and are not counted
+    in the family size ``m``.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"holm: alpha must be in (0, 1), got {alpha}")
+    p = np.asarray(p_values, dtype=float).reshape(-1)
+    valid = np.flatnonzero(~np.isnan(p))
+    if ((p[valid] < 0) | (p[valid] > 1)).any():
+        raise ValueError(f"holm: p-values must be in [0, 1], got {list(p_values)}")
+    adjusted = np.full(p.shape, np.nan)
+    m = valid.size
+    if m:
+        order = valid[np.argsort(p[valid], kind="stable")]
+        scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+        adjusted[order] = np.maximum.accumulate(scaled)  # step-down: never below an earlier (smaller) one
+    return [(float(q), bool(q <= alpha)) if not math.isnan(q) else (float("nan"), False) for q in adjusted]
+
+
+def adjust(deltas: Sequence[PairedDelta], alpha: float = ALPHA) -> list[PairedDelta]:
+    """Copies of ``deltas`` with ``p_adjusted`` / ``significant`` filled by ``holm`` over the whole list."""
+    corrected = holm([d.p_value for d in deltas], alpha=alpha)
+    return [
+        dataclasses.replace(d, p_adjusted=q, significant=sig)
+        for d, (q, sig) in zip(deltas, corrected, strict=True)
+    ]
+
+
+def _fmt_signed(value: float, scale: float, digits: int) -> str:
+    if math.isnan(value):
+        return "n/a"
+    text = f"{value * scale:+.{digits}f}"
+    # A tiny negative rounds to "-0.00", which reads like a real sign; show it as zero.
+    return f"{0.0:+.{digits}f}" if float(text) == 0.0 else text
+
+
+def _fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "p=n/a"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def format_delta(d: PairedDelta, scale: float = 100.0, digits: int = 2) -> str:
+    """``+1.23 [+0.40, +2.06] p=0.004*`` (scale 100: metric points).
+
+    The p shown is the Holm-adjusted one once ``adjust`` has run (so the number and the ``*`` agree),
+    the raw one otherwise; ``*`` marks significance after correction only.
+    """
+    if math.isnan(d.low) or math.isnan(d.high):
+        interval = "[n/a]"
+    else:
+        interval = f"[{_fmt_signed(d.low, scale, digits)}, {_fmt_signed(d.high, scale, digits)}]"
+    p = d.p_adjusted if d.p_adjusted is not None else d.p_value
+    mark = "*" if d.significant else ""
+    return f"{_fmt_signed(d.delta, scale, digits)} {interval} {_fmt_p(p)}{mark}"
