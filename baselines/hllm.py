@@ -33,7 +33,7 @@ from torch import nn
 
 from benchmark.data.schema import SearchLog
 from karma import backbones
-from karma.losses import action_negatives
+from karma.losses import action_negatives, gather_candidates
 from karma.model import ContinuousTokenModel, KarmaConfig
 
 PROMPT = "Compress the following sentence into embedding: "
@@ -118,7 +118,7 @@ class HLLM(ContinuousTokenModel):
         negatives, neg_mask = action_negatives(targets, exposures, in_batch=True)
         items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
         v = self.item_vectors(items)
-        v_pos, v_neg = v[inverse[:len(targets)]], v[inverse[len(targets):]].view(*negatives.shape, -1)
+        v_pos, v_neg = gather_candidates(v, inverse, len(targets), negatives.shape)
         pos = (u * v_pos).sum(-1)
         neg = torch.einsum("br,bnr->bn", u, v_neg)
         with torch.no_grad():  # false negatives: items (nearly) identical to the positive

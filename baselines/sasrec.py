@@ -98,8 +98,9 @@ class SASRec(nn.Module):
         if self.config.loss == "ce":
             return {"ce": F.cross_entropy(states @ items.T, targets)}
         negatives = torch.randint(0, self.n_items, (self.config.n_negatives,), generator=generator)
-        pos_logit = (states * items[targets]).sum(-1, keepdim=True)  # (P, 1)
-        neg_logits = states @ items[negatives].T  # (P, K)
+        # index_select, not items[idx]: its backward is deterministic with several threads (karma.losses)
+        pos_logit = (states * items.index_select(0, targets)).sum(-1, keepdim=True)  # (P, 1)
+        neg_logits = states @ items.index_select(0, negatives).T  # (P, K)
         # Uniform sampling: logQ correction is a constant shift of the negatives, log(K / N).
         neg_logits = neg_logits - np.log(self.config.n_negatives / self.n_items)
         neg_logits = neg_logits.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))

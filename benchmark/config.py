@@ -87,6 +87,7 @@ class RunConfig:
     strict: bool = False  # raise on the first bad input record instead of counting it
     allow_download: bool = True  # fetch missing Amazon files (with checksums) when online
     threads: int = 2  # torch intra-op threads
+    unit: int | None = None  # run only this unit of the plan, a (dataset, mode, model, variant) (set by --jobs)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -97,7 +97,7 @@ def _decoder_diagnostics(model, log: SearchLog, cfg, run: dict, figures_dir: Pat
 
 def _save_heatmap(attn: np.ndarray, folder: Path, log: SearchLog, run: dict, what: str) -> str:
     """Save one run's (Q, L) map as PNG plus the .npy the leaderboard's side-by-side figures read."""
-    path = folder / log.name.replace("/", "__") / f"{run['model']}__{run['variant']}__seed{run['seed']}.png"
+    path = folder / f"{log.name.replace('/', '__')}__{run['mode']}" / f"{run['model']}__{run['variant']}__seed{run['seed']}.png"
     D.heatmap(attn, path, title=f"{log.name} {run['model']}:{run['variant']} {what}")
     np.save(path.with_suffix(".npy"), attn)
     return str(path)

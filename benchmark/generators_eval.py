@@ -130,7 +130,7 @@ def table2_metrics(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.n
     vectors["ar_mse"], labels["ar_mse"] = mse, "AR + MSE"
     analysis["subset_metrics"] = {key: evaluate(item_emb, users, sub, ks=ks, js_k=js_k, item_terms=None,
                                                 topk_lists=False).metrics for key, users in vectors.items()}
-    path = Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__seed{run['seed']}.png"
+    path = Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__{run['mode']}__seed{run['seed']}.png"
     analysis["figure"] = str(analysis_figure({labels[k]: v for k, v in vectors.items()}, centroids, path,
                                              f"{log.name}: generated retrieval embeddings, seed {run['seed']}"))
     out["analysis"] = analysis

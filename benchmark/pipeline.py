@@ -404,17 +404,70 @@ def run_one(run: dict, search_log: SearchLog, cfg, search_summary: dict | None =
 
 # --------------------------------------------------------------------------- suite
 
-def run_suite(cfg) -> Path:
+def unit_key(run: dict) -> tuple[str, str, str, str]:
+    """The unit a run belongs to: its (dataset, mode, model, variant)."""
+    return run["dataset"], run["mode"], run["model"], run["variant"]
+
+
+def plan_units(runs: list[dict]) -> list[tuple[str, str, str, str]]:
+    """The independent units of a plan, in plan order: one per (dataset, mode, model, variant).
+
+    A unit's tuning search and its seeds run in order in one process (the search seed's run reuses
+    the search's selected trial); two units share only files that are locked while written (data
+    caches, a search reused through ``tuned_like``), so ``--jobs N`` runs them side by side. The
+    index is over every planned run, done or not: every process computes the same one.
+    """
+    return list(dict.fromkeys(unit_key(r) for r in runs))
+
+
+def _search_file(cfg, run: dict) -> Path | None:
+    """The search file a run's search reads and writes (its ``tuned_like`` source's), None without one.
+    The same path as ``search`` writes."""
+    model, variant = MODELS[run["model"]].tuned_like or (run["model"], run["variant"])
+    if not _grid_for(cfg, model, variant):
+        return None
+    return (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run["dataset"]) / run["mode"]
+            / f"{model}__{variant}.json")
+
+
+def _done_meanwhile(run: dict, cfg, since: float) -> bool:
+    """Whether another process wrote this run's record, current, while this one waited for its lock
+    (with ``overwrite``: wrote it after this suite started)."""
+    path = Path(run["record"])
+    try:
+        return record_is_current(R.read_record(path), cfg) and (not cfg.overwrite or path.stat().st_mtime >= since)
+    except (OSError, ValueError):  # absent, or unreadable: run it
+        return False
+
+
+def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
+    """Run the suite's missing runs, only unit ``cfg.unit``'s when it is set (a job of ``--jobs N``).
+
+    Returns (datasets that cannot run and why, runs skipped because of data errors). Safe to run in
+    several processes over one results dir: a dataset's caches, a search file and a record are each
+    written under a file lock, and a run whose record another process wrote meanwhile is skipped.
+    """
+    import contextlib
+
     global _ENVIRONMENT
     # The code revision is read once, when the suite starts: the code that runs is the code that was
     # imported then, whatever happens to the checkout while a long suite runs.
     _ENVIRONMENT = R.environment()
+    started = time.time()
     root = data_root(cfg.data_dir)
     runs, problems = plan(cfg)
-    todo = [r for r in runs if r["dataset"] not in problems and (cfg.overwrite or not r["done"])]
+    units = plan_units(runs)
+    if cfg.unit is not None and not 0 <= cfg.unit < len(units):
+        raise ValueError(f"unit={cfg.unit}, but the plan has {len(units)} units (0 to {len(units) - 1})")
+    todo = [r for r in runs if r["dataset"] not in problems and (cfg.overwrite or not r["done"])
+            and (cfg.unit is None or unit_key(r) == units[cfg.unit])]
     views = list(dict.fromkeys((r["dataset"], r["mode"]) for r in runs))
     todo.sort(key=lambda r: views.index((r["dataset"], r["mode"])))  # stable: one dataset view loaded at a time
-    print(format_plan(cfg))
+    if cfg.unit is None:
+        print(format_plan(cfg))
+    else:
+        print(f"unit {cfg.unit} of {len(units)}: {' '.join(units[cfg.unit])}, {len(todo)} runs to do", flush=True)
+    tag = "" if cfg.unit is None else f"unit {cfg.unit}: "
     logs: dict[str, SearchLog] = {}
     searched: dict[tuple, tuple] = {}
     failures = []
@@ -425,21 +478,32 @@ def run_suite(cfg) -> Path:
             mode_cfg = mode_config(cfg, mode)
             if view not in logs:
                 logs.clear()  # one dataset view in memory at a time
-                logs[view] = load_log(name, mode_cfg, root)
-                if any(MODELS[r["model"]].needs_images for r in todo if (r["dataset"], r["mode"]) == view):
-                    attach_images(logs[view], cfg, root)
-            key = (name, mode, run["model"], run["variant"])
+                # one process at a time adapts a dataset and renders its images into the cache
+                with R.file_lock(cache_root() / "processed" / R.dataset_dirname(name)):
+                    logs[view] = load_log(name, mode_cfg, root)
+                    if any(MODELS[r["model"]].needs_images for r in todo if (r["dataset"], r["mode"]) == view):
+                        attach_images(logs[view], cfg, root)
+            key = unit_key(run)
             if key not in searched:
-                searched[key] = search(run, logs[view], mode_cfg)
+                # another process searching the same file (karma_gen reuses karma:karma's) finishes first;
+                # this one then reads its trials back instead of training them again
+                search_file = _search_file(mode_cfg, run)
+                with R.file_lock(search_file) if search_file else contextlib.nullcontext():
+                    searched[key] = search(run, logs[view], mode_cfg)
             (run_cfg, tuned), summary, trial = searched[key]
             trial = trial if run["seed"] == cfg.search.seed else None
             if trial is not None:
                 searched[key] = ((run_cfg, tuned), summary, None)  # used once, then freed
-            print(f"[{i}/{len(todo)}] {name} [{mode}] {run['model']}:{run['variant']} seed {run['seed']}"
-                  + (" (the search's selected trial: same settings and seed)" if trial else ""), flush=True)
-            record = run_one({**run, "tuned": tuned}, logs[view], run_cfg, summary, trial)
+            with R.file_lock(run["record"]):
+                if _done_meanwhile(run, mode_cfg, started):
+                    print(f"[{tag}{i}/{len(todo)}] {name} [{mode}] {run['model']}:{run['variant']} seed {run['seed']}: "
+                          "written by another process meanwhile, skipped", flush=True)
+                    continue
+                print(f"[{tag}{i}/{len(todo)}] {name} [{mode}] {run['model']}:{run['variant']} seed {run['seed']}"
+                      + (" (the search's selected trial: same settings and seed)" if trial else ""), flush=True)
+                record = run_one({**run, "tuned": tuned}, logs[view], run_cfg, summary, trial)
             m = record["metrics"]["test"]
-            print(f"    test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
+            print(f"    {tag}test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
                   f"train {record['timing']['train_s']:.0f}s", flush=True)
         except DataError as err:
             failures.append(f"{name}: {err}")
@@ -448,10 +512,33 @@ def run_suite(cfg) -> Path:
         except VisualEncoderError as err:  # e.g. the offline encoder's optional package is not installed
             failures.append(f"{name} {run['model']}:{run['variant']} seed {run['seed']}: {err}")
             print(f"    skipped: {err}", flush=True)
+    return problems, failures
+
+
+def run_suite(cfg) -> Path | None:
+    """Run what is missing, then regenerate the leaderboard from the records. With ``cfg.unit`` set
+    (one job of ``python -m benchmark.run --jobs N``) only that unit runs, and the leaderboard is left
+    to the parent, which regenerates it once after every job ended; returns None then."""
+    problems, failures = run_planned(cfg)
+    if cfg.unit is not None:
+        return None
     path = regenerate_leaderboard(cfg, {cfg.suite: problems})
     if failures:
         print("\n".join(["runs skipped because of data errors:", *failures]))
     return path
+
+
+def tuning_note(cfg) -> str:
+    """The tuning budget as the leaderboard states it, from the suite's own search settings."""
+    if not cfg.search.enabled:
+        return "none: every model runs its config's defaults (no search)."
+    grids = OmegaConf.to_container(cfg.search.grids)
+    axes = "; ".join(f"`{name}`: " + " x ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in sorted(grid.items()))
+                     for name, grid in grids.items())
+    return (f"every model and variant gets the same {cfg.search.trials} trials on seed {cfg.search.seed}, scored "
+            f"on validation {cfg.eval.selection_metric} (a grid of 8 two-level points is halved to its 2^(3-1) "
+            f"fraction); the selected setting then runs every seed and is tested once. Grids: {axes}. Models "
+            "without a grid (popularity, query_pop, bm25) have nothing to tune.")
 
 
 def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | None = None) -> Path:
@@ -476,37 +563,43 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
         problems.update((problems_by_suite or {}).get(suite, {}))
         entries = {}
         for r in runs:
-            key = (r["dataset"], r["model"], r["variant"])
-            entries.setdefault(key, {"dataset": r["dataset"], "model": r["model"], "variant": r["variant"],
+            key = (r["dataset"], r["mode"], r["model"], r["variant"])
+            entries.setdefault(key, {"dataset": r["dataset"], "mode": r["mode"], "model": r["model"],
+                                     "variant": r["variant"], "query_use": MODELS[r["model"]].query_use,
                                      "seeds": [], "status": "planned"})["seeds"].append(r["seed"])
             if r["dataset"] in problems:
                 entries[key]["status"] = f"dataset missing: {problems[r['dataset']]}"
-        records = R.read_records(results, suite)  # read once, rendered into every table
+        records = R.read_run_records(results, suite)  # read once, rendered into every table
         memo = {}
-        current = [r for r in records if r.get("suite") != suite or record_is_current(r, suite_cfg, memo)]
-        stale, records = len(records) - len(current), current
-        text = render_leaderboard(records, list(entries.values()), suite=suite, stale=stale,
+        current = [r for r in records if r.suite != suite
+                   or (r.mode in A.QUERY_MODES and record_is_current(r.data, mode_config(suite_cfg, r.mode), memo))]
+        stale = len(records) - len(current)
+        text = render_leaderboard(current, list(entries.values()), suite=suite, stale=stale,
                                   suite_version=str(suite_cfg.suite_version),
                                   revision=f"{revision}{' (dirty)' if dirty else ''}",
                                   metrics=LEADERBOARD_METRICS, figures_dir=results / "figures",
-                                  link_base=link_base)
+                                  link_base=link_base, tuning=tuning_note(suite_cfg))
         sections.append(text)
-        llm_datasets = sorted({r["dataset"] for r in runs if r["model"] in ("action_llm", "karma")} - set(problems))
+        # Tables 1 and 2, the funnel and the heat maps are per (dataset, mode) view: they read a record's
+        # "dataset" as its view's label.
+        view_records = [{**r.data, "dataset": f"{r.dataset} · {r.mode}"} for r in current]
+        llm_views = sorted({f"{r['dataset']} · {r['mode']}" for r in runs if r["model"] in ("action_llm", "karma")
+                            and r["dataset"] not in problems})
         ks = sorted(suite_cfg.eval.ks)
-        if llm_datasets and any(r["model"] == "karma" for r in runs):
-            sections.append(render_table1(records, suite=suite,
+        if llm_views and any(r["model"] == "karma" for r in runs):
+            sections.append(render_table1(view_records, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
-                                          ks=(ks[0], ks[-1]), datasets=llm_datasets))
+                                          ks=(ks[0], ks[-1]), datasets=llm_views))
         if any(r["model"] == "karma_gen" for r in runs):
-            sections.append(render_table2(records, suite=suite,
+            sections.append(render_table2(view_records, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
-                                          ks=(ks[0], ks[-1]), datasets=llm_datasets,
+                                          ks=(ks[0], ks[-1]), datasets=llm_views,
                                           link_base=link_base))
-        funnel = render_funnel(records, suite=suite, suite_version=str(suite_cfg.suite_version),
+        funnel = render_funnel(view_records, suite=suite, suite_version=str(suite_cfg.suite_version),
                                seeds=list(suite_cfg.seeds))
         if "### " in funnel:
             sections.append(funnel)
-        heatmaps = render_attention_comparison(records, suite=suite,
+        heatmaps = render_attention_comparison(view_records, suite=suite,
                                                suite_version=str(suite_cfg.suite_version),
                                                figures_dir=results / "figures",
                                                link_base=link_base)

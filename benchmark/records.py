@@ -206,16 +206,7 @@ def read_record(path: str | Path) -> dict:
 
 def read_records(results_dir: str | Path, suite: str) -> list[dict]:
     """All readable records of a suite, in path order; unreadable or invalid files are skipped with a warning."""
-    root = Path(results_dir) / "records" / suite
-    if not root.is_dir():
-        return []
-    records = []
-    for path in sorted(root.rglob("*.json")):
-        try:
-            records.append(read_record(path))
-        except (OSError, ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-            warnings.warn(f"skipping unreadable run record {path}: {exc}", RuntimeWarning, stacklevel=2)
-    return records
+    return [r.data for r in read_run_records(results_dir, suite)]
 
 
 # --------------------------------------------------------------------------- per-impression arrays
@@ -388,3 +379,82 @@ class PeakMemory:
             self.peak_mb = peak_memory_mb()
         else:
             self.peak_mb = max(self.peak_mb, rss)
+
+
+# --------------------------------------------------------------------------- typed view
+
+
+class Record:
+    """One run record, read through named accessors instead of chains of ``.get(...) or {}``."""
+
+    def __init__(self, data: dict, path: Path | None = None):
+        self.data, self.path = data, path
+
+    dataset = property(lambda self: str(self.data["dataset"]))
+    mode = property(lambda self: str(self.data.get("mode", "none")))
+    model = property(lambda self: str(self.data["model"]))
+    variant = property(lambda self: str(self.data["variant"]))
+    seed = property(lambda self: int(self.data["seed"]))
+    suite = property(lambda self: str(self.data["suite"]))
+    suite_version = property(lambda self: str(self.data["suite_version"]))
+    created = property(lambda self: str(self.data.get("created", "")))
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return self.dataset, self.mode, self.model, self.variant
+
+    def metric(self, name: str) -> float | None:
+        """``"HR@10"`` (test split) or ``"valid/HR@10"``, ``"test_tail/HR@10"``; None when undefined."""
+        split, _, metric = name.rpartition("/")
+        value = self.data["metrics"].get(split or "test", {}).get(metric)
+        return value if isinstance(value, int | float) and math.isfinite(value) else None
+
+    def timing(self, name: str) -> float | None:
+        value = self.data["timing"].get(name)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+    @property
+    def converged(self) -> bool | None:
+        """False when the run selected its last allowed epoch (None: nothing trained, or an old record)."""
+        return self.data["selection"].get("converged")
+
+    @property
+    def data_stats(self) -> dict:
+        return self.data.get("data_stats") or {}
+
+    def per_impression(self) -> dict[str, np.ndarray]:
+        if self.path is None or not self.data.get("per_impression"):
+            raise FileNotFoundError(f"record {self.key} seed {self.seed} has no per-impression arrays")
+        return read_per_impression(Path(self.path).parent / self.data["per_impression"])
+
+
+def read_run_records(results_dir: str | Path, suite: str) -> list[Record]:
+    """``read_records`` as typed ``Record`` objects that know their file (for the per-impression arrays)."""
+    root = Path(results_dir) / "records" / suite
+    if not root.is_dir():
+        return []
+    out = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            out.append(Record(read_record(path), path))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            warnings.warn(f"skipping unreadable run record {path}: {exc}", RuntimeWarning, stacklevel=2)
+    return out
+
+
+# --------------------------------------------------------------------------- inter-process locks
+
+
+def file_lock(path: str | Path, timeout: float = -1):
+    """An inter-process lock on ``<path>.lock`` (``filelock``; ``with file_lock(p): ...``).
+
+    Guards one record or one search file while a run or a search computes and writes it, so that
+    concurrent suite processes (``--jobs N``, or separate processes over one results dir) never do the
+    same work twice. The lock file stays on disk after release (on Unix a lock is the open file's
+    flock, not the file's existence); ``timeout=-1`` waits for as long as it takes.
+    """
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(path.name + ".lock")), timeout=timeout)

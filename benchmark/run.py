@@ -5,13 +5,24 @@ Examples::
     python -m benchmark.run --suite smoke
     python -m benchmark.run --suite full --data-dir ../shared/data --dry-run
     python -m benchmark.run --suite full --data-dir ../shared/data train.max_epochs=20 model.sasrec.loss=sampled
+    python -m benchmark.run --suite full --data-dir ../shared/data --jobs 2   # two runs side by side
+
+``--jobs N`` (N > 1) runs the plan's independent units, one (dataset, mode, model, variant) each (its
+search, then its seeds), N at a time through Hydra's joblib launcher (``benchmark.worker``), one torch
+thread per run; the records are the ones a sequential suite writes, and the leaderboard is regenerated
+once, after every job ended.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -66,6 +77,89 @@ def compose_config(suite: str, overrides: list[str]):
     return cfg
 
 
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def is_launcher_override(override: str) -> bool:
+    """``hydra/launcher=...``, ``hydra.launcher.partition=...``, ``hydra.sweep.dir=...``: settings of the
+    ``--jobs`` launcher, passed to the jobs' Hydra multirun only (they are no part of the suite's config)."""
+    key = _override_key(override)
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def run_jobs(cfg, suite: str, overrides: list[str], jobs: int, launcher_overrides: list[str] = (),
+             verbose: bool = False) -> int:
+    """Run the suite's missing units ``jobs`` at a time (a Hydra multirun of ``benchmark.worker``, one job
+    per unit; the joblib launcher unless ``launcher_overrides`` choose another, e.g. submitit_slurm),
+    then regenerate the leaderboard once. Returns the exit status: 1 when a job failed."""
+    from benchmark import pipeline
+    from benchmark.worker import STATUS_FILE
+
+    runs, problems = pipeline.plan(cfg)
+    units = pipeline.plan_units(runs)
+    todo = sorted({units.index(pipeline.unit_key(r)) for r in runs
+                   if r["dataset"] not in problems and (cfg.overwrite or not r["done"])})
+    print(pipeline.format_plan(cfg))
+    failed, skipped = [], []
+    if todo:
+        given = {_override_key(o): o.split("=", 1)[1] for o in launcher_overrides if "=" in o}
+        launcher = given.get("hydra/launcher", "joblib")
+        n_jobs = min(jobs, len(todo))
+        settings = [] if "hydra/launcher" in given else ["hydra/launcher=joblib"]
+        if launcher == "joblib" and "hydra.launcher.n_jobs" not in given:
+            settings.append(f"hydra.launcher.n_jobs={n_jobs}")
+        elif launcher == "submitit_slurm" and "hydra.launcher.array_parallelism" not in given:
+            settings.append(f"hydra.launcher.array_parallelism={n_jobs}")
+        if launcher != "joblib" and "hydra.sweep.dir" not in given:
+            raise SystemExit(f"error: hydra/launcher={launcher} runs the jobs elsewhere: set hydra.sweep.dir= to a "
+                             "folder that every node sees (each job reports there)")
+        # one folder per suite process: the jobs' resolved configs and status files (and submitit's logs);
+        # a temporary one is removed when every job succeeded
+        base = given.get("hydra.sweep.dir")
+        if base:
+            Path(base).mkdir(parents=True, exist_ok=True)
+        sweep = Path(tempfile.mkdtemp(prefix="karma-bench-jobs-", dir=base))
+        print(f"{len(todo)} units to run, {n_jobs} at a time (hydra {launcher} launcher)", flush=True)
+        # one thread per run, unless the command line sets threads=: torch's and the BLAS/OpenMP pools
+        user_threads = any(_override_key(o) == "threads" for o in overrides)
+        threads = str(cfg.threads) if user_threads else "1"
+        env = {**os.environ, **{var: threads for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+        command = [sys.executable, "-m", "benchmark.worker", "--multirun", f"suite={suite}", *overrides,
+                   *([] if user_threads else ["threads=1"]), "unit=" + ",".join(map(str, todo)),
+                   *settings, *(o for o in launcher_overrides if _override_key(o) != "hydra.sweep.dir"),
+                   f"hydra.sweep.dir='{sweep}'", "hydra/job_logging=stdout",
+                   f"hydra.job_logging.root.level={'INFO' if verbose else 'WARNING'}"]
+        sys.stdout.flush()
+        rc = subprocess.run(command, env=env, check=False).returncode
+        statuses = {}
+        for path in sweep.glob(f"*/{STATUS_FILE}"):
+            status = json.loads(path.read_text())
+            statuses[status["unit"]] = status
+        for unit in todo:
+            status = statuses.get(unit)
+            if status is None or tuple(status["key"] or ()) != units[unit]:
+                failed.append(f"unit {unit} ({' '.join(units[unit])})")
+                continue
+            problems.update(status["problems"])
+            skipped += status["failures"]
+        if rc != 0 and not failed:
+            failed.append(f"the launcher exited with status {rc}")
+        if failed or base:
+            print(f"the jobs' folders (each one's resolved config and status) are in {sweep}",
+                  file=sys.stderr if failed else sys.stdout)
+        else:
+            shutil.rmtree(sweep, ignore_errors=True)
+    pipeline.regenerate_leaderboard(cfg, {cfg.suite: problems})
+    if skipped:
+        print("\n".join(["runs skipped because of data errors:", *skipped]))
+    if failed:
+        print("\n".join(["error: jobs failed (their runs have no record; re-run to retry them):", *failed]),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark.run",
@@ -84,11 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="re-run runs whose record already exists")
     parser.add_argument("--leaderboard-only", action="store_true", help="only regenerate leaderboard.md")
     parser.add_argument("--verbose", action="store_true", help="log every epoch")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run N independent (dataset, mode, model, variant) units side by side, one thread "
+                             "per run, through Hydra's joblib launcher (default 1: one process, in order); "
+                             "hydra/launcher=submitit_slurm hydra.launcher.partition=... hydra.sweep.dir=<shared "
+                             "folder> sends them to SLURM instead (pip install hydra-submitit-launcher)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     args = parser.parse_intermixed_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
 
-    overrides = list(args.overrides)
+    overrides = [o for o in args.overrides if not is_launcher_override(o)]
+    launcher_overrides = [o for o in args.overrides if is_launcher_override(o)]
+    if launcher_overrides and (args.jobs == 1 or args.dry_run or args.leaderboard_only):
+        parser.error(f"{' '.join(launcher_overrides)}: hydra launcher settings apply to --jobs N (N > 1) only")
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     if args.results_dir:
@@ -108,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.leaderboard_only:
                 pipeline.regenerate_leaderboard(cfg)
                 return 0
+            if args.jobs > 1:
+                return run_jobs(cfg, args.suite, overrides, args.jobs, launcher_overrides, verbose=args.verbose)
             pipeline.run_suite(cfg)
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)

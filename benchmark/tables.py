@@ -17,7 +17,8 @@ from tabulate import tabulate
 
 from benchmark.diagnostics import compare_heatmaps
 from benchmark.generators_eval import GENERATOR_LABELS
-from benchmark.leaderboard import _index_records, _metric_value, mean_ci
+from benchmark.leaderboard import _index_records, _metric_value
+from benchmark.stats import mean_ci
 
 # Paper Table 1 (KARMA, Taobao search), as printed: deltas over action-only (units as printed;
 # the paper's cut-offs are HR@200 / HR@1000 on Taobao's catalog, ours are scaled, see below).
@@ -318,7 +319,7 @@ def render_attention_comparison(records: list[dict], *, suite: str, suite_versio
             arrays = [Path(p).with_suffix(".npy") for p in paths if p]
             if len(arrays) != 2 or not all(a.exists() for a in arrays):
                 continue
-            out = Path(figures_dir) / "attention_compare" / f"{dataset.replace('/', '__')}__{source}.png"
+            out = Path(figures_dir) / "attention_compare" / f"{dataset.replace(' · ', '__').replace('/', '__')}__{source}.png"
             compare_heatmaps(np.load(arrays[0]), np.load(arrays[1]), ["action-only LLM", "KARMA"], out,
                              title=f"{dataset}: {label} attention, seed {seed}")
             lines += [f"**{dataset}, {label}**", "", f"![{dataset} {label} attention]"

@@ -63,3 +63,16 @@ def action_negatives(targets: torch.Tensor, exposures: torch.Tensor, in_batch: b
 def text_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; logits (B, S, V) already aligned with labels (B, S), -100 = ignore."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def gather_candidates(v: torch.Tensor, inverse: torch.Tensor, n_targets: int, negatives_shape) -> tuple:
+    """Rows of the unique candidates' vectors ``v`` for the positives and the (B, N) negatives.
+
+    ``index_select``, not ``v[idx]``: the backward of advanced indexing (``index_put_`` with
+    accumulate) adds with parallel atomics on the CPU when torch has more than one thread, so the
+    sum order, and the gradient's low bits, change from call to call (two same-seed trainings with
+    2 threads differed); ``index_select``'s backward adds in index order, as one thread does.
+    """
+    v_pos = v.index_select(0, inverse[:n_targets])  # (B, R)
+    v_neg = v.index_select(0, inverse[n_targets:]).view(*negatives_shape, -1)  # (B, N, R)
+    return v_pos, v_neg

@@ -49,7 +49,7 @@ from torch.utils.data import Dataset
 
 from benchmark.data.schema import SearchLog
 from karma import backbones
-from karma.losses import action_negatives, infonce, pairwise_ce, text_nll
+from karma.losses import action_negatives, gather_candidates, infonce, pairwise_ce, text_nll
 from karma.visual import extract_features
 from karma.visual_heads import DiffusionHead, FlowMatchingHead, masked_mean
 
@@ -425,7 +425,7 @@ class ContinuousTokenModel(nn.Module):
         negatives, neg_mask = action_negatives(targets, batch["exposures"], cfg.in_batch_negatives)
         items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
         v = self.item_vectors(items)  # (M, R), each distinct item encoded once
-        v_pos, v_neg = v[inverse[:len(targets)]], v[inverse[len(targets):]].view(*negatives.shape, -1)
+        v_pos, v_neg = gather_candidates(v, inverse, len(targets), negatives.shape)
         pos = (u * v_pos).sum(-1)  # (B,) cosines
         neg = torch.einsum("br,bnr->bn", u, v_neg)  # (B, N)
         if cfg.action_loss == "pairwise":

@@ -1,10 +1,20 @@
-"""The adapter: k-core, HEM queries, BM25 exposures, splits, leakage checks, caching."""
+"""The adapter: k-core, query modes, BM25 exposures, splits, leakage checks, caching."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.data.adapt import AdaptConfig, adapt, fingerprint, k_core, load_cached, save
+from benchmark.data.adapt import (
+    AdaptConfig,
+    QueryRule,
+    adapt,
+    fingerprint,
+    k_core,
+    load_cached,
+    query_matches,
+    query_stats,
+    save,
+)
 from benchmark.data.report import DataError, DataReport
 from benchmark.data.schema import RawLog
 
@@ -38,21 +48,66 @@ def test_leave_last_out_split_and_history():
     assert list(test["history"]) == list(valid["history"]) + [valid["target"]]
 
 
-def test_query_is_category_path_without_stopwords_or_duplicates():
-    log = adapt(_raw(), AdaptConfig(k_core=0), DataReport("toy"))
+def test_hem_query_is_the_full_category_path_without_stopwords_or_duplicates():
+    log = adapt(_raw(), AdaptConfig(k_core=0, query="hem"), DataReport("toy"))
     row = log.impressions.iloc[0]
     category = log.catalog.loc[row["target"], "category"]
     assert row["query"] == f"beauty skin care cream {category[-1].split()[-1]}"
-    assert "alpha" in category[-1] or "beta" in category[-1] or "gamma" in category[-1]
+    assert log.adaptation["query"] == "hem" and log.adaptation["query_modes"] == ["none", "coarse", "hem"]
 
 
-def test_query_falls_back_to_title_terms_without_category():
-    log = adapt(_raw(with_category=False), AdaptConfig(k_core=0, query_fallback_terms=3), DataReport("toy"))
-    assert log.impressions.iloc[0]["query"] == "night cream number"  # "the" is a stop-word
+def test_coarse_query_is_the_deepest_prefix_enough_items_share():
+    paths = [["Home", "Kitchen", "Mugs"]] * 30 + [["Home", "Kitchen", "Teapots"]] * 5 + [["Home", "Bath"]] * 10
+    rule = QueryRule(paths, AdaptConfig(query="coarse", query_min_items=20, query_min_share=0.0))
+    assert rule(["Home", "Kitchen", "Mugs"]) == "home kitchen mugs"  # 30 items share the full path
+    assert rule(["Home", "Kitchen", "Teapots"]) == "home kitchen"  # 5 < 20: cut to the 35-item prefix
+    assert rule(["Home", "Bath"]) == "home"  # 10 < 20: cut to the root (45 items)
+    # the threshold scales with the catalog: 80% of its 45 items is 36 > 35 (the 35-item prefix)
+    big = QueryRule(paths, AdaptConfig(query="coarse", query_min_items=1, query_min_share=0.8))
+    assert big.threshold == 36 and big(["Home", "Kitchen", "Mugs"]) == "home"
+    assert QueryRule(paths, AdaptConfig(query="none"))(["Home", "Bath"]) == ""
+
+
+def test_coarse_mode_on_the_toy_log_names_a_group_never_one_item():
+    log = adapt(_raw(), AdaptConfig(k_core=0, query="coarse", query_min_items=4, query_min_share=0.0),
+                DataReport("toy"))
+    # 8 items, 3 leaves of 2-3 items each: no leaf reaches 4 items, so every query is the shared prefix
+    assert set(log.impressions["query"]) == {"beauty skin care cream"}
+    stats = query_stats(log)
+    assert stats["distinct_queries"] == 1 and stats["median_items_per_query"] == 8.0
+
+
+def test_no_title_fallback_a_set_without_categories_has_only_mode_none():
+    raw = _raw(with_category=False)
+    with pytest.raises(DataError, match="only mode"):
+        adapt(raw, AdaptConfig(k_core=0, query="coarse"), DataReport("toy"))
+    log = adapt(raw, AdaptConfig(k_core=0, query="none", n_exposures=3), DataReport("toy"))
+    assert (log.impressions["query"] == "").all() and log.adaptation["query_modes"] == ["none"]
+    # exposures never come from the title: they are drawn by popularity instead, the target excluded
+    assert "popularity draw" in log.adaptation["exposure_source"]
+    assert all(len(e) == 3 and t not in e for e, t in zip(log.impressions["exposures"], log.impressions["target"],
+                                                            strict=True))
+
+
+def test_exposures_do_not_depend_on_the_query_mode():
+    logs = [adapt(_raw(), AdaptConfig(k_core=0, query=m, n_exposures=3), DataReport("toy"))
+            for m in ("none", "coarse", "hem")]
+    for other in logs[1:]:
+        assert all((a == b).all() for a, b in zip(logs[0].impressions["exposures"], other.impressions["exposures"],
+                                                  strict=True))
+        assert (logs[0].impressions["target"] == other.impressions["target"]).all()
+    assert len({lg.fingerprint or fingerprint(_raw(), AdaptConfig(query=m)) for lg, m in
+                zip(logs, ("none", "coarse", "hem"), strict=True)}) == 3
+
+
+def test_query_matches_is_a_boolean_and_over_terms():
+    out = query_matches(["red ceramic mug", "blue mug", "red teapot"], ["red mug", "mug", "green"])
+    assert out["red mug"].tolist() == [True, False, False]
+    assert out["mug"].tolist() == [True, True, False] and not out["green"].any()
 
 
 def test_bm25_exposures_exclude_the_click_and_are_lexical_matches():
-    log = adapt(_raw(), AdaptConfig(k_core=0, n_exposures=3), DataReport("toy"))
+    log = adapt(_raw(), AdaptConfig(k_core=0, n_exposures=3, query="hem"), DataReport("toy"))
     for target, exposures in zip(log.impressions["target"], log.impressions["exposures"], strict=True):
         assert target not in exposures
         assert len(exposures) == 3
@@ -63,7 +118,7 @@ def test_bm25_exposures_exclude_the_click_and_are_lexical_matches():
 
 
 def test_id_only_source_has_no_query_and_no_exposures():
-    log = adapt(_raw(has_text=False), AdaptConfig(k_core=0), DataReport("toy"))
+    log = adapt(_raw(has_text=False), AdaptConfig(k_core=0, query="none"), DataReport("toy"))
     assert (log.impressions["query"] == "").all()
     assert all(len(e) == 0 for e in log.impressions["exposures"])
     assert log.adaptation["exposure_source"].startswith("none")

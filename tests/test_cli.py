@@ -32,9 +32,9 @@ def test_hugging_face_datasets_is_not_shadowed():
 def test_unknown_suite_model_and_key_list_the_valid_choices(tmp_path, capsys):
     with pytest.raises(SystemExit, match="valid suites: full, smoke"):
         main(["--suite", "nope"])
-    with pytest.raises(SystemExit, match="valid models: popularity, bm25, sasrec, action_llm, hllm, karma"):
+    with pytest.raises(SystemExit, match="valid models: popularity, query_pop, bm25, sasrec, action_llm, hllm, karma"):
         main(["--suite", "smoke", "models=[nope]"])
-    with pytest.raises(SystemExit, match=r"(?s)train\.nope.*valid keys:.*train\.lr"):
+    with pytest.raises(SystemExit, match=r"(?s)train\.nope.*valid keys:.*train\.patience"):
         main(["--suite", "smoke", "train.nope=1"])
     with pytest.raises(SystemExit, match="unknown dataset 'nope/x'"):
         main(["--suite", "smoke", "datasets=[nope/x]"])
@@ -58,7 +58,7 @@ def test_full_suite_reports_missing_real_data_in_the_plan(tmp_path, capsys):
 
 def test_smoke_suite_writes_records_and_leaderboard_then_skips_done_runs(tmp_path, capsys):
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
-    records = sorted((tmp_path / "results" / "records" / "smoke" / "synthetic").glob("*.json"))
+    records = sorted((tmp_path / "results" / "records" / "smoke" / "synthetic" / "none").glob("*.json"))
     assert [r.name for r in records] == ["popularity__default__seed0.json", "sasrec__default__seed0.json"]
     record = json.loads(records[1].read_text())
     assert record["config"]["model_config"]["hidden"] == 8
@@ -86,16 +86,16 @@ def test_module_entry_point_help():
 
 
 def test_search_tunes_on_validation_and_the_record_names_the_selected_trial(tmp_path, capsys):
-    grid = ["search.enabled=true", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.0001]}"]
+    grid = ["search.enabled=true", "search.trials=2", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.0001]}"]
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY, "models=[sasrec]", *grid]) == 0
-    folder = tmp_path / "results" / "records" / "smoke" / "synthetic"
-    search_file = tmp_path / "results" / "search" / "smoke" / "synthetic" / "sasrec__default.json"
+    folder = tmp_path / "results" / "records" / "smoke" / "synthetic" / "none"
+    search_file = tmp_path / "results" / "search" / "smoke" / "synthetic" / "none" / "sasrec__default.json"
     trials = json.loads(search_file.read_text())["trials"]
     assert [t["overrides"]["model.sasrec.lr"] for t in trials] == [0.01, 0.0001]
     record = json.loads((folder / "sasrec__default__seed0.json").read_text())
     best = max(trials, key=lambda t: t["valid"])
     assert record["search"]["selected"] == best["overrides"]
-    assert record["config"]["train"]["lr"] == best["overrides"]["model.sasrec.lr"]
+    assert record["config"]["model_config"]["lr"] == best["overrides"]["model.sasrec.lr"]
     # seed 0 is the search seed: its run is the selected trial itself, not trained a second time ...
     assert record["timing"]["reused_search_trial"] and record["metrics"]["valid"]["NDCG@10"] == best["valid"]
     # ... and is what training it again gives (trials read back from the file are not kept in memory)
@@ -131,17 +131,20 @@ def test_records_of_a_changed_suite_are_stale_rerun_and_left_off_the_leaderboard
 
 
 def test_search_refuses_unequal_budgets(tmp_path):
-    grid = ["search.enabled=true", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.001]}",
-            "+search.grids.popularity={train.lr:[0.1]}"]
-    with pytest.raises(ValueError, match="same number of trials"):
+    grid = ["search.enabled=true", "search.trials=2", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.001,0.1]}"]
+    with pytest.raises(ValueError, match="same tuning budget"):
         main(["--suite", "smoke", *_args(tmp_path), *TINY, "models=[sasrec]", *grid])
 
 
 def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY_LLM]) == 0
-    folder = tmp_path / "results" / "records" / "smoke" / "synthetic"
+    folder = tmp_path / "results" / "records" / "smoke" / "synthetic" / "coarse"
     names = sorted(p.name for p in folder.glob("*.json"))
-    assert names == ["action_llm__default__seed0.json", "hllm__default__seed0.json", "karma__karma__seed0.json"]
+    assert names == ["action_llm__default__seed0.json", "action_llm__warmup__seed0.json", "hllm__default__seed0.json",
+                     "karma__karma__seed0.json"]
+    warm = json.loads((folder / "action_llm__warmup__seed0.json").read_text())
+    assert warm["selection"]["history"][0]["stage"] == "warmup" and warm["config"]["model_config"]["w_task1"] == 0
+    assert warm["mode"] == "coarse" and warm["adaptation"]["query"] == "coarse"
     karma = json.loads((folder / "karma__karma__seed0.json").read_text())
     assert karma["config"]["model_config"]["w_task1"] > 0 and karma["selection"]["history"][0]["stage"] == "warmup"
     board = (tmp_path / "leaderboard.md").read_text()
@@ -151,24 +154,24 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert 0 <= karma["funnel"]["prerank"]["HR_fused"] <= 1 and "delta_gAUC" in karma["funnel"]["ctr"]
     attention = karma["diagnostics"]["item_encoder_attention"]
     assert 0 < attention["norm_entropy"] <= 1 and Path(attention["heatmap"]).exists()
-    assert "Funnel evaluations" in board and "synthetic: collapse" in board
+    assert "Funnel evaluations" in board and "synthetic · coarse: collapse" in board
     decoder = karma["diagnostics"]["decoder_attention"]
     assert decoder["layers"] and all(0 < layer["norm_entropy"] <= 1 for layer in decoder["layers"])
     assert 0 < decoder["norm_entropy"] <= 1 and 0 < decoder["first"] <= 1 and Path(decoder["heatmap"]).exists()
     # action-only vs KARMA heat maps side by side, linked from the leaderboard
     assert "action-only LLM vs KARMA" in board
-    compare = tmp_path / "results" / "figures" / "attention_compare" / "synthetic__decoder_attention.png"
-    assert compare.exists() and "attention_compare/synthetic__decoder_attention.png" in board
+    compare = tmp_path / "results" / "figures" / "attention_compare" / "synthetic__coarse__decoder_attention.png"
+    assert compare.exists() and "attention_compare/synthetic__coarse__decoder_attention.png" in board
 
 
 def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     models = "models=[karma:karma,karma_visual,karma_gen]"
-    grid = ["search.enabled=true", "+search.grids.karma={model.karma.lr:[0.001,0.003]}",
+    grid = ["search.enabled=true", "search.trials=2", "+search.grids.karma={model.karma.lr:[0.001,0.003]}",
             "+search.grids.karma_visual={model.karma.lr:[0.001,0.003]}", "model.karma.head_hidden=16",
             "model.karma.generator_steps=3", "funnel.generator_samples=3", "funnel.generator_impressions=20",
             "funnel.generator_updates=3"]
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY_LLM[:-7], models, *TINY_LLM[-6:], *grid]) == 0
-    folder = tmp_path / "results" / "records" / "smoke" / "synthetic"
+    folder = tmp_path / "results" / "records" / "smoke" / "synthetic" / "coarse"
     karma = json.loads((folder / "karma__karma__seed0.json").read_text())
     visual = json.loads((folder / "karma_visual__visual__seed0.json").read_text())
     gen = json.loads((folder / "karma_gen__generators__seed0.json").read_text())
@@ -178,7 +181,7 @@ def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     assert "visual" in visual["selection"]["history"][-1]
     # Table 2's run reuses KARMA's search (no trials of its own) and evaluates both generators
     assert gen["search"]["tuned_like"] == "karma:karma" and gen["search"]["selected"] == karma["search"]["selected"]
-    assert not (tmp_path / "results" / "search" / "smoke" / "synthetic" / "karma_gen__generators.json").exists()
+    assert not (tmp_path / "results" / "search" / "smoke" / "synthetic" / "coarse" / "karma_gen__generators.json").exists()
     assert gen["metrics"]["test"] == karma["metrics"]["test"]  # detached readouts leave KARMA's own path unchanged
     for name in ("diffusion", "diffusion_x0", "flow", "ar_mse"):
         assert 0 <= gen["table2"][name]["HR@10"] <= 1 and 0 <= gen["table2"][name]["gAUC"] <= 1

@@ -78,11 +78,13 @@ def test_schedule_runs_the_warmup_stage_before_joint_training():
     log = _log()
     calls = []
     result = train(model, log, TrainConfig(max_epochs=2, batch_size=4, progress=False), torch.Generator(),
-                   validate=lambda m: calls.append("valid") or 0.0, desc="t")
+                   validate=lambda m: calls.append("valid") or float(len(calls)), lr=1e-3, desc="t")
     stages = [(h["stage"], h["epoch"]) for h in result.history]
     assert stages == [("warmup", 1), ("warmup", 2), ("main", 1), ("main", 2)]
     assert "warmup" in result.history[0] and "task1" in result.history[2]  # warm-up decodes item text only
     assert calls == ["valid", "valid"]  # no validation during the warm-up
+    # still improving at the epoch cap: recorded as not converged, and the stopping rule says why
+    assert result.best_epoch == 2 and result.converged is False and result.stopped_by == "max_epochs"
     assert model.stages(log, torch.Generator()) and not _model("action_only").stages(log, torch.Generator())
 
 
@@ -253,3 +255,13 @@ def test_decode_budget_lowers_the_decoded_share_on_large_logs_only():
     model = _model("karma", decode_budget=2)
     model.train_dataset(log, torch.Generator())
     assert model.decode_fraction == 2 / len(log.split("train"))
+
+
+def test_training_stops_on_patience_never_on_the_clock_and_records_convergence():
+    model, log, values = _model("action_only"), _log(), iter([0.5, 0.4, 0.3, 0.2, 0.1])
+    cfg = TrainConfig(max_epochs=10, batch_size=4, patience=3, progress=False)
+    assert not hasattr(cfg, "max_minutes") and not hasattr(cfg, "lr")  # no wall-clock rule, no unused lr
+    result = train(model, log, cfg, torch.Generator(), validate=lambda m: next(values), lr=1e-3)
+    assert (result.best_epoch, result.epochs_run, result.stopped_by, result.converged) == (1, 4, "patience", True)
+    with pytest.raises(ValueError, match="max_epochs"):
+        TrainConfig(max_epochs=-3)

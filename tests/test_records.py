@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from benchmark import leaderboard, records
-from benchmark.leaderboard import BANNER, render_leaderboard, write_leaderboard
+from benchmark.leaderboard import BANNER, Gate, render_leaderboard, write_leaderboard
 from benchmark.records import (
+    Record,
     config_hash,
     environment,
     peak_memory_mb,
@@ -25,9 +26,10 @@ from benchmark.records import (
 SUITE, VERSION = "mini", "1.0"
 
 
-def make_record(dataset="amazon/beauty", model="sasrec", variant="ce", seed=0, ndcg=0.1, hr=0.2, **extra):
+def make_record(dataset="amazon/beauty", model="sasrec", variant="ce", seed=0, ndcg=0.1, hr=0.2, mode="none",
+                **extra):
     rec = {
-        "schema": 1, "suite": SUITE, "suite_version": VERSION, "dataset": dataset, "model": model,
+        "schema": 2, "suite": SUITE, "suite_version": VERSION, "dataset": dataset, "mode": mode, "model": model,
         "variant": variant, "seed": seed, "config": {"lr": 1e-3, "seed": seed}, "config_hash": "0" * 16,
         "data_fingerprint": "fp123", "adaptation": {"query": "category"},
         "environment": {"git_revision": "abc123", "git_dirty": False},
@@ -36,7 +38,7 @@ def make_record(dataset="amazon/beauty", model="sasrec", variant="ce", seed=0, n
         "selection": {"metric": "NDCG@10", "best_epoch": 3, "epochs_run": 5, "valid_value": 0.1},
         "metrics": {"valid": {"NDCG@10": ndcg}, "test": {"NDCG@10": ndcg, "HR@10": hr}, "test_tail": {}},
         "per_impression": None, "created": "2025-01-01T00:00:00Z",
-        "data_stats": {"users": 1000, "items": 500, "impressions": 12345},
+        "data_stats": {"users": 1000, "items": 500, "impressions": 12345, "test_impressions": 1000},
     }
     rec.update(extra)
     return rec
@@ -46,24 +48,25 @@ def make_record(dataset="amazon/beauty", model="sasrec", variant="ce", seed=0, n
 
 
 def test_record_path_layout(tmp_path):
-    p = record_path(tmp_path, SUITE, "amazon/beauty", "karma", "full", 2)
-    assert p == tmp_path / "records" / SUITE / "amazon__beauty" / "karma__full__seed2.json"
+    p = record_path(tmp_path, SUITE, "amazon/beauty", "coarse", "karma", "full", 2)
+    assert p == tmp_path / "records" / SUITE / "amazon__beauty" / "coarse" / "karma__full__seed2.json"
 
 
 def test_write_record_atomic_sorted_and_nan_as_null(tmp_path):
-    p = record_path(tmp_path, SUITE, "amazon/beauty", "sasrec", "ce", 0)
+    p = record_path(tmp_path, SUITE, "amazon/beauty", "none", "sasrec", "ce", 0)
     rec = make_record(ndcg=float("nan"))
     rec["metrics"]["test"]["AUC"] = np.float32(0.5)
     write_record(p, rec)
     assert p.exists() and not list(p.parent.glob("*.tmp"))
     text = p.read_text()
+    assert Record(json.loads(text)).metric("NDCG@10") is None and Record(json.loads(text)).metric("HR@10") == 0.2
     assert text.startswith('{\n "adaptation"')  # sorted keys, indent 1
     back = json.loads(text)
     assert back["metrics"]["test"]["NDCG@10"] is None and back["metrics"]["test"]["AUC"] == 0.5
 
 
 def test_crash_during_write_keeps_old_record(tmp_path, monkeypatch):
-    p = record_path(tmp_path, SUITE, "d", "m", "v", 0)
+    p = record_path(tmp_path, SUITE, "d", "none", "m", "v", 0)
     write_record(p, make_record(ndcg=0.3))
     before = p.read_text()
 
@@ -78,7 +81,7 @@ def test_crash_during_write_keeps_old_record(tmp_path, monkeypatch):
     assert not list(p.parent.glob("*.tmp"))
 
     # and a first write that crashes leaves no record at all
-    q = record_path(tmp_path, SUITE, "d", "m", "v", 1)
+    q = record_path(tmp_path, SUITE, "d", "none", "m", "v", 1)
     with pytest.raises(KeyboardInterrupt):
         write_record(q, make_record(seed=1))
     assert not q.exists() and not list(q.parent.glob("*.tmp"))
@@ -96,7 +99,7 @@ def test_required_keys_validated(tmp_path):
 
 
 def test_read_records_skips_corrupt_with_warning(tmp_path):
-    good = record_path(tmp_path, SUITE, "d", "m", "v", 0)
+    good = record_path(tmp_path, SUITE, "d", "none", "m", "v", 0)
     write_record(good, make_record(dataset="d", model="m", variant="v"))
     (good.parent / "m__v__seed1.json").write_text('{"schema": 1, "suite": ')  # truncated
     (good.parent / "m__v__seed2.json").write_text('{"schema": 1}')  # valid JSON, not a record
@@ -157,13 +160,13 @@ def test_per_impression_round_trip(tmp_path):
 
 
 def _plan(seeds=(0, 1, 2)):
-    return [
-        {"dataset": "amazon/beauty", "model": "sasrec", "variant": "ce", "seeds": list(seeds), "status": "planned"},
-        {"dataset": "amazon/beauty", "model": "karma", "variant": "full", "seeds": list(seeds), "status": "planned"},
-        {"dataset": "amazon/beauty", "model": "hllm", "variant": "base", "seeds": list(seeds), "status": "planned"},
-        {"dataset": "amazon/toys", "model": "sasrec", "variant": "ce", "seeds": list(seeds),
-         "status": "dataset missing: raw files not found under data/raw/toys"},
-    ]
+    def entry(dataset, model, variant, status="planned", mode="none", query_use="optional"):
+        return {"dataset": dataset, "mode": mode, "model": model, "variant": variant, "query_use": query_use,
+                "seeds": list(seeds), "status": status}
+
+    return [entry("amazon/beauty", "sasrec", "ce", query_use="ignored"), entry("amazon/beauty", "karma", "full"),
+            entry("amazon/beauty", "hllm", "base"),
+            entry("amazon/toys", "sasrec", "ce", status="dataset missing: raw files not found under data/raw/toys")]
 
 
 def _records():
@@ -172,13 +175,14 @@ def _records():
     recs += [make_record(model="karma", variant="full", seed=s, ndcg=0.9) for s in (0, 2)]  # 2 of 3 seeds
     recs += [make_record(model="hllm", variant="base", seed=s, ndcg=0.2, hr=float("nan") if s == 1 else 0.4)
              for s in (0, 1, 2)]
-    return recs
+    return [Record(r) for r in recs]
 
 
-def _render(tmp_path, recs=None, plan=None, figures=True):
+def _render(tmp_path, recs=None, plan=None, figures=True, gate=None):
     return render_leaderboard(_records() if recs is None else recs, plan or _plan(), suite=SUITE,
                               suite_version=VERSION, revision="abc123", metrics=["NDCG@10", "HR@10"],
-                              figures_dir=tmp_path / "figures" if figures else None, link_base=tmp_path)
+                              figures_dir=tmp_path / "figures" if figures else None, link_base=tmp_path,
+                              gate=gate)
 
 
 def _row(md, model):
@@ -192,7 +196,7 @@ def test_leaderboard_banner_and_header(tmp_path):
     assert f"**{SUITE}** version **{VERSION}**" in md
     assert f"built from 8 records under results/records/{SUITE}" in md
     assert "`abc123`" in md and "data fingerprint: `fp123`" in md
-    assert "users 1,000" in md and "impressions 12,345" in md
+    assert "users 1,000" in md and "items 500" in md
 
 
 def test_leaderboard_mean_and_student_t_interval(tmp_path):
@@ -216,17 +220,18 @@ def test_leaderboard_nan_and_missing_dataset(tmp_path):
     row = _row(md, "hllm")
     assert "0.2000 ± 0.0000" in row and "n/a" in row
     assert "not run: dataset missing: raw files not found under data/raw/toys" in md
-    assert "## amazon/toys" in md
+    assert "### amazon/toys · none" in md
 
 
 def test_leaderboard_single_seed(tmp_path):
-    plan = [{"dataset": "amazon/beauty", "model": "sasrec", "variant": "ce", "seeds": [0], "status": "planned"}]
-    row = _row(_render(tmp_path, recs=[make_record(ndcg=0.25)], plan=plan, figures=False), "sasrec")
+    plan = [{"dataset": "amazon/beauty", "mode": "none", "model": "sasrec", "variant": "ce", "seeds": [0],
+             "status": "planned"}]
+    row = _row(_render(tmp_path, recs=[Record(make_record(ndcg=0.25))], plan=plan, figures=False), "sasrec")
     assert "0.2500 (1 seed)" in row
 
 
 def test_leaderboard_ignores_other_suite_version(tmp_path):
-    recs = _records() + [make_record(model="karma", variant="full", seed=1, ndcg=0.9, suite_version="0.9")]
+    recs = _records() + [Record(make_record(model="karma", variant="full", seed=1, ndcg=0.9, suite_version="0.9"))]
     md = _render(tmp_path, recs=recs, figures=False)
     assert "missing (2/3)" in _row(md, "karma")
     assert "1 of another suite or version ignored" in md
@@ -234,13 +239,52 @@ def test_leaderboard_ignores_other_suite_version(tmp_path):
 
 def test_leaderboard_figure_and_atomic_write(tmp_path):
     md = _render(tmp_path)
-    fig = tmp_path / "figures" / "amazon__beauty_NDCG@10.png"
+    fig = tmp_path / "figures" / "amazon__beauty__none_NDCG@10.png"
     assert fig.exists() and fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "](figures/amazon__beauty_NDCG@10.png)" in md
-    assert not (tmp_path / "figures" / "amazon__toys_NDCG@10.png").exists()
+    assert "](figures/amazon__beauty__none_NDCG@10.png)" in md
+    assert not list((tmp_path / "figures").glob("amazon__toys*"))
     out = write_leaderboard(tmp_path / "leaderboard.md", md)
     assert Path(out).read_text() == md and not list(tmp_path.glob("*.tmp"))
     assert _render(tmp_path) == md  # deterministic
+
+
+def test_unconverged_runs_are_marked_and_the_gate_sorts_views(tmp_path):
+    recs = _records()
+    recs[0].data["selection"].update(converged=False, best_epoch=40, max_epochs=40)
+    pop = [Record(make_record(model="popularity", variant="default", seed=s, ndcg=0.01, hr=0.02)) for s in (0, 1, 2)]
+    for r in pop:
+        r.data["metrics"]["test"]["HR@50"] = 0.05
+    plan = _plan() + [{"dataset": "amazon/beauty", "mode": "none", "model": "popularity", "variant": "default",
+                       "query_use": "ignored", "seeds": [0, 1, 2], "status": "planned"}]
+    md = _render(tmp_path, recs=recs + pop, plan=plan, figures=False)
+    assert "0.1200 ± 0.0497 †" in _row(md, "sasrec") and "| 40/" in _row(md, "sasrec")
+    assert "†" not in _row(md, "hllm")
+    # 500 items < 1,000: not headline evidence, and the reason is printed
+    small = md.split("## Small or saturated sets")[1]
+    assert "### amazon/beauty · none" in small and "500 items < 1,000" in small
+    md = _render(tmp_path, recs=recs + pop, plan=plan, figures=False, gate=Gate(min_items=100, min_test=100))
+    assert "### amazon/beauty · none" in md.split("## Headline")[1].split("## Small")[0]
+    assert "`popularity` HR@10 0.020 / HR@50 0.050" in md
+
+
+def test_paired_deltas_come_from_the_per_impression_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    ranks = {"sasrec": rng.integers(1, 30, size=(3, 400)), "hllm": rng.integers(1, 12, size=(3, 400))}
+    recs = []
+    for model, variant in (("sasrec", "default"), ("hllm", "base")):
+        for s in range(3):
+            path = record_path(tmp_path, SUITE, "amazon/beauty", "none", model, variant, s)
+            write_per_impression(path.with_suffix(".npz"), {"rank": ranks[model][s], "auc": np.full(400, 0.5)})
+            rec = make_record(model=model, variant=variant, seed=s, per_impression=path.with_suffix(".npz").name)
+            write_record(path, rec)
+    recs = [Record(r.data, r.path) for r in records.read_run_records(tmp_path, SUITE)]
+    plan = [{**p, "variant": "default" if p["model"] == "sasrec" else p["variant"]} for p in _plan()
+            if p["model"] != "karma" and p["dataset"] == "amazon/beauty"]
+    md = _render(tmp_path, recs=recs, plan=plan, figures=False)
+    hr = lambda r: (r <= 10).mean(axis=0)  # noqa: E731  (each model averaged over its seeds, per impression)
+    want = 100 * float((hr(ranks["hllm"]) - hr(ranks["sasrec"])).mean())
+    row = next(line for line in md.split("Paired deltas")[1].splitlines() if line.startswith("| hllm "))
+    assert f"{want:+.2f} [" in row and "*" in row  # hllm ranks far better: significant after Holm
 
 
 def _curve_record(model, variant, seed, curve, stages=("main",)):

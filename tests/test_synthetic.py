@@ -47,7 +47,7 @@ def test_determinism_frames_and_image_bytes(small, tmp_path):
 def test_contract_columns_and_flags(small):
     _, log, report = small
     assert list(log.catalog.columns) == RAW_CATALOG_COLUMNS
-    assert list(log.interactions.columns) == RAW_INTERACTION_COLUMNS + ["query", "exposures"]
+    assert list(log.interactions.columns) == RAW_INTERACTION_COLUMNS + ["query", "query_path", "exposures"]
     assert log.has_text and log.has_timestamps and log.raw_files == {}
     assert "generated" in report.stats and report.stats["interactions"] == len(log.interactions)
     assert all(isinstance(c, list) and len(c) == 3 for c in log.catalog["category"])
