@@ -439,3 +439,27 @@ def _query_line(dataset: str, mode: str, stats: dict, index, seeds_of) -> str:
 def write_leaderboard(path: str | Path, text: str) -> Path:
     """Atomically replace ``path`` (leaderboard.md) with ``text``."""
     return write_text_atomic(path, text)
+
+
+def render_table1_paired(records: list[Record], *, suite: str, suite_version: str, views: list[tuple[str, str]],
+                         seeds: list[int], ks: tuple[int, int]) -> str:
+    """Table 1's deltas as paired tests over test impressions (seeds pooled), Holm over each view's table."""
+    from benchmark.tables import BASELINE, ROWS  # the rows and labels of Table 1, one home
+
+    index, _ = _index(records, suite, suite_version)
+    metrics = ["gAUC", f"HR@{ks[0]}", f"HR@{ks[1]}"]
+    out = ["## Table 1, paired: each variant − action-only over the test impressions", "",
+           "Each model's per-impression values averaged over its seeds, then a paired t interval and p-value "
+           "(`benchmark.stats`); gAUC's unit is the impression's AUC against its exposures. `*`: significant "
+           "at 0.05 after Holm's correction over the view's table. Points (×100).", ""]
+    cache: dict = {}
+    for dataset, mode in views:
+        base = (dataset, mode, *BASELINE)
+        keys = [(dataset, mode, *row) for row in ROWS]
+        seeds_of = {key: list(seeds) for key in [base, *keys]}
+        rows = paired_rows(index, keys, seeds_of, [base], metrics, cache)
+        rows = [[ROWS[(r[0], r[1])], *r[2:]] for r in rows]
+        out += [f"### {dataset} · {mode}", "",
+                tabulate(rows, headers=["variant", *[f"Δ{m}" for m in metrics]], tablefmt="github",
+                         disable_numparse=True), ""]
+    return "\n".join(out)

@@ -30,7 +30,7 @@ from benchmark.data.text import terms
 from benchmark.evaluate import evaluate, summarize
 from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
 from benchmark.generators_eval import table2_metrics
-from benchmark.leaderboard import render_leaderboard, write_leaderboard
+from benchmark.leaderboard import render_leaderboard, render_table1_paired, write_leaderboard
 from benchmark.models import MODELS, build, expand, model_config
 from benchmark.seed import seed_everything
 from benchmark.tables import render_attention_comparison, render_funnel, render_table1, render_table2
@@ -590,6 +590,10 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
             sections.append(render_table1(view_records, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
                                           ks=(ks[0], ks[-1]), datasets=llm_views))
+            pairs = sorted({(r["dataset"], r["mode"]) for r in runs if r["model"] == "karma"
+                            and r["dataset"] not in problems})
+            sections.append(render_table1_paired(current, suite=suite, suite_version=str(suite_cfg.suite_version),
+                                                 views=pairs, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1])))
         if any(r["model"] == "karma_gen" for r in runs):
             sections.append(render_table2(view_records, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
