@@ -54,7 +54,7 @@ class SearchConfig:
     enabled: bool = False  # run the tuning search before the seeds of each model/variant
     seed: int = 0  # the seed trials train with (scored on the validation split only)
     # model or model:variant -> {dotted config key: values}. Every model gets ``trials`` trials: a grid
-    # whose product is larger is cut to a balanced fraction of it (benchmark.pipeline.grid_trials).
+    # whose product is larger is cut to a balanced fraction of it (benchmark.runner.grids.grid_trials).
     grids: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     trials: int = 4
 

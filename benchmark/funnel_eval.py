@@ -46,7 +46,7 @@ def funnel_metrics(log: SearchLog, item_emb: np.ndarray, user_valid: np.ndarray,
     return {"ctr": ctr, "prerank": _summary(prerank), "recall": _summary(recall)}
 
 
-def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run: dict, figures_dir: Path) -> dict:
+def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run, figures_dir: Path) -> dict:
     """Representation collapse (before/after training) and the item encoder's attention statistics."""
     out = {"item_embeddings": {
         "effective_rank_after": D.effective_rank(item_emb),
@@ -71,7 +71,7 @@ def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run: 
     return out
 
 
-def _decoder_diagnostics(model, log: SearchLog, cfg, run: dict, figures_dir: Path) -> dict:
+def _decoder_diagnostics(model, log: SearchLog, cfg, run, figures_dir: Path) -> dict:
     """Attention-sink statistics of every decoder layer on test impressions (causal mask applied).
 
     The heat map is the last layer's attention of the final position (the query token, or the last
@@ -95,9 +95,9 @@ def _decoder_diagnostics(model, log: SearchLog, cfg, run: dict, figures_dir: Pat
     return {"decoder_attention": summary}
 
 
-def _save_heatmap(attn: np.ndarray, folder: Path, log: SearchLog, run: dict, what: str) -> str:
+def _save_heatmap(attn: np.ndarray, folder: Path, log: SearchLog, run, what: str) -> str:
     """Save one run's (Q, L) map as PNG plus the .npy the leaderboard's side-by-side figures read."""
-    path = folder / f"{log.name.replace('/', '__')}__{run['mode']}" / f"{run['model']}__{run['variant']}__seed{run['seed']}.png"
-    D.heatmap(attn, path, title=f"{log.name} {run['model']}:{run['variant']} {what}")
+    path = folder / f"{log.name.replace('/', '__')}__{run.mode}" / f"{run.model}__{run.variant}__seed{run.seed}.png"
+    D.heatmap(attn, path, title=f"{log.name} {run.model}:{run.variant} {what}")
     np.save(path.with_suffix(".npy"), attn)
     return str(path)

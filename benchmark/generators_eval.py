@@ -99,13 +99,13 @@ def analysis_figure(vectors: dict[str, np.ndarray], centroids: np.ndarray, path:
 
 
 def table2_metrics(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.ndarray, item_terms, cfg,
-                   run: dict, figures_dir: Path) -> dict | None:
+                   run, figures_dir: Path) -> dict | None:
     """Test metrics of each generated embedding, plus the mode/mean analysis; None for other models."""
     if not getattr(getattr(model, "config", None), "generators", False):
         return None
     ks, js_k = list(cfg.eval.ks), cfg.eval.js_k
     start = time.perf_counter()
-    fit = model.fit_generators(log, cfg.funnel.generator_updates, seed=run["seed"])
+    fit = model.fit_generators(log, cfg.funnel.generator_updates, seed=run.seed)
     steps = model.config.generator_steps
     ddim = f"DDIM, eta 0, {steps} steps (diffusers)"
     out = {"sampler": {"diffusion": f"{ddim}, noise prediction", "diffusion_x0": f"{ddim}, x0 prediction",
@@ -130,8 +130,8 @@ def table2_metrics(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.n
     vectors["ar_mse"], labels["ar_mse"] = mse, "AR + MSE"
     analysis["subset_metrics"] = {key: evaluate(item_emb, users, sub, ks=ks, js_k=js_k, item_terms=None,
                                                 topk_lists=False).metrics for key, users in vectors.items()}
-    path = Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__{run['mode']}__seed{run['seed']}.png"
+    path = Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__{run.mode}__seed{run.seed}.png"
     analysis["figure"] = str(analysis_figure({labels[k]: v for k, v in vectors.items()}, centroids, path,
-                                             f"{log.name}: generated retrieval embeddings, seed {run['seed']}"))
+                                             f"{log.name}: generated retrieval embeddings, seed {run.seed}"))
     out["analysis"] = analysis
     return out

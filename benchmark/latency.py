@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_module
 
     from benchmark.models import build
-    from benchmark.pipeline import load_log
+    from benchmark.runner import load_log
 
     with initialize_config_module(config_module="benchmark.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["suite=full"])

@@ -307,8 +307,8 @@ def render_leaderboard(records: list[Record], plan: list[dict], *, suite: str, s
     out.append(f"- **headline gate:** a view is evidence only with {gate.describe()}.")
     out.append("- **paired tests:** every delta is model − reference over the test impressions, each model's "
                "per-impression values averaged over its seeds, with a paired t interval and p-value "
-               "(`benchmark.stats`); `*`: significant at 0.05 after Holm's correction over each table. "
-               "Values in points (×100).")
+               "(`benchmark.stats`); `*`: significant at 0.05 after Holm's correction over each table (the p shown is "
+               "the corrected one; the interval is per comparison). Values in points (×100).")
     if tuning:
         out.append(f"- **tuning budget:** {tuning}")
     out.append("- `train s`: mean training seconds per run (validation passes included); `imp/s`: training "

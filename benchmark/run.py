@@ -93,14 +93,14 @@ def run_jobs(cfg, suite: str, overrides: list[str], jobs: int, launcher_override
     """Run the suite's missing units ``jobs`` at a time (a Hydra multirun of ``benchmark.worker``, one job
     per unit; the joblib launcher unless ``launcher_overrides`` choose another, e.g. submitit_slurm),
     then regenerate the leaderboard once. Returns the exit status: 1 when a job failed."""
-    from benchmark import pipeline
+    from benchmark import runner
     from benchmark.worker import STATUS_FILE
 
-    runs, problems = pipeline.plan(cfg)
-    units = pipeline.plan_units(runs)
-    todo = sorted({units.index(pipeline.unit_key(r)) for r in runs
-                   if r["dataset"] not in problems and (cfg.overwrite or not r["done"])})
-    print(pipeline.format_plan(cfg))
+    runs, problems = runner.plan(cfg)
+    units = runner.plan_units(runs)
+    todo = sorted({units.index(runner.unit_key(r)) for r in runs
+                   if r.dataset not in problems and (cfg.overwrite or not r.done)})
+    print(runner.format_plan(cfg))
     failed, skipped = [], []
     if todo:
         given = {_override_key(o): o.split("=", 1)[1] for o in launcher_overrides if "=" in o}
@@ -150,7 +150,7 @@ def run_jobs(cfg, suite: str, overrides: list[str], jobs: int, launcher_override
                   file=sys.stderr if failed else sys.stdout)
         else:
             shutil.rmtree(sweep, ignore_errors=True)
-    pipeline.regenerate_leaderboard(cfg, {cfg.suite: problems})
+    runner.regenerate_leaderboard(cfg, {cfg.suite: problems})
     if skipped:
         print("\n".join(["runs skipped because of data errors:", *skipped]))
     if failed:
@@ -201,20 +201,20 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("overwrite=true")
     cfg = compose_config(args.suite, overrides)
 
-    from benchmark import pipeline
+    from benchmark import runner
     from benchmark.data.report import DataError
 
     with initialize_config_module(config_module="benchmark.conf", version_base="1.3"):
         try:
             if args.dry_run:
-                print(pipeline.format_plan(cfg))
+                print(runner.format_plan(cfg))
                 return 0
             if args.leaderboard_only:
-                pipeline.regenerate_leaderboard(cfg)
+                runner.regenerate_leaderboard(cfg)
                 return 0
             if args.jobs > 1:
                 return run_jobs(cfg, args.suite, overrides, args.jobs, launcher_overrides, verbose=args.verbose)
-            pipeline.run_suite(cfg)
+            runner.run_suite(cfg)
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

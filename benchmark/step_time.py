@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_module
 
     from benchmark.models import build
-    from benchmark.pipeline import load_log
+    from benchmark.runner import load_log
     from benchmark.seed import seed_everything
     from benchmark.trainer import TrainConfig, _loader
 

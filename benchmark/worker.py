@@ -7,7 +7,7 @@
 
 Hydra's joblib launcher (``hydra-joblib-launcher``) runs one job per unit, N at a time, each in a
 worker process. A unit is one (dataset, mode, model, variant): its tuning search and its seeds, in
-order (``benchmark.pipeline.plan_units``). ``hydra/launcher=submitit_slurm`` (``hydra-submitit-launcher``)
+order (``benchmark.runner.plan_units``). ``hydra/launcher=submitit_slurm`` (``hydra-submitit-launcher``)
 sends the same jobs to SLURM instead. Each job writes ``unit.json`` into its Hydra output folder: its
 unit, the datasets that could not be loaded and the runs skipped, which the parent reads to regenerate
 the leaderboard once.
@@ -28,16 +28,16 @@ STATUS_FILE = "unit.json"
 
 @hydra.main(config_path="pkg://benchmark.conf", config_name="config", version_base="1.3")
 def job(cfg) -> None:
-    from benchmark import pipeline
+    from benchmark import runner
     from benchmark.records import write_text_atomic
 
     if cfg.unit is None:
         raise SystemExit("benchmark.worker runs one unit of a suite's plan: set unit=<index> "
                          "(python -m benchmark.run --jobs N does)")
-    runs, _ = pipeline.plan(cfg)
-    units = pipeline.plan_units(runs)
+    runs, _ = runner.plan(cfg)
+    units = runner.plan_units(runs)
     key = list(units[cfg.unit]) if 0 <= cfg.unit < len(units) else None
-    problems, failures = pipeline.run_planned(cfg)
+    problems, failures = runner.run_planned(cfg)
     write_text_atomic(Path(HydraConfig.get().runtime.output_dir) / STATUS_FILE,
                       json.dumps({"unit": cfg.unit, "key": key, "problems": problems, "failures": failures}))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from test_cli import TINY_LLM  # tests/ is on sys.path under pytest (rootdir conftest, prepend mode)
+from tests.test_cli import TINY_LLM
 
 RESULT_KEYS = ("metrics", "selection", "data_fingerprint", "config_hash")
 

@@ -402,8 +402,8 @@ def test_atomic_text_parts_are_found_by_the_category_slot():
 
 def test_a_loader_parser_version_changes_the_data_fingerprint(tmp_path, monkeypatch):
     """Same files read differently must not hit the old cache (nor pass for the old data in records)."""
-    from benchmark.pipeline import load_log
     from benchmark.run import compose_config
+    from benchmark.runner import load_log
 
     atomic_files(tmp_path / "unisrec/Sci")
     cfg = compose_config("smoke", [f"data_dir={tmp_path}", "adapt.k_core=1"])

@@ -9,7 +9,8 @@ from baselines.query_pop import QueryPop, QueryPopConfig
 from benchmark.data.adapt import AdaptConfig, adapt
 from benchmark.data.report import DataReport
 from benchmark.evaluate import evaluate
-from benchmark.pipeline import grid_trials, model_modes
+from benchmark.runner.grids import grid_trials
+from benchmark.runner.plan import model_modes
 from tests.test_adapt import _raw
 
 

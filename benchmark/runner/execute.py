@@ -1,0 +1,176 @@
+"""One run: load and adapt the data view, build and train the model (selection on validation only),
+evaluate it once on test, and write its record."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from benchmark import records as R
+from benchmark.data import adapt as A
+from benchmark.data import registry, synthetic
+from benchmark.data.download import cache_root
+from benchmark.data.images import resolve_images
+from benchmark.data.report import DataReport
+from benchmark.data.schema import SearchLog
+from benchmark.data.text import terms
+from benchmark.evaluate import evaluate, summarize
+from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
+from benchmark.generators_eval import table2_metrics
+from benchmark.models import build
+from benchmark.runner.plan import train_config
+from benchmark.runner.spec import RunSpec
+from benchmark.seed import seed_everything
+from benchmark.trainer import train
+
+
+def load_log(name: str, cfg, root: Path) -> SearchLog:
+    """Load, adapt (in ``cfg.adapt.query``'s mode) and cache one dataset; a cache hit skips the
+    adaptation (BM25 exposures) entirely."""
+    report = DataReport(name, strict=cfg.strict)
+    adapt_cfg = A.AdaptConfig(**OmegaConf.to_container(cfg.adapt))
+    spec = registry.parse(name)
+    if spec.family == registry.EMBEDDED:
+        syn_cfg = synthetic.SyntheticConfig(**OmegaConf.to_container(cfg.synthetic))
+        raw = synthetic.load(cache_root(), syn_cfg, report)  # generated: images go to the cache
+        source_config = dataclasses.asdict(syn_cfg)
+    else:
+        module = registry.loader(spec.family)
+        raw = module.load(root, spec.category, report, allow_download=cfg.allow_download)
+        # a loader that changed how it reads the same files declares PARSER_VERSION: it enters the data
+        # fingerprint (and so the cache key), which the raw files' checksums alone would not change
+        source_config = {"parser_version": module.PARSER_VERSION} if hasattr(module, "PARSER_VERSION") else {}
+    fp = A.fingerprint(raw, adapt_cfg, source_config)
+    folder = cache_root() / "processed" / name.replace("/", "__") / fp
+    cached = A.load_cached(folder)
+    if cached is not None:
+        return cached
+    search_log = A.adapt(raw, adapt_cfg, report)
+    search_log.fingerprint = fp
+    search_log.adaptation["source_config"] = source_config
+    A.save(search_log, folder)
+    report.save(folder / "data_report.json")
+    print(report.format())
+    return search_log
+
+
+def attach_images(search_log: SearchLog, cfg, root: Path) -> None:
+    """Resolve every item's image to a local file (``catalog["image_file"]``, None when there is none)
+    and record the counts in the log's adaptation (so every run record states them)."""
+    spec = registry.parse(search_log.name)
+    local = None if spec.family == registry.EMBEDDED else root / spec.family / spec.category / "images"
+    files, stats = resolve_images(search_log.catalog["item_id"].astype(str).tolist(),
+                                  search_log.catalog["image"].tolist(), local,
+                                  cache_root() / "images" / search_log.name.replace("/", "__"),
+                                  fetch=cfg.images.fetch, timeout=cfg.images.timeout_s)
+    search_log.catalog["image_file"] = files
+    search_log.adaptation["images"] = stats.summary()
+    print(f"    images: {stats.with_image}/{stats.items} items have one ({stats.summary()})", flush=True)
+
+
+def embed(model, search_log: SearchLog, split: str):
+    imp = search_log.split(split)
+    with torch.no_grad():
+        return model.item_embeddings(search_log).float().numpy(), model.user_embeddings(search_log, imp).float().numpy()
+
+
+def evaluate_split(model, search_log: SearchLog, split: str, cfg, item_terms, with_lists: bool, embedded=None):
+    imp = search_log.split(split)
+    items, users = embedded if embedded is not None else embed(model, search_log, split)
+    return evaluate(items, users, imp, ks=list(cfg.eval.ks), js_k=cfg.eval.js_k,
+                    item_terms=item_terms if with_lists else None, topk_lists=with_lists), imp
+
+
+def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
+    """Build, prepare and train one (model, variant, seed); selection on the validation split only."""
+    torch.set_num_threads(cfg.threads)
+    generator = seed_everything(run.seed)
+    model = build(run.model, run.variant, search_log.n_items, cfg.model, run.tuned)
+    if hasattr(model, "prepare"):  # backbones and per-catalog caches
+        model.prepare(search_log, cache_root() / "models")
+    metric = cfg.eval.selection_metric
+
+    def validate(m) -> float:
+        result, _ = evaluate_split(m, search_log, "valid", cfg, item_terms, with_lists=False)
+        return result.metrics[metric]
+
+    desc = f"{run.dataset} [{run.mode}] {run.model}:{run.variant} s{run.seed}"
+    train_cfg = train_config(cfg, getattr(model, "config", None))
+    with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
+        model.initial_item_embeddings = model.item_embeddings(search_log).float().numpy()
+    trained = train(model, search_log, train_cfg, generator, validate,
+                    lr=getattr(getattr(model, "config", None), "lr", 1e-3), desc=desc)
+    return model, trained, train_cfg
+
+
+def catalog_terms(search_log: SearchLog):
+    """Each item's text terms (for JS@K); None on an ID-only log."""
+    return [set(terms(t)) for t in search_log.catalog["text"]] if search_log.has_text else None
+
+
+def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_summary: dict | None = None,
+            trial: tuple | None = None) -> dict:
+    """Train (or take the search's identical trial: ``(fit, peak memory)``), evaluate, write the record.
+    ``environment``: ``records.environment()`` read once when the suite started (the code that runs is
+    the code imported then, whatever happens to the checkout during a long suite)."""
+    item_terms = catalog_terms(search_log)
+    with R.PeakMemory() as memory:
+        model, trained, train_cfg = fit(run, search_log, cfg, item_terms) if trial is None else trial[0]
+        valid_emb = embed(model, search_log, "valid")
+        valid, _ = evaluate_split(model, search_log, "valid", cfg, item_terms, with_lists=False, embedded=valid_emb)
+        start = time.perf_counter()
+        test_emb = embed(model, search_log, "test")
+        test, test_imp = evaluate_split(model, search_log, "test", cfg, item_terms, with_lists=True, embedded=test_emb)
+        eval_s = time.perf_counter() - start
+        funnel = (funnel_metrics(search_log, test_emb[0], valid_emb[1], test_emb[1], cfg.funnel, run.seed)
+                  if cfg.funnel.enabled and search_log.has_text else None)
+        diagnostics = collapse_diagnostics(model, search_log, test_emb[0], cfg.funnel, run,
+                                           Path(cfg.results_dir) / "figures")
+        table2 = table2_metrics(model, search_log, test_imp, test_emb[0], item_terms, cfg, run,
+                                Path(cfg.results_dir) / "figures")
+    tail = search_log.catalog["train_count"].to_numpy()[test_imp["target"].to_numpy()] <= cfg.eval.tail_max_train
+    users = test_imp["user"].to_numpy()
+    tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
+                             ks=list(cfg.eval.ks), js_k=cfg.eval.js_k)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    run_cfg = {"model": run.model, "variant": run.variant, "mode": run.mode,
+               "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
+               "train": dataclasses.asdict(train_cfg),
+               "eval": resolved["eval"], "adapt": resolved["adapt"], "funnel": resolved["funnel"], "seed": run.seed}
+    npz = R.per_impression_path(run.record)
+    R.write_per_impression(npz, {**test.per_impression, "user": users, "target": test_imp["target"].to_numpy(),
+                                 "tail": tail})
+    record = {
+        "schema": R.SCHEMA_VERSION, "suite": cfg.suite, "suite_version": str(cfg.suite_version),
+        "dataset": run.dataset, "mode": run.mode, "model": run.model, "variant": run.variant,
+        "seed": run.seed,
+        "config": run_cfg, "config_hash": R.config_hash(run_cfg), "data_fingerprint": search_log.fingerprint,
+        "adaptation": search_log.adaptation, "environment": environment,
+        "timing": {"train_s": trained.train_seconds, "eval_s": eval_s,
+                   "peak_memory_mb": max(memory.peak_mb, trial[1] if trial else 0.0),
+                   "reused_search_trial": trial is not None,
+                   "train_impressions_per_s": trained.examples_per_second,
+                   "eval_users_per_s": len(test_imp) / eval_s if eval_s > 0 else None},
+        "selection": {"metric": cfg.eval.selection_metric, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
+                      "valid_value": trained.valid_value, "stopped_by": trained.stopped_by,
+                      "converged": trained.converged, "max_epochs": train_cfg.max_epochs,
+                      "history": trained.history},
+        "metrics": {"valid": valid.metrics, "test": test.metrics, "test_tail": tail_metrics},
+        "per_impression": npz.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data_stats": A.data_stats(search_log),
+        "search": search_summary,
+        "funnel": funnel,
+        "diagnostics": diagnostics,
+    }
+    if table2 is not None:
+        record["table2"] = table2
+    if getattr(model, "visual_info", None):
+        record["visual_features"] = model.visual_info  # which frozen encoder produced the features
+    R.write_record(run.record, record)
+    return record
+

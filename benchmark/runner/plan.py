@@ -1,0 +1,141 @@
+"""Planning: which (dataset, mode, model, variant, seed) runs a suite has, and whether a record still
+answers the suite as it is defined now (staleness)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from omegaconf import OmegaConf
+
+from benchmark import records as R
+from benchmark.data import adapt as A
+from benchmark.data import registry
+from benchmark.data.download import data_root
+from benchmark.models import MODELS, expand, model_config
+from benchmark.runner.grids import grid_for
+from benchmark.runner.spec import RunSpec, mode_config
+from benchmark.trainer import TrainConfig
+
+
+def plan(cfg) -> tuple[list[RunSpec], dict[str, str]]:
+    """The runs of a suite and, per dataset, why it cannot run (empty when it can)."""
+    root = data_root(cfg.data_dir)
+    datasets = registry.expand(list(cfg.datasets), root)
+    problems = {}
+    for name in datasets:
+        spec = registry.parse(name)
+        if spec.family != registry.EMBEDDED and not registry._present(root, spec.family, spec.category):
+            problems[name] = f"no files under {root / spec.family / spec.category}"
+    runs, memo = [], {}
+    for name in datasets:
+        text = name in problems or registry.has_text(root, name)
+        images = name in problems or registry.has_images(root, name, fetch=cfg.images.fetch)
+        available = ["none", *A.SEARCH_MODES] if name in problems else registry.query_modes(root, name)
+        for model, variant in expand(list(cfg.models)):
+            if MODELS[model].needs_text and not text:
+                continue  # an LLM over item text has nothing to read on an ID-only dataset
+            if MODELS[model].needs_images and not images:
+                continue  # no image to reconstruct
+            for mode in model_modes(MODELS[model].query_use, list(cfg.modes), available):
+                for seed in cfg.seeds:
+                    path = R.record_path(cfg.results_dir, cfg.suite, name, mode, model, variant, seed)
+                    exists = path.exists()
+                    current = exists and record_is_current(R.read_record(path), mode_config(cfg, mode), memo)
+                    runs.append(RunSpec(name, mode, model, variant, int(seed), path, done=current,
+                                        stale=exists and not current))
+    return runs, problems
+
+
+def model_modes(query_use: str, suite_modes: list[str], available: list[str]) -> list[str]:
+    """The modes one model runs in on one dataset (see ``ModelSpec.query_use``)."""
+    if query_use == "ignored":
+        return ["none"]  # one query-blind run stands for every mode: only the query differs between them
+    wanted = [m for m in suite_modes if m in available]
+    return [m for m in wanted if m != "none"] if query_use == "required" else wanted
+
+
+def train_config(cfg, model_cfg) -> TrainConfig:
+    """The trainer's settings for one model: the suite's, with the model's own epoch cap."""
+    train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train))
+    if getattr(model_cfg, "max_epochs", 0):  # a model family's own epoch cap
+        train_cfg = dataclasses.replace(train_cfg, max_epochs=min(model_cfg.max_epochs, train_cfg.max_epochs))
+    return train_cfg
+
+
+# Settings that never change a result: where caches live, and whether bars are drawn.
+NOT_RESULT_SETTINGS = {"cache_dir", "progress"}
+
+
+def untuned_settings(cfg, model: str, variant: str) -> dict:
+    """A run's settings as the suite defines them, less those its tuning search chooses."""
+    source = MODELS[model].tuned_like or (model, variant)
+    skip = NOT_RESULT_SETTINGS | {key.rsplit(".", 1)[-1] for trial in grid_for(cfg, *source) for key in trial}
+    model_cfg = model_config(model, variant, cfg.model)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    settings = {"model_config": dataclasses.asdict(model_cfg),
+                "train": dataclasses.asdict(train_config(cfg, model_cfg)),
+                "eval": resolved["eval"], "adapt": resolved["adapt"], "funnel": resolved["funnel"]}
+    return json.loads(json.dumps({part: {k: v for k, v in values.items() if k not in skip}
+                                  for part, values in settings.items()}, default=str))  # tuples -> lists
+
+
+def record_is_current(record: dict, cfg, memo: dict | None = None) -> bool:
+    """Whether a record still answers the suite as it is defined now.
+
+    Its recorded settings must agree with the suite's on every field the tuning search does not
+    choose (model config, trainer, evaluation, data adaptation, funnel and Table 2). Editing the
+    suite file (an epoch cap, a loss weight, a split) thus makes the affected records stale: they
+    are re-run and, until then, left out of the leaderboard. ``memo`` (a dict, one per ``cfg``)
+    keeps the suite's settings per model/variant across calls.
+    """
+    model, variant = record.get("model"), record.get("variant")
+    if model not in MODELS or variant not in MODELS[model].variants:
+        return False
+    if record.get("mode") != cfg.adapt.query:
+        return False
+    memo = {} if memo is None else memo
+    key = (model, variant, cfg.adapt.query)
+    if key not in memo:
+        memo[key] = untuned_settings(cfg, model, variant)
+    got = json.loads(json.dumps(record.get("config") or {}, default=str))
+    return settings_agree(memo[key], got)
+
+
+def settings_agree(want: dict, got: dict) -> bool:
+    """``part -> {field: value}`` settings; only the parts and fields both have are compared, so a
+    field added to the code later (with a default that keeps the old behaviour) leaves older
+    records and trials valid."""
+    return all(value == got[part][key] for part, values in want.items() if isinstance(got.get(part), dict)
+               for key, value in values.items() if key in got[part])
+
+
+def format_plan(cfg) -> str:
+    runs, problems = plan(cfg)
+    lines = [f"suite {cfg.suite} v{cfg.suite_version}: {cfg.description}",
+             f"data root: {data_root(cfg.data_dir)}   results: {cfg.results_dir}",
+             f"{len({r.dataset for r in runs})} datasets x {len(expand(list(cfg.models)))} models/variants x "
+             f"{len(cfg.seeds)} seeds"]
+    for r in runs:
+        state = ("done" if r.done and not cfg.overwrite else "missing data" if r.dataset in problems
+                 else "stale: the suite changed since it ran; to re-run" if r.stale else "to run")
+        lines.append(f"  {r.dataset:<30} {r.mode:<7} {r.model:<12} {r.variant:<8} seed {r.seed}  [{state}]")
+    lines += [f"  ! {name}: {why}" for name, why in problems.items()]
+    return "\n".join(lines)
+
+
+def unit_key(run: RunSpec) -> tuple[str, str, str, str]:
+    """The unit a run belongs to: its (dataset, mode, model, variant)."""
+    return run.unit
+
+
+def plan_units(runs: list[RunSpec]) -> list[tuple[str, str, str, str]]:
+    """The independent units of a plan, in plan order: one per (dataset, mode, model, variant).
+
+    A unit's tuning search and its seeds run in order in one process (the search seed's run reuses
+    the search's selected trial); two units share only files that are locked while written (data
+    caches, a search reused through ``tuned_like``), so ``--jobs N`` runs them side by side. The
+    index is over every planned run, done or not: every process computes the same one.
+    """
+    return list(dict.fromkeys(unit_key(r) for r in runs))
+

@@ -1,0 +1,89 @@
+"""The tuning search: every model/variant gets the same number of trials on the search seed, scored on
+validation only; the best trial's settings run every seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+from benchmark import records as R
+from benchmark.data.schema import SearchLog
+from benchmark.models import MODELS
+from benchmark.runner.execute import catalog_terms, fit
+from benchmark.runner.grids import grid_for, with_overrides
+from benchmark.runner.plan import record_is_current, settings_agree, untuned_settings
+from benchmark.runner.spec import RunSpec
+
+
+def search_file(cfg, run: RunSpec) -> Path | None:
+    """The search file a run's search reads and writes (its ``tuned_like`` source's), None without one."""
+    model, variant = MODELS[run.model].tuned_like or (run.model, run.variant)
+    if not grid_for(cfg, model, variant):
+        return None
+    return (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
+            / f"{model}__{variant}.json")
+
+
+def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None, tuple | None]:
+    """The tuning search of DESIGN's fair comparison: every model/variant gets the same grid size.
+
+    Trials train on the search seed and are scored on the validation split only; each finished
+    trial is saved at once (an interrupted search resumes), and the best trial's overrides are
+    applied to the config of every seed's final run. Returns ((config, tuned fields), search
+    summary or None, the selected trial's fit or None). The selected trial trained exactly the
+    search seed's final run (same settings, same seed), so that run reuses it instead of training
+    it again; a trial from an earlier, interrupted process is not kept, and its run trains anew.
+    """
+    source = MODELS[run.model].tuned_like
+    if source is not None:  # the same settings as another variant, selected by that variant's search
+        (run_cfg, tuned), summary, _ = search(dataclasses.replace(run, model=source[0], variant=source[1]),
+                                             search_log, cfg)
+        return (run_cfg, tuned), (None if summary is None else {**summary, "tuned_like": ":".join(source)}), None
+    grid = grid_for(cfg, run.model, run.variant)
+    if not grid:
+        return (cfg, {}), None, None
+    path = search_file(cfg, run)
+    # Trials are kept only if they ran with the suite's current settings (a suite edit re-runs the
+    # search; the funnel's settings do not enter a trial's validation score, so they are not stamped).
+    # Trials saved without a settings stamp count while the search seed's record is current.
+    memo = {(run.model, run.variant, run.mode): untuned_settings(cfg, run.model, run.variant)}
+    settings = {k: v for k, v in memo[run.model, run.variant, run.mode].items() if k != "funnel"}
+    seed_record = R.record_path(cfg.results_dir, cfg.suite, run.dataset, run.mode, run.model,
+                                run.variant, cfg.search.seed)
+    unstamped_ok = seed_record.exists() and record_is_current(R.read_record(seed_record), cfg, memo)
+    done = [t for t in (json.loads(path.read_text())["trials"] if path.exists() else [])
+            if (settings_agree(settings, t["settings"]) if isinstance(t.get("settings"), dict) else unstamped_ok)]
+    item_terms = catalog_terms(search_log)
+    kept = None  # (overrides, fit, peak memory) of the best trial trained in this process
+    for overrides in grid:
+        if any(t["overrides"] == overrides for t in done):
+            continue
+        trial_cfg, tuned = with_overrides(cfg, run.model, overrides)
+        with R.PeakMemory() as memory:
+            start = time.perf_counter()
+            fitted = fit(dataclasses.replace(run, seed=cfg.search.seed, tuned=tuned), search_log, trial_cfg,
+                         item_terms)
+        trained = fitted[1]
+        done.append({"overrides": overrides, "settings": settings, "valid": trained.valid_value,
+                     "best_epoch": trained.best_epoch,
+                     "train_s": time.perf_counter() - start, "peak_memory_mb": memory.peak_mb})
+        print(f"    search {run.model}:{run.variant} {overrides} -> valid "
+              f"{cfg.eval.selection_metric}={trained.valid_value:.4f}", flush=True)
+        R.write_text_atomic(path, json.dumps({"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
+                                              "trials": done}, indent=1, default=str))
+        if best_trial(done)["overrides"] == overrides:
+            kept = (overrides, fitted, memory.peak_mb)
+        del fitted
+    best = best_trial(done)
+    reusable = kept[1:] if kept is not None and kept[0] == best["overrides"] else None
+    return (with_overrides(cfg, run.model, best["overrides"]),
+            {"metric": cfg.eval.selection_metric, "seed": cfg.search.seed, "trials": done,
+             "selected": best["overrides"]}, reusable)
+
+
+def best_trial(trials: list[dict]) -> dict:
+    return max(trials, key=lambda t: -math.inf if t["valid"] is None else t["valid"])
+

@@ -1,0 +1,118 @@
+"""A suite's execution: the missing runs, in one process or as one unit of ``--jobs N``; safe with several
+processes on one results dir (file locks on data caches, search files and records)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+from benchmark import records as R
+from benchmark.data.download import cache_root, data_root
+from benchmark.data.report import DataError
+from benchmark.data.schema import SearchLog
+from benchmark.models import MODELS
+from benchmark.runner.execute import attach_images, load_log, run_one
+from benchmark.runner.plan import format_plan, plan, plan_units, record_is_current, unit_key
+from benchmark.runner.report import regenerate_leaderboard
+from benchmark.runner.search import search, search_file
+from benchmark.runner.spec import RunSpec, mode_config
+from karma.visual import VisualEncoderError
+
+
+def done_meanwhile(run: RunSpec, cfg, since: float) -> bool:
+    """Whether another process wrote this run's record, current, while this one waited for its lock
+    (with ``overwrite``: wrote it after this suite started)."""
+    path = Path(run.record)
+    try:
+        return record_is_current(R.read_record(path), cfg) and (not cfg.overwrite or path.stat().st_mtime >= since)
+    except (OSError, ValueError):  # absent, or unreadable: run it
+        return False
+
+
+def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
+    """Run the suite's missing runs, only unit ``cfg.unit``'s when it is set (a job of ``--jobs N``).
+
+    Returns (datasets that cannot run and why, runs skipped because of data errors). Safe to run in
+    several processes over one results dir: a dataset's caches, a search file and a record are each
+    written under a file lock, and a run whose record another process wrote meanwhile is skipped.
+    """
+    # The code revision is read once, when the suite starts: the code that runs is the code that was
+    # imported then, whatever happens to the checkout while a long suite runs.
+    environment = R.environment()
+    started = time.time()
+    root = data_root(cfg.data_dir)
+    runs, problems = plan(cfg)
+    units = plan_units(runs)
+    if cfg.unit is not None and not 0 <= cfg.unit < len(units):
+        raise ValueError(f"unit={cfg.unit}, but the plan has {len(units)} units (0 to {len(units) - 1})")
+    todo = [r for r in runs if r.dataset not in problems and (cfg.overwrite or not r.done)
+            and (cfg.unit is None or unit_key(r) == units[cfg.unit])]
+    views = list(dict.fromkeys((r.dataset, r.mode) for r in runs))
+    todo.sort(key=lambda r: views.index((r.dataset, r.mode)))  # stable: one dataset view loaded at a time
+    if cfg.unit is None:
+        print(format_plan(cfg))
+    else:
+        print(f"unit {cfg.unit} of {len(units)}: {' '.join(units[cfg.unit])}, {len(todo)} runs to do", flush=True)
+    tag = "" if cfg.unit is None else f"unit {cfg.unit}: "
+    logs: dict[tuple[str, str], SearchLog] = {}
+    searched: dict[tuple, tuple] = {}
+    failures = []
+    for i, run in enumerate(todo, 1):
+        name, mode = run.dataset, run.mode
+        view = (name, mode)
+        try:
+            mode_cfg = mode_config(cfg, mode)
+            if view not in logs:
+                logs.clear()  # one dataset view in memory at a time
+                # one process at a time adapts a dataset and renders its images into the cache
+                with R.file_lock(cache_root() / "processed" / R.dataset_dirname(name)):
+                    logs[view] = load_log(name, mode_cfg, root)
+                    if any(MODELS[r.model].needs_images for r in todo if (r.dataset, r.mode) == view):
+                        attach_images(logs[view], cfg, root)
+            key = unit_key(run)
+            if key not in searched:
+                # another process searching the same file (karma_gen reuses karma:karma's) finishes first;
+                # this one then reads its trials back instead of training them again
+                path = search_file(mode_cfg, run)
+                with R.file_lock(path) if path else contextlib.nullcontext():
+                    searched[key] = search(run, logs[view], mode_cfg)
+            (run_cfg, tuned), summary, trial = searched[key]
+            trial = trial if run.seed == cfg.search.seed else None
+            if trial is not None:
+                searched[key] = ((run_cfg, tuned), summary, None)  # used once, then freed
+            with R.file_lock(run.record):
+                if done_meanwhile(run, mode_cfg, started):
+                    print(f"[{tag}{i}/{len(todo)}] {name} [{mode}] {run.model}:{run.variant} seed {run.seed}: "
+                          "written by another process meanwhile, skipped", flush=True)
+                    continue
+                print(f"[{tag}{i}/{len(todo)}] {name} [{mode}] {run.model}:{run.variant} seed {run.seed}"
+                      + (" (the search's selected trial: same settings and seed)" if trial else ""), flush=True)
+                record = run_one(dataclasses.replace(run, tuned=tuned), logs[view], run_cfg, environment, summary,
+                                 trial)
+            m = record["metrics"]["test"]
+            print(f"    {tag}test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
+                  f"train {record['timing']['train_s']:.0f}s", flush=True)
+        except DataError as err:
+            failures.append(f"{name}: {err}")
+            problems[name] = str(err).splitlines()[0]
+            print(f"    skipped: {err}", flush=True)
+        except VisualEncoderError as err:  # e.g. the offline encoder's optional package is not installed
+            failures.append(f"{name} {run.model}:{run.variant} seed {run.seed}: {err}")
+            print(f"    skipped: {err}", flush=True)
+    return problems, failures
+
+
+def run_suite(cfg) -> Path | None:
+    """Run what is missing, then regenerate the leaderboard from the records. With ``cfg.unit`` set
+    (one job of ``python -m benchmark.run --jobs N``) only that unit runs, and the leaderboard is left
+    to the parent, which regenerates it once after every job ended; returns None then."""
+    problems, failures = run_planned(cfg)
+    if cfg.unit is not None:
+        return None
+    path = regenerate_leaderboard(cfg, {cfg.suite: problems})
+    if failures:
+        print("\n".join(["runs skipped because of data errors:", *failures]))
+    return path
+
