@@ -25,6 +25,7 @@ from torch import nn
 
 from benchmark.data.schema import SearchLog
 from benchmark.funnel import BM25Scorer, train_popularity
+from benchmark.model import NothingToTrain
 
 
 @dataclass
@@ -32,21 +33,13 @@ class BM25Config:
     popularity_weight: float = 1e-3  # tie-break among equal BM25 scores (most items match no query term)
 
 
-class BM25(nn.Module):
+class BM25(NothingToTrain, nn.Module):
     def __init__(self, n_items: int, config: BM25Config):
         super().__init__()
         self.config = config
         self.n_items = n_items
         self._index: tuple[int, BM25Scorer, dict[str, int]] | None = None  # (id of catalog, scorer, term -> column)
 
-    def train_dataset(self, log: SearchLog, generator: torch.Generator):
-        return None  # nothing to optimise
-
-    def collate(self, examples):
-        raise NotImplementedError("BM25 has no training batches")
-
-    def losses(self, batch, generator):
-        raise NotImplementedError("BM25 has no training losses")
 
     def _terms(self, log: SearchLog) -> tuple[BM25Scorer, dict[str, int]]:
         if not log.has_text:

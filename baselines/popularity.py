@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from benchmark.data.schema import SearchLog
+from benchmark.model import NothingToTrain
 
 
 @dataclass
@@ -21,20 +22,12 @@ class PopularityConfig:
     pass  # nothing to configure; kept so every model has a config
 
 
-class Popularity(nn.Module):
+class Popularity(NothingToTrain, nn.Module):
     def __init__(self, n_items: int, config: PopularityConfig):
         super().__init__()
         self.config = config
         self.n_items = n_items
 
-    def train_dataset(self, log: SearchLog, generator: torch.Generator):
-        return None  # counts come straight from the log; nothing to optimise
-
-    def collate(self, examples):
-        raise NotImplementedError("Popularity has no training batches")
-
-    def losses(self, batch, generator):
-        raise NotImplementedError("Popularity has no training losses")
 
     def item_embeddings(self, log: SearchLog) -> torch.Tensor:
         counts = log.catalog["train_count"].to_numpy(dtype=np.float32)

@@ -27,6 +27,7 @@ from torch import nn
 
 from benchmark.data.adapt import query_matches
 from benchmark.data.schema import SearchLog
+from benchmark.model import NothingToTrain
 
 
 @dataclass
@@ -34,21 +35,13 @@ class QueryPopConfig:
     match_weight: float = 1e3  # above log(1 + clicks) of any item, so a match always ranks first
 
 
-class QueryPop(nn.Module):
+class QueryPop(NothingToTrain, nn.Module):
     def __init__(self, n_items: int, config: QueryPopConfig):
         super().__init__()
         self.config = config
         self.n_items = n_items
         self._index: tuple[int, dict[str, int], np.ndarray] | None = None  # (id of log, query -> column, matches)
 
-    def train_dataset(self, log: SearchLog, generator: torch.Generator):
-        return None  # nothing to optimise
-
-    def collate(self, examples):
-        raise NotImplementedError("QueryPop has no training batches")
-
-    def losses(self, batch, generator):
-        raise NotImplementedError("QueryPop has no training losses")
 
     def _columns(self, log: SearchLog) -> tuple[dict[str, int], np.ndarray]:
         if self._index is None or self._index[0] != id(log.impressions):

@@ -36,3 +36,17 @@ class RankingModel(Protocol):
 
     def user_embeddings(self, log: SearchLog, impressions: pd.DataFrame) -> torch.Tensor:
         """(len(impressions), D) next-interest embeddings, one per impression, in order."""
+
+
+class NothingToTrain:
+    """The training half of ``RankingModel`` for models that only score (popularity, BM25, query_pop):
+    no examples, so the trainer returns at once; batches and losses cannot be asked for."""
+
+    def train_dataset(self, log: SearchLog, generator: torch.Generator) -> None:
+        return None
+
+    def collate(self, examples):
+        raise NotImplementedError(f"{type(self).__name__} has no training batches")
+
+    def losses(self, batch, generator):
+        raise NotImplementedError(f"{type(self).__name__} has no training losses")
