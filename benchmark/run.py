@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seeds, evaluate on the full catalog, write one record per run and regenerate "
                     "leaderboard.md from the records.",
         epilog="Suites: " + "; ".join(f"{s}" for s in suites()) + ". Any other argument is a Hydra override, "
-               "e.g. train.lr=3e-4 model.sasrec.loss=sampled seeds=[0,1] datasets=[synthetic]. "
+               "e.g. model.sasrec.lr=3e-4 model.sasrec.loss=sampled seeds=[0,1] datasets=[synthetic]. "
                "A bad key lists the valid ones.")
     parser.add_argument("--suite", default="smoke", help=f"suite to run (one of: {', '.join(suites())})")
     parser.add_argument("--data-dir", help="data root holding amazon2018/, unisrec/, ... "
