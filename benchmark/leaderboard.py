@@ -366,7 +366,8 @@ def _render_view(dataset, mode, entries, index, gate, metrics, figures_dir, link
     k = gate.reference_k
     ref_hr = float(np.mean([r.metric(f"HR@{k}") for r in ref_done])) if ref_done else None
     passes, why = gate.verdict(stats, ref_hr)
-    out += [_query_line(dataset, mode, stats, index, seeds_of), "", f"gate: {'passes' if passes else 'fails' if passes is False else 'pending'} ({why})", ""]
+    own_stats = next((r.data_stats for r in own_records if r.data_stats), {})  # the query's figures: this mode's
+    out += [_query_line(dataset, mode, own_stats, index, seeds_of), "", f"gate: {'passes' if passes else 'fails' if passes is False else 'pending'} ({why})", ""]
 
     headers = ["model", "variant", "mode", "seeds", *metrics, "epochs", "train s", "imp/s", "users/s", "peak MB"]
     rows, bars = [], []
@@ -430,10 +431,13 @@ def _query_line(dataset: str, mode: str, stats: dict, index, seeds_of) -> str:
 
     if mode == "none":
         return f"**What the query gives:** no query (next-item recommendation); {hr('popularity')}."
+    if not stats:
+        return f"**What the query gives (mode `{mode}`):** no record in this mode yet."
     median = stats.get("median_items_per_query")
+    median = "n/a" if median is None else f"{median:g}"
     return (f"**What the query gives (mode `{mode}`):** {_fmt_count(stats.get('distinct_queries', 'n/a'))} distinct "
-            f"test queries, median {median if median is not None else 'n/a'} catalog items per query "
-            f"(items whose category path holds every query term); {hr('query_pop')}; {hr('bm25')}.")
+            f"test queries, median {median} catalog items per query (items whose category path holds every "
+            f"query term); {hr('query_pop')}; {hr('bm25')}.")
 
 
 def write_leaderboard(path: str | Path, text: str) -> Path:
