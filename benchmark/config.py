@@ -7,9 +7,11 @@ apply last. Typed dataclasses below the CLI; nothing downstream sees a raw dict.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from baselines.bm25 import BM25Config
 from baselines.hllm import HLLMConfig
@@ -99,3 +101,17 @@ class RunConfig:
 
 
 ConfigStore.instance().store(name="base_config", node=RunConfig)
+
+
+def typed(cfg) -> RunConfig:
+    """The composed Hydra config as the typed ``RunConfig`` every module below the CLI reads (its
+    dataclasses validate their fields on the way: a bad value fails here, before any run)."""
+    return cfg if isinstance(cfg, RunConfig) else OmegaConf.to_object(cfg)
+
+
+def with_dotted(cfg, key: str, value):
+    """A copy of a (nested) dataclass config with the dotted field ``key`` set to ``value``."""
+    head, _, rest = key.partition(".")
+    if not hasattr(cfg, head):
+        raise KeyError(f"no config field {key!r}")
+    return dataclasses.replace(cfg, **{head: with_dotted(getattr(cfg, head), rest, value) if rest else value})

@@ -30,7 +30,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-import benchmark.config  # noqa: F401  (registers the structured config schema with Hydra)
+from benchmark.config import typed  # (importing it registers the structured config schema with Hydra)
 
 SUITES_DIR = Path(__file__).parent / "conf" / "suite"
 
@@ -74,7 +74,10 @@ def compose_config(suite: str, overrides: list[str]):
                 parse(name)
             except ValueError as err:
                 raise SystemExit(f"error: {err}") from None
-    return cfg
+    try:
+        return typed(cfg)
+    except (ValueError, OmegaConfBaseException) as err:  # a field's own check (e.g. train.max_epochs >= 1)
+        raise SystemExit(f"error: {err}") from None
 
 
 def _override_key(override: str) -> str:

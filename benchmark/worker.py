@@ -29,8 +29,10 @@ STATUS_FILE = "unit.json"
 @hydra.main(config_path="pkg://benchmark.conf", config_name="config", version_base="1.3")
 def job(cfg) -> None:
     from benchmark import runner
+    from benchmark.config import typed
     from benchmark.records import write_text_atomic
 
+    cfg = typed(cfg)
     if cfg.unit is None:
         raise SystemExit("benchmark.worker runs one unit of a suite's plan: set unit=<index> "
                          "(python -m benchmark.run --jobs N does)")

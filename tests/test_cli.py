@@ -38,6 +38,11 @@ def test_unknown_suite_model_and_key_list_the_valid_choices(tmp_path, capsys):
         main(["--suite", "smoke", "train.nope=1"])
     with pytest.raises(SystemExit, match="unknown dataset 'nope/x'"):
         main(["--suite", "smoke", "datasets=[nope/x]"])
+    # a value is checked when the config is composed, before any run: never an untrained model on the board
+    with pytest.raises(SystemExit, match="max_epochs"):
+        main(["--suite", "smoke", "train.max_epochs=-3"])
+    with pytest.raises(SystemExit, match="adapt.query must be one of none, coarse, hem"):
+        main(["--suite", "smoke", "adapt.query=title"])
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):

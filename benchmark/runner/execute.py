@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from benchmark import records as R
 from benchmark.data import adapt as A
@@ -33,10 +32,10 @@ def load_log(name: str, cfg, root: Path) -> SearchLog:
     """Load, adapt (in ``cfg.adapt.query``'s mode) and cache one dataset; a cache hit skips the
     adaptation (BM25 exposures) entirely."""
     report = DataReport(name, strict=cfg.strict)
-    adapt_cfg = A.AdaptConfig(**OmegaConf.to_container(cfg.adapt))
+    adapt_cfg = cfg.adapt
     spec = registry.parse(name)
     if spec.family == registry.EMBEDDED:
-        syn_cfg = synthetic.SyntheticConfig(**OmegaConf.to_container(cfg.synthetic))
+        syn_cfg = cfg.synthetic
         raw = synthetic.load(cache_root(), syn_cfg, report)  # generated: images go to the cache
         source_config = dataclasses.asdict(syn_cfg)
     else:
@@ -137,7 +136,7 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
     users = test_imp["user"].to_numpy()
     tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
                              ks=list(cfg.eval.ks), js_k=cfg.eval.js_k)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = dataclasses.asdict(cfg)
     run_cfg = {"model": run.model, "variant": run.variant, "mode": run.mode,
                "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
                "train": dataclasses.asdict(train_cfg),

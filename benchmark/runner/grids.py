@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from omegaconf import OmegaConf
-
+from benchmark.config import with_dotted
 from benchmark.models import MODELS
 
 
@@ -13,7 +12,7 @@ def grid_for(cfg, model: str, variant: str) -> list[dict]:
     """The trials of one model/variant: its grid cut to ``search.trials`` points, as dotted overrides."""
     if not cfg.search.enabled:
         return []
-    grids = OmegaConf.to_container(cfg.search.grids)
+    grids = cfg.search.grids
     grid = grids.get(f"{model}:{variant}", grids.get(model))
     return [] if grid is None else grid_trials(grid, int(cfg.search.trials))
 
@@ -41,6 +40,8 @@ def with_overrides(cfg, model: str, overrides: dict):
     own settings (so a search can tune a variant's loss weight); the rest go into the config."""
     prefix = f"model.{MODELS[model].config}."
     tuned = {k[len(prefix):]: v for k, v in overrides.items() if k.startswith(prefix)}
-    rest = [f"{k}={v}" for k, v in overrides.items() if not k.startswith(prefix)]
-    return (OmegaConf.merge(cfg, OmegaConf.from_dotlist(rest)) if rest else cfg), tuned
+    rest = [(k, v) for k, v in overrides.items() if not k.startswith(prefix)]
+    for key, value in rest:
+        cfg = with_dotted(cfg, key, value)
+    return cfg, tuned
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from omegaconf import OmegaConf
-
 from benchmark import records as R
 from benchmark.data import adapt as A
 from benchmark.data import registry
@@ -57,7 +55,7 @@ def model_modes(query_use: str, suite_modes: list[str], available: list[str]) ->
 
 def train_config(cfg, model_cfg) -> TrainConfig:
     """The trainer's settings for one model: the suite's, with the model's own epoch cap."""
-    train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train))
+    train_cfg = cfg.train
     if getattr(model_cfg, "max_epochs", 0):  # a model family's own epoch cap
         train_cfg = dataclasses.replace(train_cfg, max_epochs=min(model_cfg.max_epochs, train_cfg.max_epochs))
     return train_cfg
@@ -72,7 +70,7 @@ def untuned_settings(cfg, model: str, variant: str) -> dict:
     source = MODELS[model].tuned_like or (model, variant)
     skip = NOT_RESULT_SETTINGS | {key.rsplit(".", 1)[-1] for trial in grid_for(cfg, *source) for key in trial}
     model_cfg = model_config(model, variant, cfg.model)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = dataclasses.asdict(cfg)
     settings = {"model_config": dataclasses.asdict(model_cfg),
                 "train": dataclasses.asdict(train_config(cfg, model_cfg)),
                 "eval": resolved["eval"], "adapt": resolved["adapt"], "funnel": resolved["funnel"]}

@@ -3,11 +3,11 @@ and ``benchmark.tables`` fill it."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from benchmark import records as R
+from benchmark.config import typed
 from benchmark.data import adapt as A
 from benchmark.leaderboard import render_leaderboard, render_table1_paired, write_leaderboard
 from benchmark.models import MODELS
@@ -26,7 +26,7 @@ def tuning_note(cfg) -> str:
     """The tuning budget as the leaderboard states it, from the suite's own search settings."""
     if not cfg.search.enabled:
         return "none: every model runs its config's defaults (no search)."
-    grids = OmegaConf.to_container(cfg.search.grids)
+    grids = cfg.search.grids
     axes = "; ".join(f"`{name}`: " + " x ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in sorted(grid.items()))
                      for name, grid in grids.items())
     return (f"every model and variant gets the same {cfg.search.trials} trials on seed {cfg.search.seed}, scored "
@@ -47,12 +47,13 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
     link_base = Path(cfg.leaderboard).resolve().parent  # figures are linked relative to leaderboard.md
     sections = []
     for suite in suites:
-        file_cfg = compose(config_name="config", overrides=[f"suite={suite}"])
+        file_cfg = typed(compose(config_name="config", overrides=[f"suite={suite}"]))
         suite_cfg = cfg if suite == cfg.suite else file_cfg
         # The leaderboard shows the whole suite: a run restricted on the command line (datasets=[...],
         # models=[...], seeds=[...]) adds to the suite file's plan and never hides the rest of it.
-        widened = {key: list(dict.fromkeys([*file_cfg[key], *suite_cfg[key]])) for key in ("datasets", "models", "seeds")}
-        suite_cfg = OmegaConf.merge(suite_cfg, {"data_dir": cfg.data_dir, "results_dir": cfg.results_dir, **widened})
+        widened = {key: list(dict.fromkeys([*getattr(file_cfg, key), *getattr(suite_cfg, key)]))
+                   for key in ("datasets", "models", "seeds")}
+        suite_cfg = dataclasses.replace(suite_cfg, data_dir=cfg.data_dir, results_dir=cfg.results_dir, **widened)
         runs, problems = plan(suite_cfg)
         problems.update((problems_by_suite or {}).get(suite, {}))
         entries = {}

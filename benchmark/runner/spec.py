@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from benchmark.data import adapt as A
 
@@ -38,4 +37,4 @@ def mode_config(cfg, mode: str):
     """The suite's config with the adaptation's query mode set to ``mode`` (every run is in one mode)."""
     if mode not in A.QUERY_MODES:
         raise ValueError(f"unknown query mode {mode!r}; valid: {', '.join(A.QUERY_MODES)}")
-    return OmegaConf.merge(cfg, {"adapt": {"query": mode}})
+    return dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, query=mode))
