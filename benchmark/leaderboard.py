@@ -234,7 +234,8 @@ def paired_rows(index, view_keys: list[tuple], seeds_of: dict, references: list[
                 d = done.get((key, ref, metric))
                 cells.append("" if key[2:] == ref[2:] else "n/a (no arrays)" if (key, ref, metric) in unavailable
                              else "missing" if d is None else format_delta(d))
-        rows.append([key[2], key[3], *cells])
+        if any(c not in ("", "missing") for c in cells):  # rows with nothing to test yet are left out
+            rows.append([key[2], key[3], *cells])
     return rows
 
 
@@ -404,8 +405,8 @@ def _render_view(dataset, mode, entries, index, gate, metrics, figures_dir, link
 
     keys = [(dataset, p["mode"], p["model"], p["variant"]) for p in runnable]
     refs = [key for key in (ref_key, (dataset, "none", *SASREC)) if key in seeds_of]
-    if refs and len(keys) > 1:
-        prows = paired_rows(index, keys, seeds_of, refs, list(paired_metrics), cache)
+    prows = paired_rows(index, keys, seeds_of, refs, list(paired_metrics), cache) if refs and len(keys) > 1 else []
+    if prows:
         pheaders = ["model", "variant", *[f"Δ{m} vs {ref[2]}" for ref in refs for m in paired_metrics]]
         out += ["Paired deltas (model − reference, points, 95% paired-t interval, Holm-corrected p):", "",
                 tabulate(prows, headers=pheaders, tablefmt="github", disable_numparse=True), ""]
@@ -465,5 +466,5 @@ def render_table1_paired(records: list[Record], *, suite: str, suite_version: st
         rows = [[ROWS[(r[0], r[1])], *r[2:]] for r in rows]
         out += [f"### {dataset} · {mode}", "",
                 tabulate(rows, headers=["variant", *[f"Δ{m}" for m in metrics]], tablefmt="github",
-                         disable_numparse=True), ""]
+                         disable_numparse=True) if rows else "No variant has every seed (and action-only) yet.", ""]
     return "\n".join(out)

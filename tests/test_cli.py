@@ -154,6 +154,9 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert karma["config"]["model_config"]["w_task1"] > 0 and karma["selection"]["history"][0]["stage"] == "warmup"
     board = (tmp_path / "leaderboard.md").read_text()
     assert "Table 1" in board and "KARMA: Task 1 + Task 2" in board
+    paired = board.split("## Table 1, paired")[1].split("\n## ")[0]
+    assert "| KARMA: Task 1 + Task 2 " in paired and "p=" in paired  # a paired test vs action-only, per row
+    assert "| + semantic warm-up only (no Task 1 / 2) " in paired
     # funnel evaluations and collapse diagnostics are computed per run and reported
     assert set(karma["funnel"]) == {"ctr", "prerank", "recall"}
     assert 0 <= karma["funnel"]["prerank"]["HR_fused"] <= 1 and "delta_gAUC" in karma["funnel"]["ctr"]
