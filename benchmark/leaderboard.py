@@ -142,8 +142,8 @@ class Gate:
 
     def describe(self) -> str:
         return (f"at least {self.min_items:,} catalog items, at least {self.min_test:,} test impressions, and the "
-                f"no-learning reference (`query_pop`; `popularity` in mode `none`) below HR@{self.reference_k} "
-                f"{self.max_reference_hr}")
+                f"no-learning references (`query_pop` and `bm25`, the stronger of the two; `popularity` in mode "
+                f"`none`) below HR@{self.reference_k} {self.max_reference_hr}")
 
     def verdict(self, stats: dict, reference_hr: float | None) -> tuple[bool | None, str]:
         """(passes, why): None while the reference has no complete records."""
@@ -326,12 +326,14 @@ def render_leaderboard(records: list[Record], plan: list[dict], *, suite: str, s
         entries = own + (blind[dataset] if mode != "none" else [])
         text, passes = _render_view(dataset, mode, entries, index, gate, metrics, figures_dir, link_base,
                                     cache, paired_metrics)
-        sections["hem" if mode == "hem" and passes else "headline" if passes else "small"] += text
+        # hem is shown apart whatever its gate says: the literature's setting, easy by construction
+        sections["hem" if mode == "hem" else "headline" if passes else "small"] += text
     out += ["## Headline: views that pass the gate", ""]
     out += sections["headline"] or ["No view passes the gate yet.", ""]
     if sections["hem"]:
         out += ["## The full path (`hem`): an easy setting, for comparison with the product-search literature",
-                "", *sections["hem"]]
+                "", "The query names (nearly) the target's own category: read these views against `query_pop` and "
+                "`bm25`, which need no learning; none of them is headline evidence.", "", *sections["hem"]]
     if sections["small"]:
         out += ["## Small or saturated sets, and pending views: not evidence", "",
                 "Too small to separate models, or the query alone nearly answers them (the reason is on each "
@@ -366,6 +368,10 @@ def _render_view(dataset, mode, entries, index, gate, metrics, figures_dir, link
     ref_done = _complete(index, ref_key, seeds_of.get(ref_key, []))
     k = gate.reference_k
     ref_hr = float(np.mean([r.metric(f"HR@{k}") for r in ref_done])) if ref_done else None
+    # the gate takes the strongest no-learning reference: BM25 alone can beat query_pop (typed queries)
+    bm25_done = _complete(index, (dataset, mode, "bm25", "default"), seeds_of.get((dataset, mode, "bm25", "default"), []))
+    if ref_hr is not None and bm25_done:
+        ref_hr = max(ref_hr, float(np.mean([r.metric(f"HR@{k}") for r in bm25_done])))
     passes, why = gate.verdict(stats, ref_hr)
     own_stats = next((r.data_stats for r in own_records if r.data_stats), {})  # the query's figures: this mode's
     out += [_query_line(dataset, mode, own_stats, index, seeds_of), "", f"gate: {'passes' if passes else 'fails' if passes is False else 'pending'} ({why})", ""]
