@@ -15,7 +15,6 @@ an unchanged file.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,27 +34,6 @@ DEFAULT_SPLIT = "test"
 # --------------------------------------------------------------------------- numbers
 
 
-def _split_metric(name: str) -> tuple[str, str]:
-    """"NDCG@10" -> ("test", "NDCG@10"); "test_tail/NDCG@10" -> ("test_tail", "NDCG@10")."""
-    if "/" in name:
-        split, metric = name.split("/", 1)
-        return split, metric
-    return DEFAULT_SPLIT, name
-
-
-def _metric_value(record: dict, name: str) -> float | None:
-    split, metric = _split_metric(name)
-    value = (record.get("metrics") or {}).get(split, {}) or {}
-    value = value.get(metric)
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _fmt_cell(values: list[float | None]) -> str:
     if any(v is None for v in values):
         return "n/a"
@@ -63,31 +41,7 @@ def _fmt_cell(values: list[float | None]) -> str:
     return f"{mean:.4f} (1 seed)" if half is None else f"{mean:.4f} ± {half:.4f}"
 
 
-def _num(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 # --------------------------------------------------------------------------- grouping
-
-
-def _index_records(records: list[dict], suite: str, suite_version: str):
-    """(dataset, model, variant) -> {seed: record}; plus the count of records of another suite/version."""
-    index: dict[tuple[str, str, str], dict[int, dict]] = {}
-    other = 0
-    for rec in records:
-        if rec.get("suite") != suite or str(rec.get("suite_version")) != str(suite_version):
-            other += 1
-            continue
-        key = (rec["dataset"], rec["model"], rec["variant"])
-        seed = int(rec["seed"])
-        kept = index.setdefault(key, {})
-        if seed not in kept or str(rec.get("created", "")) >= str(kept[seed].get("created", "")):
-            kept[seed] = rec  # duplicates: the newest record wins
-    return index, other
 
 
 def _revisions(records: list[dict]) -> list[str]:
@@ -244,7 +198,7 @@ def _cells(done: list[Record], metrics: list[str]) -> tuple[list[str], bool | No
     mark = f" {CONVERGENCE_MARK}" if unconverged else ""
     cells = []
     for name in metrics:
-        cell = _fmt_cell([_metric_value(r.data, name) for r in done])
+        cell = _fmt_cell([r.metric(name) for r in done])
         cells.append(cell if cell == "n/a" else cell + mark)
     trained = [r.converged for r in done if r.converged is not None]
     return cells, (None if not trained else all(trained))
@@ -394,7 +348,7 @@ def _render_view(dataset, mode, entries, index, gate, metrics, figures_dir, link
                          "", "", "", "", ""])
             continue
         cells, _ = _cells(done, metrics)
-        values = [_metric_value(r.data, metrics[0]) for r in done]
+        values = [r.metric(metrics[0]) for r in done]
         if all(v is not None for v in values):
             mean, half = mean_ci(values)
             bars.append((f"{model} / {variant}", mean, half or 0.0))

@@ -422,6 +422,26 @@ class Record:
     def data_stats(self) -> dict:
         return self.data.get("data_stats") or {}
 
+    @property
+    def history(self) -> list[dict]:
+        """The trainer's per-epoch log (stages, losses, validation values)."""
+        return self.data["selection"].get("history") or []
+
+    def get(self, path: str, default=None):
+        """The value at a dotted path (``"table2.flow.HR@10"``), ``default`` where any step is missing
+        (a record made before a section existed, or a model without it)."""
+        node = self.data
+        for key in path.split("."):
+            if not isinstance(node, dict) or node.get(key) is None:
+                return default
+            node = node[key]
+        return node
+
+    def number(self, path: str) -> float | None:
+        """``get`` for a finite number (None otherwise)."""
+        value = self.get(path)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
     def per_impression(self) -> dict[str, np.ndarray]:
         if self.path is None or not self.data.get("per_impression"):
             raise FileNotFoundError(f"record {self.key} seed {self.seed} has no per-impression arrays")

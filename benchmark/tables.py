@@ -17,7 +17,8 @@ from tabulate import tabulate
 
 from benchmark.diagnostics import compare_heatmaps
 from benchmark.generators_eval import GENERATOR_LABELS
-from benchmark.leaderboard import _index_records, _metric_value
+from benchmark.leaderboard import _index
+from benchmark.records import Record
 from benchmark.stats import mean_ci
 
 # Paper Table 1 (KARMA, Taobao search), as printed: deltas over action-only (units as printed;
@@ -56,10 +57,16 @@ def _abs(values: list[float | None]) -> str:
     return f"{mean:.2f}" if half is None else f"{mean:.2f} ± {half:.2f}"
 
 
-def render_table1(records: list[dict], *, suite: str, suite_version: str, seeds: list[int],
+def _view_index(records: list[Record], suite: str, suite_version: str) -> dict:
+    """(view label "dataset · mode", model, variant) -> {seed: Record}: the tables are laid out per view."""
+    index, _ = _index(records, suite, suite_version)
+    return {(f"{d} · {m}", model, variant): runs for (d, m, model, variant), runs in index.items()}
+
+
+def render_table1(records: list[Record], *, suite: str, suite_version: str, seeds: list[int],
                   ks: tuple[int, int], datasets: list[str]) -> str:
     """Markdown for Table 1 over ``datasets`` (those with item text)."""
-    index, _ = _index_records(records, suite, suite_version)
+    index = _view_index(records, suite, suite_version)
     k1, k2 = ks
     metrics = ["gAUC", f"HR@{k1}", f"HR@{k2}", "JS@50"]
     paper_keys = ["gAUC", "HR@K1", "HR@K2", "JS@50"]
@@ -76,7 +83,7 @@ def render_table1(records: list[dict], *, suite: str, suite_version: str, seeds:
            "epochs each run took.", ""]
     runs_llm = [r for (ds, model, _), recs in index.items() if ds in datasets and model in ("action_llm", "karma")
                 for r in recs.values()]
-    at_end = [r for r in runs_llm if (r.get("selection") or {}).get("converged") is False]
+    at_end = [r for r in runs_llm if r.converged is False]
     if runs_llm:
         out += [f"Convergence: {len(at_end)} of {len(runs_llm)} runs in this table selected their last allowed epoch "
                 "(not converged; `selection` in each record).", ""]
@@ -84,9 +91,9 @@ def render_table1(records: list[dict], *, suite: str, suite_version: str, seeds:
         base = index.get((dataset, *BASELINE), {})
         rows = []
         complete_base = all(s in base for s in seeds)
-        base_cells = [_abs([_metric_value(base[s], m) for s in seeds]) if complete_base else
+        base_cells = [_abs([base[s].metric(m) for s in seeds]) if complete_base else
                       f"missing ({len([s for s in seeds if s in base])}/{len(seeds)})" for m in metrics]
-        tail_cells = [_abs([_metric_value(base[s], f"test_tail/{m}") for s in seeds]) if complete_base else "missing"
+        tail_cells = [_abs([base[s].metric(f"test_tail/{m}") for s in seeds]) if complete_base else "missing"
                       for m in metrics]
         rows.append(["action-only (absolute)", *base_cells, *tail_cells])
         for (model, variant), label in ROWS.items():
@@ -107,13 +114,12 @@ def render_table1(records: list[dict], *, suite: str, suite_version: str, seeds:
     return "\n".join(out)
 
 
-def _main_curve(record: dict) -> list[float]:
+def _main_curve(record: Record) -> list[float]:
     """Validation value after each joint-training ("main") epoch, from the record's selection history."""
-    history = (record.get("selection") or {}).get("history") or []
-    return [h["valid"] for h in history if h.get("stage", "main") == "main" and h.get("valid") is not None]
+    return [h["valid"] for h in record.history if h.get("stage", "main") == "main" and h.get("valid") is not None]
 
 
-def equal_epoch_delta(run: dict, base: dict) -> tuple[int, float] | None:
+def equal_epoch_delta(run: Record, base: Record) -> tuple[int, float] | None:
     """(e, run's validation value minus base's after epoch e), e = the last epoch both reached; None when
     either has no curve. Runs stop on patience at different epochs: this separates what the heads do
     per epoch from how many epochs a run took."""
@@ -134,7 +140,7 @@ def _equal_epoch_view(index: dict, dataset: str, seeds: list[int]) -> list[str]:
         if len(pairs) < len(seeds) or any(p is None for p in pairs):
             continue
         epochs = np.mean([len(_main_curve(runs[s])) for s in seeds]), np.mean([len(_main_curve(base[s])) for s in seeds])
-        metric = (runs[seeds[0]].get("selection") or {}).get("metric", "valid")
+        metric = runs[seeds[0]].get("selection.metric", "valid")
         rows.append([label, f"{epochs[0]:.1f} / {epochs[1]:.1f}", ", ".join(str(e) for e, _ in pairs),
                      _fmt([d for _, d in pairs]), metric])
     if not rows:
@@ -159,10 +165,10 @@ def _multimodal_rows(index: dict, dataset: str, seeds: list[int], metrics: list[
             ["  paper: + visual semantic reconstruction", *PAPER_VISUAL_ROW, *[""] * len(metrics)]]
 
 
-def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds: list[int],
+def render_table2(records: list[Record], *, suite: str, suite_version: str, seeds: list[int],
                   ks: tuple[int, int], datasets: list[str], link_base: Path) -> str:
     """Table 2: generated retrieval embeddings vs the discriminative one, as deltas over text-only KARMA."""
-    index, _ = _index_records(records, suite, suite_version)
+    index = _view_index(records, suite, suite_version)
     k1, k2 = ks
     metrics = ["gAUC", f"HR@{k1}", f"HR@{k2}", "JS@50"]
     out = ["## Table 2: generating the retrieval embedding (deltas over text-only KARMA)", "",
@@ -183,14 +189,14 @@ def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds:
             out += [f"### {dataset}", "", f"missing ({len([s for s in seeds if s in runs])}/{len(seeds)} seeds "
                     "of karma_gen, or text-only KARMA incomplete)", ""]
             continue
-        rows = [["text-only KARMA, u (absolute)", *[_abs([_metric_value(base[s], m) for s in seeds]) for m in metrics]],
+        rows = [["text-only KARMA, u (absolute)", *[_abs([base[s].metric(m) for s in seeds]) for m in metrics]],
                 ["karma_gen, its own u", *[_fmt([_diff(runs[s], base[s], m) for s in seeds]) for m in metrics]]]
         for name, label in GENERATOR_LABELS.items():
             label = label if name == "ar_mse" else f"{label} generator (1 sample)"
             cells = []
             for m in metrics:
-                vals = [(runs[s].get("table2") or {}).get(name, {}).get(m) for s in seeds]
-                refs = [_metric_value(base[s], m) for s in seeds]
+                vals = [runs[s].number(f"table2.{name}.{m}") for s in seeds]
+                refs = [base[s].metric(m) for s in seeds]
                 cells.append(_fmt([None if v is None or r is None else v - r for v, r in zip(vals, refs, strict=True)]))
             rows.append([label, *cells])
         out += [f"### {dataset}", "", tabulate(rows, headers=["retrieval embedding", *metrics], tablefmt="github"), ""]
@@ -213,12 +219,12 @@ def render_table2(records: list[dict], *, suite: str, suite_version: str, seeds:
 
 def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k_hr: int) -> tuple[list[list[str]], str | None]:
     """Rows of the mode/mean analysis (means over seeds) and the first seed's figure."""
-    stats = [(runs[s].get("table2") or {}).get("analysis") for s in seeds]
+    stats = [runs[s].get("table2.analysis") for s in seeds]
     if any(a is None for a in stats):
         return [], None
     rows = []
     k = stats[0]["samples"]
-    mean = lambda path: float(np.mean([_get(a, path) for a in stats]))  # noqa: E731
+    mean = lambda path: float(np.mean([runs[s].number(f"table2.analysis.{path}") for s in seeds]))  # noqa: E731
     labels = {}
     for family in stats[0]["spread"]:  # the sampled generators this run had
         labels[f"{family}_sample"] = f"{GENERATOR_LABELS.get(family, family)}, 1 sample"
@@ -232,18 +238,9 @@ def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k_hr: int) -> tu
     return rows, stats[0].get("figure")
 
 
-def _diff(run: dict, base: dict, metric: str) -> float | None:
-    a, b = _metric_value(run, metric), _metric_value(base, metric)
+def _diff(run: Record, base: Record, metric: str) -> float | None:
+    a, b = run.metric(metric), base.metric(metric)
     return None if a is None or b is None else a - b
-
-
-def _get(record: dict, path: str):
-    node = record
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node if isinstance(node, int | float) else None
 
 
 FUNNEL_COLUMNS = {  # column -> path in a record; points (x100) for rates, raw for ranks and shares
@@ -268,9 +265,9 @@ ATTENTION_PAIR = (("action_llm", "default"), ("karma", "karma"))
 ATTENTION_SOURCES = {"item encoder": "item_encoder_attention", "decoder": "decoder_attention"}
 
 
-def render_funnel(records: list[dict], *, suite: str, suite_version: str, seeds: list[int]) -> str:
+def render_funnel(records: list[Record], *, suite: str, suite_version: str, seeds: list[int]) -> str:
     """Funnel evaluations and collapse diagnostics per dataset and model (mean ± 95% over seeds)."""
-    index, _ = _index_records(records, suite, suite_version)
+    index = _view_index(records, suite, suite_version)
     out = ["## Funnel evaluations and semantic-collapse diagnostics", "",
            "Per model, mean ± 95% half-width over seeds. CTR: AUC deltas of a DIN-style CTR model with vs without "
            "the history–candidate cosine of the model's item embeddings. Pre-rank: HR@K (K = max(10, 1% of the "
@@ -294,7 +291,7 @@ def render_funnel(records: list[dict], *, suite: str, suite_version: str, seeds:
                     continue
                 cells = []
                 for path in columns.values():
-                    values = [_get(runs[s], path) for s in seeds]
+                    values = [runs[s].number(path) for s in seeds]
                     if any(v is None for v in values):
                         cells.append("n/a")
                         continue
@@ -307,21 +304,21 @@ def render_funnel(records: list[dict], *, suite: str, suite_version: str, seeds:
     return "\n".join(out)
 
 
-def render_attention_comparison(records: list[dict], *, suite: str, suite_version: str, figures_dir: Path,
+def render_attention_comparison(records: list[Record], *, suite: str, suite_version: str, figures_dir: Path,
                                 link_base: Path, seed: int = 0) -> str:
     """Figure-2-style heat maps, action-only LLM vs KARMA side by side per dataset (one seed).
 
     Reads the per-run attention arrays saved next to each run's heat map, draws both on one colour
     scale, and links the PNGs relative to ``link_base`` (the leaderboard's folder).
     """
-    index, _ = _index_records(records, suite, suite_version)
+    index = _view_index(records, suite, suite_version)
     lines = []
     for dataset in sorted({key[0] for key in index}):
         pair = [index.get((dataset, *key), {}).get(seed) for key in ATTENTION_PAIR]
         if any(r is None for r in pair):
             continue
         for label, source in ATTENTION_SOURCES.items():
-            paths = [(r.get("diagnostics") or {}).get(source, {}).get("heatmap") for r in pair]
+            paths = [r.get(f"diagnostics.{source}.heatmap") for r in pair]
             arrays = [Path(p).with_suffix(".npy") for p in paths if p]
             if len(arrays) != 2 or not all(a.exists() for a in arrays):
                 continue

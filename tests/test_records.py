@@ -290,9 +290,9 @@ def test_paired_deltas_come_from_the_per_impression_arrays(tmp_path):
 def _curve_record(model, variant, seed, curve, stages=("main",)):
     history = [{"stage": "warmup", "epoch": 1, "warmup": 9.0}] if "warmup" in stages else []
     history += [{"stage": "main", "epoch": i + 1, "valid": v} for i, v in enumerate(curve)]
-    return make_record(dataset="synthetic", model=model, variant=variant, seed=seed,
-                       selection={"metric": "NDCG@10", "best_epoch": len(curve), "epochs_run": len(curve),
-                                  "stopped_by": "time budget", "history": history})
+    return Record(make_record(dataset="synthetic", model=model, variant=variant, seed=seed, mode="coarse",
+                              selection={"metric": "NDCG@10", "best_epoch": len(curve), "epochs_run": len(curve),
+                                         "stopped_by": "patience", "converged": True, "history": history}))
 
 
 def test_equal_epoch_delta_compares_the_last_epoch_both_reached():
@@ -301,13 +301,14 @@ def test_equal_epoch_delta_compares_the_last_epoch_both_reached():
     slower = _curve_record("karma", "task2", 0, [0.32, 0.43, 0.48], stages=("warmup", "main"))
     e, delta = equal_epoch_delta(slower, base)
     assert e == 3 and delta == pytest.approx(0.03)  # 0.48 - 0.45, not 0.48 - 0.50 (best vs best)
-    assert equal_epoch_delta(make_record(), base) is None  # no curve recorded
+    assert equal_epoch_delta(Record(make_record()), base) is None  # no curve recorded
 
 
 def test_table1_shows_the_equal_epoch_view():
     from benchmark.tables import render_table1
     recs = [_curve_record("action_llm", "default", s, [0.3, 0.4, 0.5]) for s in (0, 1)]
     recs += [_curve_record("karma", "task2", s, [0.31, 0.42], stages=("warmup", "main")) for s in (0, 1)]
-    md = render_table1(recs, suite=SUITE, suite_version=VERSION, seeds=[0, 1], ks=(10, 50), datasets=["synthetic"])
+    md = render_table1(recs, suite=SUITE, suite_version=VERSION, seeds=[0, 1], ks=(10, 50),
+                       datasets=["synthetic · coarse"])
     row = [line for line in md.splitlines() if line.startswith("| + Task 2")][-1]  # Table 1, then the view
     assert "2.0 / 3.0" in row and "| 2, 2 " in row and "+2.00 ± 0.00" in row

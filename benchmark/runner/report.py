@@ -75,14 +75,12 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                                   metrics=LEADERBOARD_METRICS, figures_dir=results / "figures",
                                   link_base=link_base, tuning=tuning_note(suite_cfg))
         sections.append(text)
-        # Tables 1 and 2, the funnel and the heat maps are per (dataset, mode) view: they read a record's
-        # "dataset" as its view's label.
-        view_records = [{**r.data, "dataset": f"{r.dataset} · {r.mode}"} for r in current]
+        # Tables 1 and 2, the funnel and the heat maps are laid out per (dataset, mode) view, "dataset · mode"
         llm_views = sorted({f"{r.dataset} · {r.mode}" for r in runs if r.model in ("action_llm", "karma")
                             and r.dataset not in problems})
         ks = sorted(suite_cfg.eval.ks)
         if llm_views and any(r.model == "karma" for r in runs):
-            sections.append(render_table1(view_records, suite=suite,
+            sections.append(render_table1(current, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
                                           ks=(ks[0], ks[-1]), datasets=llm_views))
             pairs = sorted({(r.dataset, r.mode) for r in runs if r.model == "karma"
@@ -90,15 +88,15 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
             sections.append(render_table1_paired(current, suite=suite, suite_version=str(suite_cfg.suite_version),
                                                  views=pairs, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1])))
         if any(r.model == "karma_gen" for r in runs):
-            sections.append(render_table2(view_records, suite=suite,
+            sections.append(render_table2(current, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
                                           ks=(ks[0], ks[-1]), datasets=llm_views,
                                           link_base=link_base))
-        funnel = render_funnel(view_records, suite=suite, suite_version=str(suite_cfg.suite_version),
+        funnel = render_funnel(current, suite=suite, suite_version=str(suite_cfg.suite_version),
                                seeds=list(suite_cfg.seeds))
         if "### " in funnel:
             sections.append(funnel)
-        heatmaps = render_attention_comparison(view_records, suite=suite,
+        heatmaps = render_attention_comparison(current, suite=suite,
                                                suite_version=str(suite_cfg.suite_version),
                                                figures_dir=results / "figures",
                                                link_base=link_base)
