@@ -42,7 +42,6 @@ class QueryPop(NothingToTrain, nn.Module):
         self.n_items = n_items
         self._index: tuple[int, dict[str, int], np.ndarray] | None = None  # (id of log, query -> column, matches)
 
-
     def _columns(self, log: SearchLog) -> tuple[dict[str, int], np.ndarray]:
         if self._index is None or self._index[0] != id(log.impressions):
             queries = sorted(set(log.impressions["query"].astype(str)) - {""})
@@ -58,7 +57,7 @@ class QueryPop(NothingToTrain, nn.Module):
         return self._index[1], self._index[2]
 
     def item_embeddings(self, log: SearchLog) -> torch.Tensor:
-        columns, table = self._columns(log)
+        _, table = self._columns(log)
         pop = np.log1p(log.catalog["train_count"].to_numpy(dtype=np.float32))
         emb = np.concatenate([self.config.match_weight * table, pop[:, None]], axis=1)
         return torch.from_numpy(emb)

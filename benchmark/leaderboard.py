@@ -126,7 +126,7 @@ def _reference(mode: str) -> tuple[str, str]:
     return REFERENCE.get(mode, ("query_pop", "default"))
 
 
-def _index(records: list[Record], suite: str, suite_version: str):
+def index_records(records: list[Record], suite: str, suite_version: str):
     """(dataset, mode, model, variant) -> {seed: Record}; plus the count of records of another suite/version."""
     index: dict[tuple[str, str, str, str], dict[int, Record]] = {}
     other = 0
@@ -193,15 +193,20 @@ def paired_rows(index, view_keys: list[tuple], seeds_of: dict, references: list[
     return rows
 
 
-def _cells(done: list[Record], metrics: list[str]) -> tuple[list[str], bool | None]:
-    unconverged = any(r.converged is False for r in done)
-    mark = f" {CONVERGENCE_MARK}" if unconverged else ""
+def _cells(done: list[Record], metrics: list[str]) -> list[str]:
+    """Metric cells of one row, marked when any seed selected its last allowed epoch."""
+    mark = f" {CONVERGENCE_MARK}" if any(r.converged is False for r in done) else ""
     cells = []
     for name in metrics:
         cell = _fmt_cell([r.metric(name) for r in done])
         cells.append(cell if cell == "n/a" else cell + mark)
-    trained = [r.converged for r in done if r.converged is not None]
-    return cells, (None if not trained else all(trained))
+    return cells
+
+
+def _mean_metric(index, key: tuple, seeds_of: dict, metric: str) -> float | None:
+    """The mean of ``metric`` over a planned row's seeds, None until every seed has a record."""
+    done = _complete(index, key, seeds_of.get(key, []))
+    return None if done is None else float(np.mean([r.metric(metric) for r in done]))
 
 
 def _epochs(done: list[Record]) -> str:
@@ -230,7 +235,7 @@ def render_leaderboard(records: list[Record], plan: list[dict], *, suite: str, s
     ``metrics[0]``, linked relative to ``link_base``.
     """
     gate = gate or Gate()
-    index, other_suite = _index(records, suite, suite_version)
+    index, other_suite = index_records(records, suite, suite_version)
     planned = {(p["dataset"], p["mode"], p["model"], p["variant"]): p for p in plan}
     used = [rec for key, recs in index.items() if key in planned for rec in recs.values()]
     unplanned = sum(len(recs) for key, recs in index.items() if key not in planned)
@@ -319,13 +324,12 @@ def _render_view(dataset, mode, entries, index, gate, metrics, figures_dir, link
     seeds_of = {(dataset, p["mode"], p["model"], p["variant"]): [int(s) for s in p.get("seeds", [])]
                 for p in runnable}
     ref_key = (dataset, mode, *_reference(mode))
-    ref_done = _complete(index, ref_key, seeds_of.get(ref_key, []))
-    k = gate.reference_k
-    ref_hr = float(np.mean([r.metric(f"HR@{k}") for r in ref_done])) if ref_done else None
+    hr_at = f"HR@{gate.reference_k}"
+    ref_hr = _mean_metric(index, ref_key, seeds_of, hr_at)
     # the gate takes the strongest no-learning reference: BM25 alone can beat query_pop (typed queries)
-    bm25_done = _complete(index, (dataset, mode, "bm25", "default"), seeds_of.get((dataset, mode, "bm25", "default"), []))
-    if ref_hr is not None and bm25_done:
-        ref_hr = max(ref_hr, float(np.mean([r.metric(f"HR@{k}") for r in bm25_done])))
+    bm25_hr = _mean_metric(index, (dataset, mode, "bm25", "default"), seeds_of, hr_at)
+    if ref_hr is not None and bm25_hr is not None:
+        ref_hr = max(ref_hr, bm25_hr)
     passes, why = gate.verdict(stats, ref_hr)
     own_stats = next((r.data_stats for r in own_records if r.data_stats), {})  # the query's figures: this mode's
     out += [_query_line(dataset, mode, own_stats, index, seeds_of), "", f"gate: {'passes' if passes else 'fails' if passes is False else 'pending'} ({why})", ""]
@@ -347,7 +351,7 @@ def _render_view(dataset, mode, entries, index, gate, metrics, figures_dir, link
             rows.append([model, variant, shown_mode, f"{len(done)}/{len(seeds)}", *[miss for _ in metrics],
                          "", "", "", "", ""])
             continue
-        cells, _ = _cells(done, metrics)
+        cells = _cells(done, metrics)
         values = [r.metric(metrics[0]) for r in done]
         if all(v is not None for v in values):
             mean, half = mean_ci(values)
@@ -384,11 +388,8 @@ def _query_line(dataset: str, mode: str, stats: dict, index, seeds_of) -> str:
     """What the query gives away in this view, before any model."""
     def hr(model: str) -> str:
         key = (dataset, mode, model, "default")
-        done = _complete(index, key, seeds_of.get(key, []))
-        if done is None:
-            return f"`{model}` not run yet"
-        return (f"`{model}` HR@10 {np.mean([r.metric('HR@10') for r in done]):.3f} / "
-                f"HR@50 {np.mean([r.metric('HR@50') for r in done]):.3f}")
+        at10, at50 = (_mean_metric(index, key, seeds_of, m) for m in ("HR@10", "HR@50"))
+        return f"`{model}` not run yet" if at10 is None else f"`{model}` HR@10 {at10:.3f} / HR@50 {at50:.3f}"
 
     if mode == "none":
         return f"**What the query gives:** no query (next-item recommendation); {hr('popularity')}."
@@ -405,26 +406,3 @@ def write_leaderboard(path: str | Path, text: str) -> Path:
     """Atomically replace ``path`` (leaderboard.md) with ``text``."""
     return write_text_atomic(path, text)
 
-
-def render_table1_paired(records: list[Record], *, suite: str, suite_version: str, views: list[tuple[str, str]],
-                         seeds: list[int], ks: tuple[int, int]) -> str:
-    """Table 1's deltas as paired tests over test impressions (seeds pooled), Holm over each view's table."""
-    from benchmark.tables import BASELINE, ROWS  # the rows and labels of Table 1, one home
-
-    index, _ = _index(records, suite, suite_version)
-    metrics = ["gAUC", f"HR@{ks[0]}", f"HR@{ks[1]}"]
-    out = ["## Table 1, paired: each variant − action-only over the test impressions", "",
-           "Each model's per-impression values averaged over its seeds, then a paired t interval and p-value "
-           "(`benchmark.stats`); gAUC's unit is the impression's AUC against its exposures. `*`: significant "
-           "at 0.05 after Holm's correction over the view's table. Points (×100).", ""]
-    cache: dict = {}
-    for dataset, mode in views:
-        base = (dataset, mode, *BASELINE)
-        keys = [(dataset, mode, *row) for row in ROWS]
-        seeds_of = {key: list(seeds) for key in [base, *keys]}
-        rows = paired_rows(index, keys, seeds_of, [base], metrics, cache)
-        rows = [[ROWS[(r[0], r[1])], *r[2:]] for r in rows]
-        out += [f"### {dataset} · {mode}", "",
-                tabulate(rows, headers=["variant", *[f"Δ{m}" for m in metrics]], tablefmt="github",
-                         disable_numparse=True) if rows else "No variant has every seed (and action-only) yet.", ""]
-    return "\n".join(out)

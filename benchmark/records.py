@@ -45,6 +45,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,6 @@ def per_impression_path(record_file: str | Path) -> Path:
 
 def _tmp_path(path: Path) -> Path:
     # one temporary name per process and thread: two writers of one file never share it
-    import threading
-
     return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 

@@ -17,7 +17,7 @@ from tabulate import tabulate
 
 from benchmark.diagnostics import compare_heatmaps
 from benchmark.generators_eval import GENERATOR_LABELS
-from benchmark.leaderboard import _index
+from benchmark.leaderboard import index_records, paired_rows
 from benchmark.records import Record
 from benchmark.stats import mean_ci
 
@@ -59,7 +59,7 @@ def _abs(values: list[float | None]) -> str:
 
 def _view_index(records: list[Record], suite: str, suite_version: str) -> dict:
     """(view label "dataset · mode", model, variant) -> {seed: Record}: the tables are laid out per view."""
-    index, _ = _index(records, suite, suite_version)
+    index, _ = index_records(records, suite, suite_version)
     return {(f"{d} · {m}", model, variant): runs for (d, m, model, variant), runs in index.items()}
 
 
@@ -111,6 +111,28 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
         headers = ["variant", *metrics, *[f"tail {m}" for m in metrics]]
         out += [f"### {dataset}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
         out += _equal_epoch_view(index, dataset, seeds)
+    return "\n".join(out)
+
+
+def render_table1_paired(records: list[Record], *, suite: str, suite_version: str, views: list[tuple[str, str]],
+                         seeds: list[int], ks: tuple[int, int]) -> str:
+    """Table 1's deltas as paired tests over test impressions (seeds pooled), Holm over each view's table."""
+    index, _ = index_records(records, suite, suite_version)
+    metrics = ["gAUC", f"HR@{ks[0]}", f"HR@{ks[1]}"]
+    out = ["## Table 1, paired: each variant − action-only over the test impressions", "",
+           "Each model's per-impression values averaged over its seeds, then a paired t interval and p-value "
+           "(`benchmark.stats`); gAUC's unit is the impression's AUC against its exposures. `*`: significant "
+           "at 0.05 after Holm's correction over the view's table. Points (×100).", ""]
+    cache: dict = {}
+    for dataset, mode in views:
+        base = (dataset, mode, *BASELINE)
+        keys = [(dataset, mode, *row) for row in ROWS]
+        seeds_of = {key: list(seeds) for key in [base, *keys]}
+        rows = paired_rows(index, keys, seeds_of, [base], metrics, cache)
+        rows = [[ROWS[(r[0], r[1])], *r[2:]] for r in rows]
+        out += [f"### {dataset} · {mode}", "",
+                tabulate(rows, headers=["variant", *[f"Δ{m}" for m in metrics]], tablefmt="github",
+                         disable_numparse=True) if rows else "No variant has every seed (and action-only) yet.", ""]
     return "\n".join(out)
 
 

@@ -36,10 +36,11 @@ def plan(cfg) -> tuple[list[RunSpec], dict[str, str]]:
             if MODELS[model].needs_images and not images:
                 continue  # no image to reconstruct
             for mode in model_modes(MODELS[model].query_use, list(cfg.modes), available):
+                mode_cfg = mode_config(cfg, mode)
                 for seed in cfg.seeds:
                     path = R.record_path(cfg.results_dir, cfg.suite, name, mode, model, variant, seed)
                     exists = path.exists()
-                    current = exists and record_is_current(R.read_record(path), mode_config(cfg, mode), memo)
+                    current = exists and record_is_current(R.read_record(path), mode_cfg, memo)
                     runs.append(RunSpec(name, mode, model, variant, int(seed), path, done=current,
                                         stale=exists and not current))
     return runs, problems

@@ -9,11 +9,17 @@ from pathlib import Path
 from benchmark import records as R
 from benchmark.config import typed
 from benchmark.data import adapt as A
-from benchmark.leaderboard import render_leaderboard, render_table1_paired, write_leaderboard
+from benchmark.leaderboard import render_leaderboard, write_leaderboard
 from benchmark.models import MODELS
 from benchmark.runner.plan import plan, record_is_current
 from benchmark.runner.spec import mode_config
-from benchmark.tables import render_attention_comparison, render_funnel, render_table1, render_table2
+from benchmark.tables import (
+    render_attention_comparison,
+    render_funnel,
+    render_table1,
+    render_table1_paired,
+    render_table2,
+)
 
 LEADERBOARD_METRICS = ["NDCG@10", "HR@10", "HR@50", "MRR", "gAUC", "JS@50", "test_tail/NDCG@10", "test_tail/HR@50"]
 
