@@ -1,169 +1,190 @@
 """HLLM (Chen et al., ByteDance, arXiv 2409.12740), scaled down to KARMA's backbones and budgets.
 
-Published design: an item LLM reads ``"Compress the following sentence into embedding: "`` followed
-by the item's ``key: value`` fields and one learnable ``[ITEM]`` token, whose last hidden state is
-the item embedding; a user LLM reads the history's item embeddings causally and its output at each
-position predicts the next item embedding; the loss is InfoNCE on cosine similarity with a
-learnable temperature (logit scale capped at 100) and negatives whose cosine with the positive
-exceeds 0.99 are masked as false negatives.
+Published design (and code, github.com/bytedance/HLLM): an item LLM reads
+``"Compress the following sentence into embedding: "`` and the item's ``key: value`` fields, truncated,
+then one learnable ``[ITEM]`` token whose final-layer state is the item embedding; a user LLM reads the
+history's item embeddings causally and its output predicts the next item's embedding; the loss is
+InfoNCE on cosine similarity against ``num_negatives`` random items shared by the whole batch, with a
+learnable logit scale initialised to 1 / 0.07 and clamped to [1, 100], and negatives whose cosine with
+the positive exceeds 0.99 masked as false negatives.
 
-Deviations from the published code (all forced by a 2-core CPU budget or by a shared harness):
-- ``cpu`` preset: the item LLM is SmolLM2-135M, frozen (all layers), and the ``[ITEM]`` token is its
-  EOS token rather than a learned one, so item embeddings are computed once and cached; a trainable
-  linear adapter on top stands in for fine-tuning the item LLM. The ``gpu`` preset fine-tunes the
-  item LLM with a learnable ``[ITEM]`` embedding, as published.
-- The user LLM is the same truncated, pretrained SmolLM2 stack as KARMA's (``decoder_layers``).
-- Training examples are impressions (each predicts its clicked item from its history), the same
-  examples KARMA sees, rather than every position of a packed sequence; in expectation the same
-  next-item objective, and it lets HLLM take the optional query token like the other LLM models.
-- Negatives: the other impressions' clicks in the batch (HLLM samples from the batch too); the
-  impression's exposed items are added when ``use_exposures`` is on (off by default: published).
-- Published HLLM uses 1B-7B LLMs, 10 epochs and sequence length 50-150; here 135M, early stopping
-  on validation and ``max_history`` items.
+What is the same here: the prompt (fields: the catalog text, which holds title, brand, category path
+and description once each), the ``[ITEM]`` token appended after truncation so its state is always the
+item embedding, the cosine InfoNCE with random shared negatives, the false-negative threshold and the
+logit scale's init and clamp. The user LLM is the LLM family's shared module (:mod:`karma.user_llm`):
+the same pretrained decoder, all layers, LoRA-adapted, as KARMA's.
+
+Deviations from the published code (forced by a 2-core CPU budget or by the shared harness):
+- The item LLM is SmolLM2-135M (published: TinyLlama-1.1B / Baichuan2-7B), adapted with LoRA on its
+  top ``item_train_layers`` blocks; the lower blocks are frozen and their states cached once per
+  catalog, and the ``[ITEM]`` token enters at the first trainable block (published: the whole item
+  LLM is fine-tuned and ``[ITEM]`` enters at the embedding layer). The ``gpu`` preset trains every
+  block (``[ITEM]`` at the input, as published), through the same code.
+- Training examples are impressions (each predicts its clicked item from its history), the examples
+  KARMA sees, rather than every position of a packed sequence; in expectation the same next-item
+  objective, and it lets HLLM take the optional query token like the other LLM models.
+- ``num_negatives`` random negatives per batch (published: 512); the impression's exposed items are
+  added only when ``use_exposures`` is on (off by default: not in the published loss).
+- Published HLLM uses 1B-7B LLMs, 5-10 epochs and sequences of 50-150 items; here 135M, early
+  stopping on validation and ``max_history`` items.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from benchmark.data.schema import SearchLog
 from karma import backbones
+from karma.item_encoders import CausalTop
 from karma.losses import action_negatives, gather_candidates
-from karma.model import ContinuousTokenModel, KarmaConfig
+from karma.user_llm import UserLLM, UserLLMConfig, autocast, history_window, length_batches
 
 PROMPT = "Compress the following sentence into embedding: "
-MAX_LOGIT_SCALE = 100.0  # published cap on exp(learnable log-scale)
+MAX_LOGIT_SCALE = 100.0  # published clamp of exp(log-scale): [1, 100]
 FALSE_NEGATIVE_COSINE = 0.99  # negatives this close to the positive are masked
 
 
 @dataclass
-class HLLMConfig(KarmaConfig):
-    item_llm_layers: int = 0  # layers of the frozen item LLM (cpu preset; 0 = all)
-    item_llm_tokens: int = 48  # prompt + fields tokens read by the item LLM
-    init_logit_scale: float = 20.0  # exp(log-scale) at init (CLIP-style learnable temperature)
+class HLLMConfig(UserLLMConfig):
+    item_train_layers: int = 1  # top blocks of the item LLM that train (LoRA); 0 = all (gpu preset)
+    item_lora_rank: int = 16
+    item_llm_tokens: int = 48  # prompt + fields tokens read by the item LLM, before the [ITEM] token
+    num_negatives: int = 256  # random negatives shared by the batch (published: 512)
+    init_logit_scale: float = 1 / 0.07  # published init of exp(log-scale)
     use_exposures: bool = False  # add exposed-but-unclicked items as negatives (not in the published loss)
-    w_task1: float = 0.0  # HLLM has no decodability losses
-    w_task2: float = 0.0
-    warmup_epochs: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_negatives < 0 or not 1.0 <= self.init_logit_scale <= MAX_LOGIT_SCALE:
+            raise ValueError(f"num_negatives must be >= 0 and init_logit_scale in [1, {MAX_LOGIT_SCALE:g}]")
 
 
-def item_prompt(title: str, text: str) -> str:
-    """HLLM's item input: the prompt, then ``key: value`` fields."""
-    return f"{PROMPT}title: {title}. text: {text}"
+def item_prompt(text: str) -> str:
+    """HLLM's item input: the prompt, then the item's fields (each once)."""
+    return f"{PROMPT}{text}"
 
 
-class HLLM(ContinuousTokenModel):
-    def __init__(self, n_items: int, config: HLLMConfig):
-        if config.w_task1 or config.w_task2 or config.warmup_epochs:
-            raise ValueError("HLLM has no decodability losses: keep w_task1 = w_task2 = warmup_epochs = 0")
-        super().__init__(n_items, config)
+class _Impressions(Dataset):
+    def __init__(self, rows: pd.DataFrame, max_history: int):
+        self.rows = rows.reset_index(drop=True)
+        self.lengths = [min(len(h), max_history) for h in self.rows["history"]]
 
-    def prepare(self, log: SearchLog, cache_dir: Path) -> None:
-        if self._prepared_for == log.fingerprint:
-            return
-        super().prepare(log, cache_dir)  # the user LLM, query encoder and retrieval heads
-        cfg = self.config
-        prompts = [item_prompt(t, x) for t, x in zip(log.catalog["title"], log.catalog["text"], strict=True)]
-        hidden = self.decoder.config.hidden_size
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return i
+
+
+class HLLM(nn.Module):
+    def __init__(self, log: SearchLog, config: HLLMConfig, cache_dir: Path | str | None = None):
+        super().__init__()
+        cfg = self.config = config
+        cache_dir = Path(cfg.cache_dir or cache_dir or ".")
+        self.n_items = log.n_items
+        self.tokens_seen = 0
+        self.user_llm = UserLLM(cfg, log, cache_dir)
         if cfg.tiny:
-            tok, item_llm = backbones.tiny_tokenizer(), backbones.tiny_decoder(
-                "qwen3" if cfg.preset == "gpu" else "llama", vocab_size=backbones.tiny_tokenizer().vocab_size)
+            tok, item_llm = self.user_llm.tokenizer, backbones.tiny_decoder(
+                "qwen3" if cfg.preset == "gpu" else "llama", vocab_size=self.user_llm.tokenizer.vocab_size, seed=1)
         else:
-            tok, item_llm = backbones.load_decoder(cfg.decoder, Path(cfg.cache_dir or cache_dir or '.'),
-                                                   trust_remote_code=cfg.trust_remote_code)
-        if cfg.preset == "cpu":
-            if cfg.item_llm_layers > 0:
-                item_llm = backbones.truncate_decoder(item_llm, cfg.item_llm_layers)
-            key = f"{log.fingerprint}_{'tiny' if cfg.tiny else cfg.decoder}_{cfg.item_llm_layers}_{cfg.item_llm_tokens}"
-            path = None if cfg.tiny else Path(cfg.cache_dir or cache_dir or '.') / "hllm_items" / f"{key.replace('/', '_')}.pt"
-            self.register_buffer("item_cache", _frozen_item_embeddings(prompts, tok, item_llm, cfg.item_llm_tokens,
-                                                                       path), persistent=False)
-            self.item_llm = None
-        else:
-            batch = tok(prompts, truncation=True, max_length=cfg.item_llm_tokens, padding="max_length",
-                        return_tensors="pt")
-            self.register_buffer("item_llm_ids", batch["input_ids"], persistent=False)
-            self.register_buffer("item_llm_mask", batch["attention_mask"].bool(), persistent=False)
-            self.item_llm = item_llm
-            self.item_token = nn.Parameter(torch.randn(item_llm.config.hidden_size) * 0.02)  # learnable [ITEM]
-        in_dim = self.item_cache.shape[1] if cfg.preset == "cpu" else item_llm.config.hidden_size
-        self.item_adapter = nn.Linear(in_dim, hidden)
-        self.item_pool = None  # HLLM's item encoder is the item LLM, not KARMA's pooling
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)).log())
+            tok, item_llm = backbones.load_decoder(cfg.decoder, cache_dir, trust_remote_code=cfg.trust_remote_code)
+        for p in item_llm.parameters():
+            p.requires_grad_(False)
+        prompts = [item_prompt(t) for t in log.catalog["text"].fillna("")]
+        train_layers = 0 if cfg.preset == "gpu" else cfg.item_train_layers
+        key = f"{log.fingerprint}_{'tiny' if cfg.tiny else cfg.decoder.replace('/', '_')}_{cfg.item_llm_tokens}"
+        self.item_encoder = CausalTop(item_llm, tok, prompts, cfg.item_llm_tokens, train_layers, cfg.item_lora_rank,
+                                      cfg.lora_alpha, None if cfg.tiny else cache_dir / "hllm_items" / f"{key}.pt")
+        if self.item_encoder.states.shape[-1] != self.user_llm.hidden_size:
+            raise ValueError("HLLM feeds item embeddings to the user LLM as they are: item and user LLMs need one width")
+        self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale)))
+        self.info = {**self.user_llm.info, "dtype": "fp32 weights" + (", bf16 autocast" if cfg.autocast != "none" else ""),
+                     "item_llm_frozen_layers": self.item_encoder.frozen,
+                     "item_llm_trained_layers": len(self.item_encoder.blocks),
+                     "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad)}
 
-    def item_tokens(self, items: torch.Tensor, return_attention: bool = False):
-        if return_attention:
-            raise NotImplementedError("HLLM's item encoder is an LLM; read its attentions from item_llm")
-        if self.item_llm is None:
-            return self.item_adapter(self.item_cache[items])
-        ids, mask = self.item_llm_ids[items], self.item_llm_mask[items]
-        embeds = self.item_llm.get_input_embeddings()(ids)  # (M, L, H), right-padded
-        lengths = mask.sum(1)
-        embeds = torch.cat([embeds, torch.zeros_like(embeds[:, :1])], dim=1)
-        embeds[torch.arange(len(items)), lengths] = self.item_token.to(embeds.dtype)  # [ITEM] after the text
-        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
-        mask[torch.arange(len(items)), lengths] = True
-        states = self.item_llm.model(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
-        return self.item_adapter(states[torch.arange(len(items)), lengths].float())
+    def describe(self) -> dict:
+        return dict(self.info)
+
+    # --- the inference path ------------------------------------------------------------------
+    def item_states(self, items: torch.Tensor) -> torch.Tensor:
+        """(M, H) item embeddings: the [ITEM] token's final state (the user LLM's input as they are)."""
+        with autocast(self.config):
+            return self.item_encoder(items).float()
+
+    def user_states(self, histories: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        mask = histories >= 0
+        tokens = torch.zeros(*histories.shape, self.user_llm.hidden_size)
+        if mask.any():
+            items, inverse = torch.unique(histories[mask], return_inverse=True)
+            tokens = tokens.masked_scatter(mask[..., None], self.item_states(items).index_select(0, inverse))
+        embeds, mask = self.user_llm.sequence(tokens, mask, query)
+        if self.training:
+            self.tokens_seen += int(mask.sum())
+        with autocast(self.config):
+            return self.user_llm(embeds, mask)[:, -1].float()
+
+    # --- the RankingModel interface ----------------------------------------------------------
+    def train_dataset(self, log: SearchLog, generator: torch.Generator) -> Dataset:
+        self._train_rows = log.split("train").reset_index(drop=True)
+        return _Impressions(self._train_rows, self.config.max_history)
+
+    def collate(self, examples) -> dict[str, torch.Tensor]:
+        return self.user_llm.batch(self._train_rows.iloc[list(examples)])
 
     def losses(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        cfg = self.config
         targets = batch["targets"]
-        exposures = batch["exposures"] if self.config.use_exposures else batch["exposures"][:, :0]
-        u, _ = self.user_vectors(batch["histories"], batch["query"])
-        negatives, neg_mask = action_negatives(targets, exposures, in_batch=True)
+        exposures = batch["exposures"] if cfg.use_exposures else batch["exposures"][:, :0]
+        shared = torch.randint(0, self.n_items, (cfg.num_negatives,), generator=generator)  # one draw per batch
+        negatives, neg_mask = action_negatives(targets, torch.cat([exposures, shared.expand(len(targets), -1)], 1),
+                                               in_batch=False)
+        u = F.normalize(self.user_states(batch["histories"], batch["query"]), dim=-1)
         items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
-        v = self.item_vectors(items)
+        v = F.normalize(self.item_states(items), dim=-1)
         v_pos, v_neg = gather_candidates(v, inverse, len(targets), negatives.shape)
         pos = (u * v_pos).sum(-1)
         neg = torch.einsum("br,bnr->bn", u, v_neg)
         with torch.no_grad():  # false negatives: items (nearly) identical to the positive
             neg_mask = neg_mask & (torch.einsum("br,bnr->bn", v_pos, v_neg) <= FALSE_NEGATIVE_COSINE)
-        scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        scale = self.log_scale.clamp(0.0, math.log(MAX_LOGIT_SCALE)).exp()
         # Mask after scaling: -inf * scale would give the scale a NaN gradient (0 * -inf).
         logits = (torch.cat([pos[:, None], neg], dim=1) * scale).masked_fill(
             torch.cat([torch.zeros_like(neg_mask[:, :1]), ~neg_mask], dim=1), float("-inf"))
         return {"infonce": F.cross_entropy(logits, torch.zeros_like(targets))}
 
+    @torch.no_grad()
+    def item_embeddings(self, log: SearchLog, batch_size: int = 512) -> torch.Tensor:
+        ids = torch.arange(log.n_items)
+        return torch.cat([F.normalize(self.item_states(ids[s:s + batch_size]), dim=-1)
+                          for s in range(0, len(ids), batch_size)])
 
-@torch.no_grad()
-def _frozen_item_embeddings(prompts: list[str], tok, item_llm, max_tokens: int, path: Path | None,
-                            batch_size: int = 32) -> torch.Tensor:
-    """Last hidden state at the final (EOS) token of each prompt, from the frozen item LLM; cached."""
-    import hashlib
+    @torch.no_grad()
+    def user_embeddings(self, log: SearchLog, impressions: pd.DataFrame, batch_size: int = 256) -> torch.Tensor:
+        u = torch.zeros(len(impressions), self.user_llm.hidden_size)
+        for rows in length_batches(impressions, batch_size):
+            batch = self.user_llm.batch(impressions.iloc[rows])
+            u[torch.from_numpy(rows)] = F.normalize(self.user_states(batch["histories"], batch["query"]), dim=-1)
+        return u
 
-    key = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
-    if path is not None and path.exists():
-        try:
-            saved = torch.load(path, weights_only=True)
-            if saved["key"] == key:
-                return saved["emb"]
-        except Exception:  # a corrupt cache is recomputed
-            pass
-    eos = tok.eos_token or tok.sep_token or ""
-    out = []
-    item_llm.eval()
-    # Right padding: with a causal mask, real tokens never see the padding after them (left padding
-    # gives fully masked rows, whose NaNs can leak into real positions through 0 * NaN).
-    padding_side, tok.padding_side = tok.padding_side, "right"
-    for s in range(0, len(prompts), batch_size):
-        chunk = [p + eos for p in prompts[s:s + batch_size]]
-        batch = tok(chunk, truncation=True, max_length=max_tokens, padding=True, return_tensors="pt")
-        mask = batch["attention_mask"]
-        last = mask.sum(1) - 1
-        states = item_llm.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
-        out.append(states[torch.arange(len(chunk)), last].float())
-    tok.padding_side = padding_side
-    emb = torch.cat(out)
-    if not torch.isfinite(emb).all():
-        raise FloatingPointError("the frozen item LLM produced non-finite item embeddings")
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"key": key, "emb": emb}, tmp)
-        tmp.replace(path)
-    return emb
+    @torch.no_grad()
+    def decoder_attention(self, impressions: pd.DataFrame, window: int = 8, max_rows: int = 64):
+        """The user LLM's self-attention, as for KARMA (``karma.model``)."""
+        rows, window = history_window(impressions, window, self.config.max_history, max_rows)
+        if rows is None:
+            return None, 0
+        batch = self.user_llm.batch(rows)
+        mask = batch["histories"] >= 0
+        tokens = torch.zeros(*mask.shape, self.user_llm.hidden_size)
+        tokens[mask] = self.item_states(batch["histories"][mask])
+        embeds, mask = self.user_llm.sequence(tokens, mask, batch["query"])
+        return self.user_llm.attentions(embeds, mask), window

@@ -15,6 +15,7 @@ import torch
 from benchmark import diagnostics as D
 from benchmark import funnel as F
 from benchmark.data.schema import SearchLog
+from benchmark.model import AttentionProbe
 
 
 def _summary(result: dict) -> dict:
@@ -55,20 +56,29 @@ def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run, 
     if before is not None:
         out["item_embeddings"]["effective_rank_before"] = D.effective_rank(before)
         out["item_embeddings"]["mean_pairwise_cosine_before"] = D.mean_pairwise_cosine(before, seed=0)
-    pool = getattr(model, "item_pool", None)
-    if pool is not None and hasattr(model, "item_states"):
-        items = torch.arange(min(cfg.attention_items, log.n_items))
-        with torch.no_grad():
-            attn = pool.attention(model.item_states[items].float(), model.item_mask[items]).numpy()  # (N, heads, L)
-        mask = model.item_mask[items].numpy()
-        stats = [D.attention_stats(attn[:, h, :], mask) for h in range(attn.shape[1])]
-        out["item_encoder_attention"] = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
-        out["item_encoder_attention"]["heatmap"] = _save_heatmap(
-            attn[:32].mean(1), Path(figures_dir) / "attention", log, run,
-            "item-encoder attention (items x token positions)")
-    if hasattr(model, "decoder_attention"):
+    if isinstance(model, AttentionProbe):
+        out["item_encoder_attention"] = _item_encoder_diagnostics(model, log, cfg, run, figures_dir)
+    if isinstance(model, AttentionProbe):
         out.update(_decoder_diagnostics(model, log, cfg, run, figures_dir))
     return out
+
+
+def _item_encoder_diagnostics(model, log: SearchLog, cfg, run, figures_dir: Path) -> dict:
+    """Attention-sink statistics of the item encoder's last trainable block, per head, over the real
+    tokens of the first ``attention_items`` catalog items; the heat map averages each item's query rows."""
+    items = torch.arange(min(cfg.attention_items, log.n_items))
+    attn, mask = model.item_encoder_attention(items)
+    attn, mask = attn.float().numpy(), mask.numpy()  # (N, heads, L, L), (N, L)
+    rows = attn.transpose(1, 0, 2, 3)[:, mask]  # (heads, real query rows, L)
+    keys = np.broadcast_to(mask[:, None, :], (*mask.shape, mask.shape[1]))[mask]  # (real query rows, L)
+    per_head = [D.attention_stats(rows[h], keys) for h in range(rows.shape[0])]
+    summary = {k: float(np.mean([s[k] for s in per_head])) for k in per_head[0] if k != "rows"}
+    summary["heads"] = per_head
+    counts = mask.sum(1, keepdims=True).clip(min=1)
+    per_item = (attn.mean(1) * mask[:, :, None]).sum(1) / counts  # (N, L): mean over real query rows and heads
+    summary["heatmap"] = _save_heatmap(per_item[:32], Path(figures_dir) / "attention", log, run,
+                                       "item-encoder attention, last trained block (items x token positions)")
+    return summary
 
 
 def _decoder_diagnostics(model, log: SearchLog, cfg, run, figures_dir: Path) -> dict:

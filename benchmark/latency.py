@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     imp = log.split("test").iloc[: args.impressions]
     models = {}
     for name, variant in (("action_llm", "default"), ("karma", "karma")):
-        model = build(name, variant, log.n_items, cfg.model)
-        model.prepare(log, cache_root() / "models")
+        model = build(name, variant, log, cfg.model, cache_dir=cache_root() / "models")
         models[name] = model.eval()
     models["karma"].load_state_dict(models["action_llm"].inference_state_dict(), strict=False)
     params = {n: sum(p.numel() for k, p in m.named_parameters() if not k.startswith("heads."))

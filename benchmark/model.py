@@ -38,6 +38,40 @@ class RankingModel(Protocol):
         """(len(impressions), D) next-interest embeddings, one per impression, in order."""
 
 
+# Capabilities the harness uses beyond ``RankingModel``; each is optional, checked with isinstance.
+
+@runtime_checkable
+class StagedTraining(Protocol):
+    def stages(self, log: SearchLog, generator: torch.Generator) -> list[tuple[str, Dataset, int]]:
+        """(name, examples, epochs) run before the selected training stage, without validation."""
+
+
+@runtime_checkable
+class AttentionProbe(Protocol):
+    def item_encoder_attention(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The item encoder's last trainable block: attention (M, heads, L, L) and token mask (M, L)."""
+
+    def decoder_attention(self, impressions: pd.DataFrame, window: int = 8, max_rows: int = 64):
+        """Every decoder layer's attention (n_layers, B, heads, L, L) on unpadded windows, and the window."""
+
+
+@runtime_checkable
+class GeneratorReadout(Protocol):
+    def fit_generators(self, log: SearchLog, updates: int, batch_size: int = 256, lr: float = 1e-3,
+                       seed: int = 0) -> dict[str, float]:
+        """Fit the Table 2 generators on the trained model's frozen states; their final losses."""
+
+    def generated_user_embeddings(self, log: SearchLog, impressions: pd.DataFrame, batch_size: int = 256,
+                                  samples: int = 1) -> dict[str, torch.Tensor]:
+        """Each generator's user embeddings (n, D), and (n, samples, D) under ``<name>_samples``."""
+
+
+@runtime_checkable
+class Describes(Protocol):
+    def describe(self) -> dict:
+        """Facts about the network for the run record (weights' source, dtype, init LM loss, ...)."""
+
+
 class NothingToTrain:
     """The training half of ``RankingModel`` for models that only score (popularity, BM25, query_pop):
     no examples, so the trainer returns at once; batches and losses cannot be asked for."""

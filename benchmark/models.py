@@ -28,13 +28,18 @@ class ModelSpec:
     variants: dict  # variant name -> config overrides
     needs_text: bool = False  # True: skipped (shown as not applicable) on ID-only datasets
     needs_images: bool = False  # True: skipped on datasets without item images
-    tuned_like: tuple[str, str] | None = None  # reuse this (model, variant)'s search instead of its own
+    # reuse this (model, variant)'s search instead of its own (every variant but that one itself)
+    tuned_like: tuple[str, str] | None = None
     # How the model uses the query: "ignored" (query-blind: one run, in mode none, stands for every
     # mode, since the impressions, splits and exposures do not depend on the mode), "required" (runs
     # in the search modes only), "optional" (runs in every mode of the suite, without a query in none).
     query_use: str = "optional"
+    # True: built from the catalog itself, ``cls(log, config, cache_dir)`` (backbones, per-catalog caches);
+    # False: ``cls(n_items, config)``, fitted from the training split by its own train_dataset
+    reads_catalog: bool = False
 
 
+ACTION_ONLY = ("action_llm", "default")
 MODELS: dict[str, ModelSpec] = {
     "popularity": ModelSpec(Popularity, "popularity", {"default": {}}, query_use="ignored"),  # sanity floor
     # what the query alone gives away: its item group ranked by popularity, and its lexical match
@@ -44,20 +49,29 @@ MODELS: dict[str, ModelSpec] = {
     "sasrec": ModelSpec(SASRec, "sasrec", {"default": {}}, query_use="ignored"),
     # The action-only LLM is KARMA's network with every decodability loss off (same inference path);
     # "warmup" adds only KARMA's stage-1 semantic warm-up, so its effect is not credited to Tasks 1/2.
+    # Table 1's rows differ only in train-only losses, so they share the action-only LLM's selected
+    # settings (lr, score scale): a row's delta is its losses' effect, not a tuning advantage.
     "action_llm": ModelSpec(ContinuousTokenModel, "karma", {"default": KARMA_VARIANTS["action_only"],
                                                             "warmup": KARMA_VARIANTS["warmup"]},
-                            needs_text=True),
-    "hllm": ModelSpec(HLLM, "hllm", {"default": {}}, needs_text=True),  # item LLM + user LLM, InfoNCE (scaled down)
+                            needs_text=True, reads_catalog=True, tuned_like=ACTION_ONLY),
+    "hllm": ModelSpec(HLLM, "hllm", {"default": {}}, needs_text=True, reads_catalog=True),  # item LLM + user LLM, InfoNCE (scaled down)
     "karma": ModelSpec(ContinuousTokenModel, "karma",
-                       {k: v for k, v in KARMA_VARIANTS.items() if k not in ("action_only", "warmup")}, needs_text=True),
-    # Table 1's multimodal row: KARMA + visual reconstruction (its own search, like every variant).
+                       {k: v for k, v in KARMA_VARIANTS.items() if k not in ("action_only", "warmup")}, needs_text=True,
+                       reads_catalog=True, tuned_like=ACTION_ONLY),
+    # Table 1's multimodal row: KARMA + visual reconstruction.
     "karma_visual": ModelSpec(ContinuousTokenModel, "karma", {"visual": MULTIMODAL_VARIANTS["visual"]},
-                              needs_text=True, needs_images=True),
-    # Table 2: KARMA with generator readouts of h; trained with KARMA's selected settings (its main path
-    # is KARMA's), evaluated with the discriminative u and with each generated embedding.
+                              needs_text=True, needs_images=True, reads_catalog=True, tuned_like=ACTION_ONLY),
+    # Table 2: KARMA with generator readouts of h (its main path is KARMA's), evaluated with the
+    # discriminative u and with each generated embedding.
     "karma_gen": ModelSpec(ContinuousTokenModel, "karma", {"generators": MULTIMODAL_VARIANTS["generators"]},
-                           needs_text=True, tuned_like=("karma", "karma")),
+                           needs_text=True, tuned_like=ACTION_ONLY, reads_catalog=True),
 }
+
+
+def tuned_source(model: str, variant: str) -> tuple[str, str] | None:
+    """The (model, variant) whose tuning search selects this one's settings, None for its own search."""
+    source = MODELS[model].tuned_like
+    return None if source is None or source == (model, variant) else source
 
 
 def expand(entries: list[str]) -> list[tuple[str, str]]:
@@ -84,5 +98,7 @@ def model_config(name: str, variant: str, model_configs, tuned: dict | None = No
     return dataclasses.replace(base, **{**spec.variants[variant], **(tuned or {})})
 
 
-def build(name: str, variant: str, n_items: int, model_configs, tuned: dict | None = None):
-    return MODELS[name].cls(n_items, model_config(name, variant, model_configs, tuned))
+def build(name: str, variant: str, log, model_configs, tuned: dict | None = None, cache_dir=None):
+    """The model of one (model, variant) for the search log ``log``, ready to train."""
+    spec, config = MODELS[name], model_config(name, variant, model_configs, tuned)
+    return spec.cls(log, config, cache_dir) if spec.reads_catalog else spec.cls(log.n_items, config)

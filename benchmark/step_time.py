@@ -40,13 +40,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from hydra import compose, initialize_config_module
 
+    from benchmark.config import typed
     from benchmark.models import build
     from benchmark.runner import load_log
     from benchmark.seed import seed_everything
     from benchmark.trainer import TrainConfig, _loader
 
     with initialize_config_module(config_module="benchmark.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["suite=full", *args.override])
+        cfg = typed(compose(config_name="config", overrides=["suite=full", *args.override]))
     log = load_log(args.dataset, cfg, data_root(args.data_dir))
     n_train = int((log.impressions["split"] == "train").sum())
     train_cfg = TrainConfig(batch_size=cfg.train.batch_size)
@@ -55,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for entry in args.models:
         name, _, variant = entry.partition(":")
         generator = seed_everything(0)
-        model = build(name, variant or "default", log.n_items, cfg.model)
-        model.prepare(log, cache_root() / "models")
+        model = build(name, variant or "default", log, cfg.model, cache_dir=cache_root() / "models")
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from benchmark.model import RankingModel
+from benchmark.model import RankingModel, StagedTraining
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class TrainResult:
     valid_value: float | None = None
     train_seconds: float = 0.0
     examples_per_second: float | None = None
+    step_seconds: float = 0.0  # training passes of every stage, without validation
     stopped_by: str = "nothing to train"
     converged: bool | None = None  # False when the best epoch is the last allowed one (None: nothing trained)
     history: list[dict] = field(default_factory=list)  # per epoch: losses and validation value
@@ -67,11 +68,13 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     start = time.perf_counter()
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
-    for name, stage_data, epochs in getattr(model, "stages", lambda *_: [])(log_, generator):
+    for name, stage_data, epochs in (model.stages(log_, generator) if isinstance(model, StagedTraining) else []):
         stage_loader = _loader(stage_data, model, config, generator)
         for epoch in range(1, epochs + 1):
             model.train()
+            stage_start = time.perf_counter()
             sums = _run_epoch(model, stage_loader, optimizer, params, config, generator, f"{desc} {name} {epoch}")
+            result.step_seconds += time.perf_counter() - stage_start
             result.history.append({"stage": name, "epoch": epoch, **sums})
             log.info("%s %s epoch %d: %s", desc, name, epoch, " ".join(f"{k}={v:.4f}" for k, v in sums.items()))
     best_state, best_value, since_best = None, -math.inf, 0
@@ -103,6 +106,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     result.converged = result.best_epoch is not None and result.best_epoch < config.max_epochs
     result.train_seconds = time.perf_counter() - start
     result.examples_per_second = seen / train_time if train_time > 0 else None
+    result.step_seconds += train_time
     return result
 
 

@@ -35,8 +35,11 @@ __all__ = [
     "BackboneSpec",
     "DECODERS",
     "ITEM_ENCODERS",
+    "LORA_TARGETS",
+    "add_lora",
     "encode_item_states",
     "load_decoder",
+    "next_token_loss",
     "load_item_encoder",
     "remap_ids",
     "restricted_vocab",
@@ -336,8 +339,10 @@ def tiny_item_encoder(vocab_size: int = 128, seed: int = 0):
 # --------------------------------------------------------------------------- item states
 
 
-def _states_key(encoder: nn.Module, max_tokens: int, texts: Sequence[str]) -> str:
+def _states_key(encoder: nn.Module, max_tokens: int, texts: Sequence[str], layer: int | None = None) -> str:
     h = hashlib.sha256()
+    if layer is not None:  # states after `layer` blocks (the frozen lower part); None: the last layer
+        h.update(f"layer={layer}".encode())
     config = getattr(encoder, "config", None)
     h.update(str(getattr(config, "name_or_path", "")).encode())
     h.update(b"\0")
@@ -373,17 +378,21 @@ def encode_item_states(
     cache_path: Path | str | None,
     batch_size: int = 64,
     progress: bool = True,
+    layer: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the frozen item encoder once over the catalog.
 
-    Returns ``(states, mask)``: last-layer token states float16 ``(N, max_tokens, H)`` and the
-    attention mask bool ``(N, max_tokens)`` (texts truncated / right-padded to ``max_tokens``).
+    Returns ``(states, mask)``: token states float16 ``(N, max_tokens, H)`` and the attention mask
+    bool ``(N, max_tokens)`` (texts truncated / right-padded to ``max_tokens``). The states are the
+    last layer's, or with ``layer`` = k the output of the first k blocks (``hidden_states[k]``: k = 0
+    is the embedding layer), the frozen input of the trainable top layers. Works for encoders
+    (``AutoModel``) and causal LMs alike.
     With ``cache_path`` both are saved atomically and reused when the stored key (sha256 of the
     encoder's name_or_path and hidden size, max_tokens and every text) matches; an unreadable
     cache is recomputed with a warning.
     """
     texts = list(texts)
-    key = _states_key(encoder, max_tokens, texts)
+    key = _states_key(encoder, max_tokens, texts, layer)
     cache_path = Path(cache_path) if cache_path is not None else None
     if cache_path is not None and cache_path.exists():
         try:
@@ -415,8 +424,12 @@ def encode_item_states(
                 return_tensors="pt",
             )
             enc = {k: v.to(device) for k, v in enc.items()}
-            out = encoder(**enc)
-            states_parts.append(out.last_hidden_state.to("cpu", torch.float16))  # (B, T, H)
+            if "token_type_ids" not in _forward_args(encoder):  # causal LMs take none
+                enc.pop("token_type_ids", None)
+            body = encoder.model if hasattr(encoder, "lm_head") else encoder  # a causal LM: its states, no logits
+            out = body(**enc, output_hidden_states=layer is not None)
+            chosen = out.last_hidden_state if layer is None else out.hidden_states[layer]
+            states_parts.append(chosen.to("cpu", torch.float16))  # (B, T, H)
             mask_parts.append(enc["attention_mask"].to("cpu").bool())  # (B, T)
             bar.update(len(batch))
         bar.close()
@@ -432,6 +445,63 @@ def encode_item_states(
     if cache_path is not None:
         _atomic_torch_save({"key": key, "states": states, "mask": mask}, cache_path)
     return states, mask
+
+
+def _forward_args(model: nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+# --------------------------------------------------------------------------- adapters and fidelity
+
+# Every projection of a Llama / Qwen block, and of a BERT block (attention q/k/v, and the "dense"
+# layers: attention output, intermediate, output).
+LORA_TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                "bert": ["query", "key", "value", "dense"]}
+
+
+def add_lora(module: nn.Module, rank: int, alpha: float, targets: Sequence[str], dropout: float = 0.0) -> list[str]:
+    """Inject LoRA adapters (peft) into ``module``'s ``targets`` linears, in place, and freeze every
+    other parameter of it. Returns the names of the adapted linears (for records and tests)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    inject_adapter_in_model(config, module)
+    for name, p in module.named_parameters():
+        p.requires_grad_("lora_" in name)
+    adapted = sorted({n.rsplit(".lora_", 1)[0] for n, _ in module.named_parameters() if ".lora_" in n})
+    if not adapted:
+        raise ValueError(f"no linear of {type(module).__name__} matches the LoRA targets {list(targets)}")
+    return adapted
+
+
+@torch.no_grad()
+def next_token_loss(lm: nn.Module, tokenizer, texts: Sequence[str], max_tokens: int, batch_size: int = 32) -> float:
+    """Mean next-token cross-entropy (nats/token) of ``texts`` under the causal LM ``lm``: its final
+    layer, final norm and LM head, as ``lm(..., labels=...)`` computes it. The fidelity check of a
+    decoder: a model whose head reads a cut stack scores far worse than uniform (log vocab size)."""
+    was_training = lm.training
+    lm.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[start:start + batch_size]), truncation=True, max_length=max_tokens,
+                        padding=True, return_tensors="pt")
+        enc.pop("token_type_ids", None)
+        states = lm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        logits = lm.get_output_embeddings()(states)[:, :-1].float()
+        labels = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
+        n = int((labels != -100).sum())
+        if n:
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
+            total, count = total + float(loss), count + n
+    lm.train(was_training)
+    if count == 0:
+        raise ValueError("no text has two tokens: the next-token loss is undefined")
+    return total / count
 
 
 # --------------------------------------------------------------------------- restricted vocab

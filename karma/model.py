@@ -49,38 +49,35 @@ from torch.utils.data import Dataset
 
 from benchmark.data.schema import SearchLog
 from karma import backbones
+from karma.item_encoders import BertTop
 from karma.losses import action_negatives, gather_candidates, infonce, pairwise_ce, text_nll
+from karma.user_llm import UserLLM, UserLLMConfig, autocast, history_window, length_batches
 from karma.visual import extract_features
 from karma.visual_heads import DiffusionHead, FlowMatchingHead, masked_mean
 
 
 @dataclass
-class KarmaConfig:
-    preset: str = "cpu"  # cpu: cached frozen item encoder + first decoder layers; gpu: full fine-tuning, bf16
-    item_encoder: str = "minilm"  # alias in karma.backbones or a Hugging Face id / local path
-    decoder: str = "smollm2-135m"  # alias or Hugging Face id / local path (gpu preset: Qwen/Qwen3-0.6B)
-    decoder_layers: int = 2  # cpu preset: keep the first N pretrained layers (0 = all)
-    item_tokens: int = 32  # item-encoder input tokens per item (title first)
-    text_tokens: int = 12  # target text tokens decoded by Task 1, Task 2 and the warm-up
+class KarmaConfig(UserLLMConfig):
+    """KARMA and the action-only LLM (the user-side LLM's settings are in ``UserLLMConfig``)."""
+
+    encoder_train_layers: int = 1  # top blocks of the item encoder that train (LoRA); 0 = all (gpu preset)
+    encoder_lora_rank: int = 16  # LoRA rank on the item encoder's trainable blocks (0 = fine-tune them fully)
+    text_tokens: int = 32  # tokens of the decoded target: the item's semantic text (category path, brand, title)
     decode_fraction: float = 1.0  # share of each batch's impressions that Task 1 / Task 2 decode (cpu: < 1)
-    # cpu preset on large logs: at most this many training impressions per epoch decode text (0 = no cap);
-    # lowers decode_fraction to budget / train impressions, so the text losses' cost stops growing with the log
+    # at most this many training impressions per epoch decode text (0 = no cap); lowers decode_fraction to
+    # budget / train impressions, so the text losses' cost stops growing with the log
     decode_budget: int = 0
-    pool_heads: int = 4  # heads of the trainable attention pooling over item-encoder states
-    max_history: int = 20  # most recent history items fed to the LLM
-    use_query: bool = True  # append a query token (search); False = pure next-item prediction
     retrieval_dim: int = 128  # R, the dimension of u and v_i
     action_loss: str = "pairwise"  # pairwise (paper Eq. 5) | infonce
     score_scale: float = 10.0  # pairwise: scores are score_scale * cosine
     temperature: float = 0.07  # infonce only
     in_batch_negatives: bool = True  # other impressions' clicks as extra negatives
+    train_exposures: int = 0  # exposed items per impression used as hard negatives in a step (0 = all)
     w_action: float = 1.0  # weight of the action loss
     w_task1: float = 0.0  # weight of Task 1 (history-conditioned generation)
     w_task2: float = 0.0  # weight of Task 2 (embedding-conditioned reconstruction)
     decodability_scale: float = 1.0  # multiplies w_task1 and w_task2 (what the tuning search varies)
     warmup_epochs: int = 0  # stage 1 semantic warm-up epochs over the catalog (0 = none)
-    lr: float = 1e-3  # AdamW learning rate (overrides train.lr)
-    max_epochs: int = 0  # joint-training epoch cap (overrides train.max_epochs when > 0; warm-up not counted)
     # Visual semantic reconstruction (paper Eq. 8), a train-only head: weight (also scaled by
     # decodability_scale), head kind, and what it is conditioned on.
     w_visual: float = 0.0
@@ -91,13 +88,12 @@ class KarmaConfig:
     # Table 2: generators of the retrieval embedding, fitted on the trained model's frozen h.
     generators: bool = False
     generator_steps: int = 50  # DDIM steps when sampling the diffusion generator
-    restrict_vocab: bool = True  # text softmax over the catalog's tokens only (cpu preset)
-    dtype: str = "float32"  # float32 | bfloat16 (gpu preset)
-    tiny: bool = False  # tests: random tiny backbones of the same architecture, no weights needed
-    trust_remote_code: bool = False  # never by default
-    cache_dir: str = ""  # where backbone caches go ("" = <data root>/models, set by the pipeline)
+    restrict_vocab: bool = True  # text softmax over the catalog's tokens only
 
     def __post_init__(self):
+        super().__post_init__()
+        if self.action_loss not in ("pairwise", "infonce"):
+            raise ValueError(f"action_loss must be 'pairwise' or 'infonce', got {self.action_loss!r}")
         if self.visual_head not in ("flow", "diffusion"):
             raise ValueError(f"visual_head must be 'flow' or 'diffusion', got {self.visual_head!r}")
         if self.visual_condition not in ("embedding", "history"):
@@ -106,6 +102,13 @@ class KarmaConfig:
     @property
     def decodes_text(self) -> bool:
         return self.w_task1 > 0 or self.w_task2 > 0 or self.warmup_epochs > 0
+
+
+def semantic_text(title: str, brand: str, category) -> str:
+    """What the decodability losses decode: the category path (most general first), the brand, then
+    the title, so that a cut at ``text_tokens`` keeps the semantics and drops part numbers first."""
+    path = " > ".join(str(c) for c in category) if category is not None and len(category) else ""
+    return ". ".join(p.strip() for p in (path, str(brand or ""), str(title or "")) if p and p.strip())
 
 
 def effective_decode_fraction(cfg: KarmaConfig, train_impressions: int) -> float:
@@ -137,42 +140,6 @@ SAMPLED_GENERATORS = {"diffusion": "gen_diffusion", "diffusion_x0": "gen_diffusi
 GENERATOR_SEED_OFFSET = 7919  # the generator heads draw noise from their own stream (main path unchanged)
 
 
-class AttentionPooling(nn.Module):
-    """Trainable top of the item encoder: per-head learned queries attend over the frozen token states.
-
-    Keys and values are the frozen states themselves, split into ``heads`` slices (no K/V
-    projections: projecting 32 tokens of every item in a batch dominated a CPU step), so a step
-    costs one dot product per token and head. The pooled vector, plus the mean of the states, goes
-    through a LayerNorm and an MLP into the LLM's embedding space.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, heads: int):
-        super().__init__()
-        if in_dim % heads:
-            raise ValueError(f"pool_heads={heads} must divide the item encoder width {in_dim}")
-        self.heads = heads
-        self.query = nn.Parameter(torch.randn(heads, in_dim // heads) * 0.02)  # (heads, H / heads)
-        self.norm = nn.LayerNorm(in_dim)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-
-    def attention(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """states (N, L, H), mask (N, L) True = real token -> weights (N, heads, L), rows sum to 1."""
-        n, length, width = states.shape
-        split = states.view(n, length, self.heads, width // self.heads)  # (N, L, heads, H / heads)
-        scores = torch.einsum("nlhd,hd->nhl", split, self.query) / (width // self.heads) ** 0.5
-        return scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)
-
-    def forward(self, states: torch.Tensor, mask: torch.Tensor, return_attention: bool = False):
-        """-> (N, D) item tokens [, attention (N, heads, L)]."""
-        n, length, width = states.shape
-        weights = self.attention(states, mask)  # (N, heads, L)
-        split = states.view(n, length, self.heads, width // self.heads)
-        pooled = torch.einsum("nhl,nlhd->nhd", weights, split).reshape(n, width)  # (N, H)
-        mean = states.mul(mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        token = self.mlp(self.norm(pooled + mean))
-        return (token, weights) if return_attention else token
-
-
 class _Impressions(Dataset):
     def __init__(self, rows: pd.DataFrame, max_history: int):
         self.rows = rows.reset_index(drop=True)
@@ -196,81 +163,47 @@ class _Items(Dataset):
         return ("item", i)
 
 
-def _length_batches(impressions: pd.DataFrame, batch_size: int):
-    """Positions of ``impressions`` in batches of similar history length (stable order)."""
-    order = np.argsort([len(h) for h in impressions["history"]], kind="stable")
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-
-
 class ContinuousTokenModel(nn.Module):
-    """KARMA's network; ``VARIANTS`` set which train-only losses are on."""
+    """KARMA's network; ``VARIANTS`` set which train-only losses are on. Built from the config and the
+    catalog: the backbones load, the item encoder's frozen states are cached, the heads are made."""
 
-    def __init__(self, n_items: int, config: KarmaConfig):
+    def __init__(self, log: SearchLog, config: KarmaConfig, cache_dir: Path | str | None = None):
         super().__init__()
-        if config.action_loss not in ("pairwise", "infonce"):
-            raise ValueError(f"action_loss must be 'pairwise' or 'infonce', got {config.action_loss!r}")
-        if config.preset not in ("cpu", "gpu"):
-            raise ValueError(f"preset must be 'cpu' or 'gpu', got {config.preset!r}")
-        self.config = config
-        self.n_items = n_items
-        self.decode_fraction = config.decode_fraction  # set per log by train_dataset (decode_budget)
-        self._prepared_for: str | None = None
-
-    # --- setup: backbones and per-catalog caches (called by the pipeline before training) ---------
-    def prepare(self, log: SearchLog, cache_dir: Path) -> None:
-        if self._prepared_for == log.fingerprint:
-            return
-        cfg = self.config
+        cfg = self.config = config
+        self.n_items = log.n_items
+        self.decode_fraction = cfg.decode_fraction  # set per log by train_dataset (decode_budget)
+        self.tokens_seen = 0  # decoder positions of the training steps (throughput in the record)
         cache_dir = Path(cfg.cache_dir or cache_dir or ".")  # unused by tiny test backbones
-        dtype = getattr(torch, cfg.dtype)
+        texts = log.catalog["text"].fillna("").tolist()
         if cfg.tiny:
             enc_tok, encoder = backbones.tiny_tokenizer(), backbones.tiny_item_encoder()
-            dec_tok, decoder = enc_tok, backbones.tiny_decoder("qwen3" if cfg.preset == "gpu" else "llama",
-                                                               vocab_size=enc_tok.vocab_size)
         else:
             enc_tok, encoder = backbones.load_item_encoder(cfg.item_encoder, trust_remote_code=cfg.trust_remote_code)
-            dec_tok, decoder = backbones.load_decoder(cfg.decoder, cache_dir, dtype=dtype,
-                                                      trust_remote_code=cfg.trust_remote_code)
-        if cfg.preset == "cpu" and cfg.decoder_layers > 0:
-            decoder = backbones.truncate_decoder(decoder, cfg.decoder_layers)
-        decoder.to(dtype)
-        texts = log.catalog["text"].fillna("").tolist()
-        hidden = decoder.config.hidden_size
-        enc_dim = encoder.config.hidden_size
-        key = f"{log.fingerprint}_{cfg.item_encoder if not cfg.tiny else 'tiny'}_{cfg.item_tokens}"
-        if cfg.preset == "cpu":
-            states, mask = backbones.encode_item_states(texts, enc_tok, encoder, cfg.item_tokens,
-                                                        None if cfg.tiny else cache_dir / "item_states" / f"{key}.pt",
-                                                        progress=False)
-            self.register_buffer("item_states", states, persistent=False)  # (N, L, H) fp16, frozen
-            self.register_buffer("item_mask", mask, persistent=False)
-            self.encoder = None
-        else:  # gpu: the encoder itself is fine-tuned; keep the token ids
-            batch = enc_tok(texts, truncation=True, max_length=cfg.item_tokens, padding="max_length",
-                            return_tensors="pt")
-            self.register_buffer("item_input_ids", batch["input_ids"], persistent=False)
-            self.register_buffer("item_mask", batch["attention_mask"].bool(), persistent=False)
-            self.encoder = encoder.to(dtype)
-        # Queries: frozen item-encoder mean-pooled embeddings, one per distinct query string.
-        queries = sorted(set(log.impressions["query"].astype(str)))
-        self.query_index = {q: i for i, q in enumerate(queries)}
-        self.reads_query = cfg.use_query and any(queries)  # mode none: no query token at all
-        if self.reads_query:
-            q_states, q_mask = backbones.encode_item_states(queries or [""], enc_tok, encoder, 16, None, progress=False)
-            pooled = (q_states.float() * q_mask[..., None]).sum(1) / q_mask.sum(1, keepdim=True).clamp(min=1)
-            self.register_buffer("query_emb", pooled, persistent=False)  # (Q, H)
-            self.query_adapter = nn.Linear(enc_dim, hidden)
-        self.item_pool = AttentionPooling(enc_dim, hidden, cfg.pool_heads)
-        self.decoder = decoder
-        for p in decoder.get_input_embeddings().parameters():
-            p.requires_grad_(False)  # frozen text embeddings (tied LM head on SmolLM2 / Qwen3)
-        if decoder.get_output_embeddings() is not None:
-            for p in decoder.get_output_embeddings().parameters():
-                p.requires_grad_(False)
+        self.user_llm = UserLLM(cfg, log, cache_dir, query_encoder=(enc_tok, encoder))
+        hidden = self.user_llm.hidden_size
+        train_layers = 0 if cfg.preset == "gpu" else cfg.encoder_train_layers
+        key = f"{log.fingerprint}_{'tiny' if cfg.tiny else cfg.item_encoder.replace('/', '_')}_{cfg.item_tokens}"
+        self.item_encoder = BertTop(encoder, enc_tok, texts, cfg.item_tokens, train_layers, hidden,
+                                    cfg.encoder_lora_rank, cfg.lora_alpha,
+                                    None if cfg.tiny else cache_dir / "item_states" / f"{key}.pt")
         self.user_head = nn.Linear(hidden, cfg.retrieval_dim)
         self.item_head = nn.Linear(hidden, cfg.retrieval_dim)
-        # Train-only heads: never used by item_embeddings / user_embeddings.
+        self.info = {**self.user_llm.info, "dtype": "fp32 weights" + (", bf16 autocast" if cfg.autocast != "none" else ""),
+                     "item_encoder_frozen_layers": self.item_encoder.frozen,
+                     "item_encoder_trained_layers": len(self.item_encoder.blocks)}
+        # Train-only heads: never used by item_embeddings / user_embeddings. Their initial weights come
+        # from a stream of their own, so adding a head leaves the global stream (the item encoder's
+        # dropout during training) and with it the main path unchanged.
         self.heads = nn.ModuleDict()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() % 2**31 + GENERATOR_SEED_OFFSET)
+            self._make_heads(log, cache_dir, hidden)
+        if cfg.decodes_text:
+            self._prepare_text(log)
+        self.info["trainable_parameters"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _make_heads(self, log: SearchLog, cache_dir: Path, hidden: int) -> None:
+        cfg = self.config
         if cfg.w_task2 > 0:
             self.heads["task2_prefix"] = nn.Linear(cfg.retrieval_dim, hidden)
         if cfg.w_visual > 0:
@@ -282,19 +215,28 @@ class ContinuousTokenModel(nn.Module):
             self.heads["gen_flow"] = FlowMatchingHead(cfg.retrieval_dim, hidden, hidden=cfg.head_hidden)
             self.heads["gen_mse"] = nn.Sequential(nn.Linear(hidden, cfg.head_hidden), nn.GELU(),
                                                   nn.Linear(cfg.head_hidden, cfg.retrieval_dim))
-        if cfg.decodes_text:
-            ids = dec_tok(texts, truncation=True, max_length=cfg.text_tokens, add_special_tokens=False)["input_ids"]
-            eos = dec_tok.eos_token_id if dec_tok.eos_token_id is not None else dec_tok.sep_token_id
-            vocab = (backbones.restricted_vocab(texts, dec_tok, cfg.text_tokens, extra_ids=[eos])
-                     if cfg.restrict_vocab else torch.arange(decoder.config.vocab_size))
-            self.register_buffer("vocab", vocab, persistent=False)  # (V_r,) full-vocab ids
-            text = torch.full((len(texts), cfg.text_tokens + 1), -100, dtype=torch.long)
-            for i, row in enumerate(ids):
-                row = list(row) + [eos]  # decode the text, then stop
-                text[i, :len(row)] = torch.tensor(row)
-            self.register_buffer("item_text", text, persistent=False)  # (N, S+1) full-vocab ids, -100 pad
-        self._log = log
-        self._prepared_for = log.fingerprint
+
+    def _prepare_text(self, log: SearchLog) -> None:
+        """The decoded target of every item: its semantic text, tokenised by the decoder's tokenizer."""
+        cfg, tok = self.config, self.user_llm.tokenizer
+        brands = log.catalog["brand"] if "brand" in log.catalog else [""] * log.n_items
+        targets = [semantic_text(t, b, c) for t, b, c in zip(log.catalog["title"], brands, log.catalog["category"],
+                                                               strict=True)]
+        ids = tok(targets, truncation=True, max_length=cfg.text_tokens, add_special_tokens=False)["input_ids"]
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        vocab = (backbones.restricted_vocab(targets, tok, cfg.text_tokens, extra_ids=[eos])
+                 if cfg.restrict_vocab else torch.arange(self.user_llm.decoder.config.vocab_size))
+        self.register_buffer("vocab", vocab, persistent=False)  # (V_r,) full-vocab ids
+        text = torch.full((len(targets), cfg.text_tokens + 1), -100, dtype=torch.long)
+        for i, row in enumerate(ids):
+            row = list(row) + [eos]  # decode the text, then stop
+            text[i, :len(row)] = torch.tensor(row)
+        self.register_buffer("item_text", text, persistent=False)  # (N, S+1) full-vocab ids, -100 pad
+        pieces = [tok.decode([t]) for row in ids for t in row]
+        self.info["target_text"] = {"tokens": cfg.text_tokens, "mean_tokens": float(np.mean([len(r) for r in ids])),
+                                    "digit_token_share": float(np.mean([any(ch.isdigit() for ch in p) for p in pieces]))
+                                    if pieces else 0.0, "restricted_vocab": int(len(vocab)),
+                                    "example": targets[0][:200] if targets else ""}
 
     def _prepare_visual(self, log: SearchLog, cache_dir: Path, hidden: int) -> None:
         """Frozen visual features of every catalog item (cached) and the reconstruction head."""
@@ -313,36 +255,25 @@ class ContinuousTokenModel(nn.Module):
         head = FlowMatchingHead if cfg.visual_head == "flow" else DiffusionHead
         self.heads["visual"] = head(feats.shape[1], hidden, hidden=cfg.head_hidden)
 
-    # --- the inference path ------------------------------------------------------------------
-    def item_tokens(self, items: torch.Tensor, return_attention: bool = False):
-        """items (M,) catalog ids -> (M, D) item tokens (the LLM's continuous input)."""
-        mask = self.item_mask[items]
-        if self.encoder is None:
-            states = self.item_states[items].float()
-        else:
-            states = self.encoder(input_ids=self.item_input_ids[items], attention_mask=mask).last_hidden_state
-        return self.item_pool(states, mask, return_attention=return_attention)
+    def describe(self) -> dict:
+        """What the record keeps about the network: weights' source, dtype, init LM loss, target text."""
+        return dict(self.info)
 
-    def _run_decoder(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """embeds (B, L, D) left-padded, mask (B, L) -> last-layer hidden states (B, L, D), post final norm."""
-        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-        out = self.decoder.model(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions)
-        return out.last_hidden_state
+    # --- the inference path ------------------------------------------------------------------
+    def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
+        """items (M,) catalog ids -> (M, D) item tokens (the LLM's continuous input)."""
+        with autocast(self.config):
+            return self.item_encoder(items)
 
     def _sequence(self, histories: torch.Tensor, query_ids: torch.Tensor | None):
         """histories (B, T) item ids, -1 = left padding -> embeds (B, T [+1], D), mask."""
         mask = histories >= 0
-        tokens = torch.zeros(*histories.shape, self.decoder.config.hidden_size, dtype=self._dtype())
+        tokens = torch.zeros(*histories.shape, self.user_llm.hidden_size)
         if mask.any():
-            tokens[mask] = self.item_tokens(histories[mask]).to(tokens.dtype)
-        if self.reads_query and query_ids is not None:
-            q = self.query_adapter(self.query_emb[query_ids]).to(tokens.dtype)[:, None]  # (B, 1, D)
-            tokens = torch.cat([tokens, q], dim=1)
-            mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=torch.bool)], dim=1)
-        return tokens, mask
-
-    def _dtype(self):
-        return next(self.decoder.parameters()).dtype
+            flat = histories[mask]
+            items, inverse = torch.unique(flat, return_inverse=True)  # each distinct item encoded once
+            tokens = tokens.masked_scatter(mask[..., None], self.item_tokens(items).float().index_select(0, inverse))
+        return self.user_llm.sequence(tokens, mask, query_ids)
 
     def user_vectors(self, histories, query_ids, text_suffix: torch.Tensor | None = None, return_states=False):
         """-> (u (B, R) normalised, hidden states of the suffix or None [, h (B, D), history mean (B, D)])."""
@@ -350,10 +281,12 @@ class ContinuousTokenModel(nn.Module):
         n_prefix = embeds.shape[1]
         if text_suffix is not None:  # Task 1: the target text follows in the same causal pass
             text_mask = text_suffix >= 0
-            text_emb = self.decoder.get_input_embeddings()(text_suffix.clamp(min=0)).to(embeds.dtype)
-            embeds = torch.cat([embeds, text_emb], dim=1)
+            embeds = torch.cat([embeds, self.user_llm.text_embeddings(text_suffix).to(embeds.dtype)], dim=1)
             mask = torch.cat([mask, text_mask], dim=1)
-        states = self._run_decoder(embeds, mask)
+        if self.training:
+            self.tokens_seen += int(mask.sum())
+        with autocast(self.config):
+            states = self.user_llm(embeds, mask)
         h = states[:, n_prefix - 1].float()  # (B, D): the next-interest state (causal: text unseen)
         u = F.normalize(self.user_head(h), dim=-1)
         suffix = states[:, n_prefix - 1:-1] if text_suffix is not None else None
@@ -382,30 +315,12 @@ class ContinuousTokenModel(nn.Module):
         index = torch.tensor([i for _, i in examples])
         if kind == "item":
             return {"items": index}
-        rows = self._train_rows.iloc[index.numpy()]
-        return self._impression_batch(rows)
-
-    def _impression_batch(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        hist = [h[-cfg.max_history:] for h in rows["history"]]
-        width = max(1, max(len(h) for h in hist))
-        histories = torch.full((len(hist), width), -1, dtype=torch.long)
-        for r, h in enumerate(hist):
-            if len(h):
-                histories[r, width - len(h):] = torch.from_numpy(np.array(h, dtype=np.int64))
-        exp = [np.array(e, dtype=np.int64) for e in rows["exposures"]] if "exposures" in rows else []
-        e_width = max([len(e) for e in exp] + [0])
-        exposures = torch.full((len(rows), e_width), -1, dtype=torch.long)
-        for r, e in enumerate(exp):
-            exposures[r, :len(e)] = torch.from_numpy(e)
-        query = torch.tensor([self.query_index.get(str(q), 0) for q in rows["query"]], dtype=torch.long)
-        return {"histories": histories, "query": query, "targets": torch.tensor(rows["target"].to_numpy()),
-                "exposures": exposures}
+        return self.user_llm.batch(self._train_rows.iloc[index.numpy()])
 
     def losses(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         cfg = self.config
         if "items" in batch:  # stage 1: decode each item's text from its own item token
-            tokens = self.item_tokens(batch["items"]).to(self._dtype())[:, None]  # (B, 1, D)
+            tokens = self.item_tokens(batch["items"]).float()[:, None]  # (B, 1, D)
             return {"warmup": self._decode_from_prefix(tokens, self.item_text[batch["items"]])}
         targets = batch["targets"]
         # Decodability on a random share of the batch (an unbiased estimate of the full-batch mean).
@@ -422,7 +337,11 @@ class ContinuousTokenModel(nn.Module):
         if cfg.w_task1 > 0 and not shared:
             target_text = self._target_text(targets[decode])
             _, text_states = self.user_vectors(batch["histories"][decode], batch["query"][decode], target_text)
-        negatives, neg_mask = action_negatives(targets, batch["exposures"], cfg.in_batch_negatives)
+        exposures = batch["exposures"]
+        if 0 < cfg.train_exposures < exposures.shape[1]:  # a random subset of the hard negatives per step
+            keep = torch.rand(exposures.shape, generator=generator).masked_fill(exposures < 0, 2.0)
+            exposures = exposures.gather(1, torch.sort(keep, dim=1, stable=True).indices[:, :cfg.train_exposures])
+        negatives, neg_mask = action_negatives(targets, exposures, cfg.in_batch_negatives)
         items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
         v = self.item_vectors(items)  # (M, R), each distinct item encoded once
         v_pos, v_neg = gather_candidates(v, inverse, len(targets), negatives.shape)
@@ -436,7 +355,7 @@ class ContinuousTokenModel(nn.Module):
         if cfg.w_task1 > 0:
             out["task1"] = cfg.decodability_scale * cfg.w_task1 * self._text_loss(text_states, target_text)
         if cfg.w_task2 > 0:
-            prefix = self.heads["task2_prefix"](u[decode]).to(self._dtype())[:, None]  # (B', 1, D): u alone
+            prefix = self.heads["task2_prefix"](u[decode])[:, None]  # (B', 1, D): u alone
             out["task2"] = cfg.decodability_scale * cfg.w_task2 * self._decode_from_prefix(
                 prefix, self.item_text[targets[decode]])
         if cfg.w_visual > 0:  # Eq. 8 on the targets that have an image
@@ -497,22 +416,24 @@ class ContinuousTokenModel(nn.Module):
 
     def _text_loss(self, states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """states (B, S+1, D) at the positions that predict text (B, S+1) full-vocab ids (-100 pad)."""
-        weight = self.decoder.get_output_embeddings().weight
-        if self.config.restrict_vocab:
-            logits = states.float() @ weight[self.vocab].float().T  # (B, S+1, V_r)
-            labels = torch.where(text >= 0, torch.searchsorted(self.vocab, text.clamp(min=0)), text)
-        else:
-            logits, labels = states.float() @ weight.float().T, text
-        return text_nll(logits, labels)
+        weight = self.user_llm.decoder.get_output_embeddings().weight
+        with autocast(self.config):  # the (B, S+1, V) product is a large matmul: bf16 where configured
+            if self.config.restrict_vocab:
+                logits = states @ weight[self.vocab].T  # (B, S+1, V_r)
+                labels = torch.where(text >= 0, torch.searchsorted(self.vocab, text.clamp(min=0)), text)
+            else:
+                logits, labels = states @ weight.T, text
+        return text_nll(logits.float(), labels)
 
     def _decode_from_prefix(self, prefix: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Decode text (B, S+1) given one prefix token (B, 1, D), teacher-forced."""
-        text_in = self.decoder.get_input_embeddings()(text[:, :-1].clamp(min=0)).to(prefix.dtype)
+        text_in = self.user_llm.text_embeddings(text[:, :-1]).to(prefix.dtype)
         embeds = torch.cat([prefix, text_in], dim=1)  # (B, S+1, D)
         mask = torch.cat([torch.ones(len(text), 1, dtype=torch.bool), text[:, :-1] >= 0], dim=1)
-        positions = torch.arange(embeds.shape[1]).expand(len(text), -1)  # right padding: plain positions
-        states = self.decoder.model(inputs_embeds=embeds, attention_mask=mask.long(),
-                                    position_ids=positions).last_hidden_state
+        if self.training:
+            self.tokens_seen += int(mask.sum())
+        with autocast(self.config):
+            states = self.user_llm.decode_states(embeds, mask)  # right padding: plain positions
         return self._text_loss(states, text)
 
     @torch.no_grad()
@@ -528,37 +449,28 @@ class ContinuousTokenModel(nn.Module):
     def _user_states(self, impressions: pd.DataFrame, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """(u (n, R), h (n, D)) in input order, computed in batches of similar history length (less padding)."""
         u = torch.zeros(len(impressions), self.config.retrieval_dim)
-        h = torch.zeros(len(impressions), self.decoder.config.hidden_size)
-        for rows in _length_batches(impressions, batch_size):
-            batch = self._impression_batch(impressions.iloc[rows])
+        h = torch.zeros(len(impressions), self.user_llm.hidden_size)
+        for rows in length_batches(impressions, batch_size):
+            batch = self.user_llm.batch(impressions.iloc[rows])
             u_b, _, h_b, _ = self.user_vectors(batch["histories"], batch["query"], return_states=True)
             u[torch.from_numpy(rows)], h[torch.from_numpy(rows)] = u_b, h_b
         return u, h
 
     @torch.no_grad()
     def decoder_attention(self, impressions: pd.DataFrame, window: int = 8, max_rows: int = 64):
-        """Decoder self-attention over the last ``window`` history items (+ the query token).
-
-        Uses impressions with at least ``window`` history items (``window`` shrinks to the longest
-        history available), so no row is padded and positions line up across rows. Returns
-        ``(layers (n_layers, B, heads, L, L) numpy, window)``; the eager attention kernel is switched on
-        for the call only (SDPA returns no weights).
-        """
-        lengths = np.array([len(h) for h in impressions["history"]])
-        window = int(min(window, self.config.max_history, lengths.max(initial=0)))
-        if window < 1:
+        """Decoder self-attention over the last ``window`` history items (+ the query token) of
+        impressions with that much history (no padding). ``(layers (n_layers, B, heads, L, L), window)``."""
+        rows, window = history_window(impressions, window, self.config.max_history, max_rows)
+        if rows is None:
             return None, 0
-        rows = impressions[lengths >= window].head(max_rows)
-        rows = rows.assign(history=[h[-window:] for h in rows["history"]])
-        batch = self._impression_batch(rows)
+        batch = self.user_llm.batch(rows)
         embeds, mask = self._sequence(batch["histories"], batch["query"])
-        previous = self.decoder.config._attn_implementation
-        self.decoder.set_attn_implementation("eager")
-        try:
-            out = self.decoder.model(inputs_embeds=embeds, attention_mask=mask.long(), output_attentions=True)
-        finally:
-            self.decoder.set_attn_implementation(previous)
-        return np.stack([a.float().numpy() for a in out.attentions]), window
+        return self.user_llm.attentions(embeds, mask), window
+
+    @torch.no_grad()
+    def item_encoder_attention(self, items: torch.Tensor):
+        """The item encoder's last trainable block: attention (M, heads, L, L) and the token mask (M, L)."""
+        return self.item_encoder.attention(items)
 
     @torch.no_grad()
     def generated_user_embeddings(self, log: SearchLog, impressions: pd.DataFrame, batch_size: int = 256,
@@ -578,7 +490,7 @@ class ContinuousTokenModel(nn.Module):
                "ar_mse": F.normalize(self.heads["gen_mse"](states), dim=-1)}
         many = {name: torch.zeros(n, samples, dim) for name in SAMPLED_GENERATORS} if samples > 1 else {}
         noise = torch.Generator().manual_seed(GENERATOR_SEED_OFFSET)
-        for rows in _length_batches(impressions, batch_size):  # the batches h was computed in
+        for rows in length_batches(impressions, batch_size):  # the batches h was computed in
             index = torch.from_numpy(rows)
             h = states[index]
             for name, head in SAMPLED_GENERATORS.items():

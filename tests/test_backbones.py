@@ -225,3 +225,44 @@ def test_real_smollm2_alias_loads_and_caches(tmp_path):
     with torch.no_grad():
         out = model2(inputs_embeds=model2.get_input_embeddings()(ids))
     assert out.logits.shape == (1, ids.shape[1], 49152)
+
+
+def test_next_token_loss_reads_the_final_layer_through_the_lm_head(tiny_tokenizer):
+    """The fidelity loss is the causal LM's own loss: final layer, final norm, LM head."""
+    lm = tiny_decoder("llama", vocab_size=tiny_tokenizer.vocab_size)
+    ours = backbones.next_token_loss(lm, tiny_tokenizer, ITEM_TEXTS, 8)
+    enc = tiny_tokenizer(list(ITEM_TEXTS), truncation=True, max_length=8, padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        per_text = [float(lm(input_ids=enc["input_ids"][i:i + 1], attention_mask=enc["attention_mask"][i:i + 1],
+                             labels=labels[i:i + 1]).loss) for i in range(len(ITEM_TEXTS))]
+    counts = (labels[:, 1:] != -100).sum(1).tolist()
+    expected = sum(loss * n for loss, n in zip(per_text, counts, strict=True)) / sum(counts)
+    assert abs(ours - expected) < 1e-4
+    cut = backbones.truncate_decoder(tiny_decoder("llama", vocab_size=tiny_tokenizer.vocab_size), 1)
+    assert abs(backbones.next_token_loss(cut, tiny_tokenizer, ITEM_TEXTS, 8) - ours) > 1e-4  # it reads the last layer
+
+
+def test_fidelity_floor_refuses_a_cut_decoder_that_loses_the_lm(monkeypatch):
+    from karma import user_llm
+
+    losses = iter([6.0, 19.9])  # the whole model, then the cut one (the issue's SmolLM2 numbers)
+    monkeypatch.setattr(backbones, "next_token_loss", lambda *a, **k: next(losses))
+    cfg = user_llm.UserLLMConfig(tiny=True, decoder_layers=1)
+    with pytest.raises(ValueError, match="fidelity floor"):
+        user_llm.load_user_decoder(cfg, list(ITEM_TEXTS), Path("."))
+    losses = iter([6.0, 6.3])  # within 10%: accepted, and both losses are recorded
+    _, lm, info = user_llm.load_user_decoder(cfg, list(ITEM_TEXTS), Path("."))
+    assert len(lm.model.layers) == 1 and (info["init_lm_loss_full"], info["init_lm_loss"]) == (6.0, 6.3)
+
+
+def test_add_lora_adapts_only_the_named_projections():
+    lm = tiny_decoder("llama")
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    adapted = backbones.add_lora(lm.model.layers, 4, 8.0, ["q_proj", "v_proj"])
+    assert adapted == sorted(f"{i}.self_attn.{m}" for i in range(2) for m in ("q_proj", "v_proj"))
+    trainable = [n for n, p in lm.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n and (".q_proj." in n or ".v_proj." in n) for n in trainable)
+    with pytest.raises(ValueError, match="not found"):  # peft names the missing targets
+        backbones.add_lora(tiny_decoder("llama").model.layers, 4, 8.0, ["nothing_here"])

@@ -13,8 +13,7 @@ TINY = ["synthetic.n_items=120", "synthetic.n_users=80", "synthetic.image_size=1
         "train.max_epochs=2", "model.sasrec.hidden=8", "train.progress=false", "models=[popularity,sasrec]"]
 # The LLM family through the whole pipeline, on random tiny backbones (no weights needed).
 TINY_LLM = [*TINY[:-1], "models=[action_llm,hllm,karma:karma]", "model.karma.tiny=true", "model.hllm.tiny=true",
-            "model.karma.pool_heads=2", "model.hllm.pool_heads=2", "model.karma.retrieval_dim=16",
-            "model.hllm.retrieval_dim=16"]
+            "model.karma.retrieval_dim=16", "model.hllm.num_negatives=16"]
 
 
 def _args(tmp_path: Path) -> list[str]:
@@ -174,11 +173,11 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
 
 def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     models = "models=[karma:karma,karma_visual,karma_gen]"
-    grid = ["search.enabled=true", "search.trials=2", "+search.grids.karma={model.karma.lr:[0.001,0.003]}",
-            "+search.grids.karma_visual={model.karma.lr:[0.001,0.003]}", "model.karma.head_hidden=16",
+    grid = ["search.enabled=true", "search.trials=2", "+search.grids.action_llm={model.karma.lr:[0.001,0.003]}",
+            "model.karma.head_hidden=16",
             "model.karma.generator_steps=3", "funnel.generator_samples=3", "funnel.generator_impressions=20",
             "funnel.generator_updates=3"]
-    assert main(["--suite", "smoke", *_args(tmp_path), *TINY_LLM[:-7], models, *TINY_LLM[-6:], *grid]) == 0
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY_LLM[:6], models, *TINY_LLM[7:], *grid]) == 0
     folder = tmp_path / "results" / "records" / "smoke" / "synthetic" / "coarse"
     karma = json.loads((folder / "karma__karma__seed0.json").read_text())
     visual = json.loads((folder / "karma_visual__visual__seed0.json").read_text())
@@ -187,9 +186,12 @@ def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     assert visual["visual_features"]["encoder"] == "tiny-pixels"
     assert visual["adaptation"]["images"]["with_image"] == visual["data_stats"]["items"]
     assert "visual" in visual["selection"]["history"][-1]
-    # Table 2's run reuses KARMA's search (no trials of its own) and evaluates both generators
-    assert gen["search"]["tuned_like"] == "karma:karma" and gen["search"]["selected"] == karma["search"]["selected"]
-    assert not (tmp_path / "results" / "search" / "smoke" / "synthetic" / "coarse" / "karma_gen__generators.json").exists()
+    # every Table 1 row and Table 2's run reuse the action-only LLM's search (no trials of their own)
+    for record in (karma, visual, gen):
+        assert record["search"]["tuned_like"] == "action_llm:default"
+        assert record["search"]["selected"] == karma["search"]["selected"]
+    searches = tmp_path / "results" / "search" / "smoke" / "synthetic" / "coarse"
+    assert [p.name for p in searches.glob("*.json")] == ["action_llm__default.json"]
     assert gen["metrics"]["test"] == karma["metrics"]["test"]  # detached readouts leave KARMA's own path unchanged
     for name in ("diffusion", "diffusion_x0", "flow", "ar_mse"):
         assert 0 <= gen["table2"][name]["HR@10"] <= 1 and 0 <= gen["table2"][name]["gAUC"] <= 1

@@ -23,6 +23,7 @@ def _log(n_items=12, n_users=10, seed=0) -> SearchLog:
         "title": [f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]}" for i in range(n_items)],
         "text": [f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]} {WORDS[(i * 7) % 10]}" for i in range(n_items)],
         "category": [[WORDS[i % 4]] for i in range(n_items)], "image": [None] * n_items,
+        "brand": [WORDS[(i * 5) % 10] for i in range(n_items)],
         "train_count": np.ones(n_items, dtype=np.int64)})
     rows = []
     for u in range(n_users):
@@ -37,16 +38,14 @@ def _log(n_items=12, n_users=10, seed=0) -> SearchLog:
 
 
 def _model(variant="karma", preset="cpu", **overrides):
-    cfg = dataclasses.replace(KarmaConfig(tiny=True, preset=preset, retrieval_dim=16, item_tokens=8, text_tokens=6,
-                                          pool_heads=2), **{**VARIANTS[variant], **overrides})
+    cfg = dataclasses.replace(KarmaConfig(tiny=True, preset=preset, retrieval_dim=16, item_tokens=8, text_tokens=6),
+                              **{**VARIANTS[variant], **overrides})
     seed_everything(0)
-    model = ContinuousTokenModel(12, cfg)
-    model.prepare(_log(), cache_dir=None)
-    return model
+    return ContinuousTokenModel(_log(), cfg)
 
 
 def _batch(model, log):
-    return model._impression_batch(log.split("train").iloc[:8])
+    return model.user_llm.batch(log.split("train").iloc[:8])
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -104,43 +103,86 @@ def test_inference_path_is_identical_for_karma_and_action_only():
     assert torch.equal(action.user_embeddings(log, imp), karma.user_embeddings(log, imp))
 
 
-def test_gpu_preset_builds_and_takes_a_training_step_with_a_tiny_qwen3():
-    model = _model("karma", preset="gpu")
-    assert model.encoder is not None and type(model.decoder).__name__.startswith("Qwen3")
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    before = model.encoder.embeddings.word_embeddings.weight.detach().clone()
-    loss = sum(model.losses(_batch(model, _log()), torch.Generator()).values())
-    loss.backward()
+def test_gpu_preset_trains_every_item_encoder_block_on_the_same_code_path():
+    cpu, gpu = _model("karma"), _model("karma", preset="gpu")
+    assert type(gpu.user_llm.decoder).__name__.startswith("Qwen3")
+    assert (cpu.item_encoder.frozen, len(cpu.item_encoder.blocks)) == (1, 1)  # tiny BERT: 2 blocks, the top trains
+    assert (gpu.item_encoder.frozen, len(gpu.item_encoder.blocks)) == (0, 2)  # gpu: every block trains
+    opt = torch.optim.SGD([p for p in gpu.parameters() if p.requires_grad], lr=0.1)
+    lora = [p for n, p in gpu.item_encoder.blocks.named_parameters() if "lora_B" in n]
+    before = [p.detach().clone() for p in lora]
+    sum(gpu.losses(_batch(gpu, _log()), torch.Generator()).values()).backward()
     opt.step()
-    assert not torch.equal(before, model.encoder.embeddings.word_embeddings.weight)  # the encoder is fine-tuned
+    assert any(not torch.equal(a, b) for a, b in zip(before, lora, strict=True))  # the encoder's adapters train
+
+
+def test_lora_adapters_sit_only_where_configured():
+    model = _model("karma")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    decoder = {n for n in trainable if n.startswith("user_llm.decoder.")}
+    encoder = {n for n in trainable if n.startswith("item_encoder.blocks.")}
+    assert decoder and all(".lora_" in n for n in decoder)  # the decoder trains through its adapters only
+    assert encoder and all(".lora_" in n for n in encoder)
+    n_blocks = len(model.user_llm.decoder.model.layers)
+    assert len({n.split(".layers.")[1].split(".")[0] for n in decoder}) == n_blocks  # every block adapted
+    assert not any("embed_tokens" in n or "lm_head" in n or ".norm." in n for n in trainable)
+    full = _model("karma", lora_rank=0, encoder_lora_rank=0)
+    names = [n for n, _ in full.named_parameters()]
+    assert not any(".lora_" in n for n in names)  # rank 0: no adapter at all, the blocks train fully
+    assert all(p.requires_grad for n, p in full.named_parameters() if n.startswith("user_llm.decoder.model.layers."))
+    frozen = [n for n, p in full.named_parameters() if not p.requires_grad]
+    assert any("embed_tokens" in n for n in frozen)  # token embeddings (tied LM head) stay frozen
 
 
 def test_infonce_option_and_bad_options():
     model = _model("action_only", action_loss="infonce")
     assert torch.isfinite(model.losses(_batch(model, _log()), torch.Generator())["action"])
     with pytest.raises(ValueError, match="pairwise"):
-        ContinuousTokenModel(3, KarmaConfig(action_loss="bce"))
+        KarmaConfig(action_loss="bce")
 
 
 @pytest.mark.parametrize("preset", ["cpu", "gpu"])
 def test_hllm_trains_with_infonce_and_a_capped_temperature(preset):
     seed_everything(0)
-    model = HLLM(12, HLLMConfig(tiny=True, preset=preset, retrieval_dim=16, item_tokens=8, pool_heads=2,
-                                item_llm_tokens=12))
     log = _log()
-    model.prepare(log, cache_dir=None)
+    model = HLLM(log, HLLMConfig(tiny=True, preset=preset, item_tokens=8, item_llm_tokens=12, num_negatives=6))
+    assert abs(float(model.log_scale.detach().exp()) - 1 / 0.07) < 1e-4  # published init
+    model.train()
     terms = model.losses(_batch(model, log), torch.Generator())
     assert set(terms) == {"infonce"} and torch.isfinite(terms["infonce"])
     terms["infonce"].backward()
-    assert torch.isfinite(model.logit_scale.grad)  # masked logits must not give the scale a NaN gradient
-    if preset == "gpu":
-        assert model.item_token.grad is not None  # the learnable [ITEM] token gets a gradient
+    assert torch.isfinite(model.log_scale.grad)  # masked logits must not give the scale a NaN gradient
+    assert model.item_encoder.item_token.grad is not None  # the learnable [ITEM] token gets a gradient
     with torch.no_grad():
-        model.logit_scale.fill_(10.0)  # exp(10) >> 100: the scale must be capped
+        model.log_scale.fill_(10.0)  # exp(10) >> 100: the scale must be capped
     assert torch.isfinite(model.losses(_batch(model, log), torch.Generator())["infonce"])
-    assert model.item_embeddings(log).shape == (12, 16)
-    with pytest.raises(ValueError, match="no decodability"):
-        HLLM(3, HLLMConfig(w_task1=1.0))
+    assert model.item_embeddings(log).shape == (12, 32)
+    with pytest.raises(ValueError, match="init_logit_scale"):
+        HLLMConfig(init_logit_scale=1000.0)
+
+
+def test_hllm_item_token_follows_the_truncated_text(monkeypatch):
+    """The [ITEM] state is read right after each item's last real token, whatever the truncation."""
+    import baselines.hllm
+
+    monkeypatch.setattr(baselines.hllm, "PROMPT", "")  # the tiny tokenizer spells the prompt letter by letter
+    log = _log()
+    log.catalog["text"] = [" ".join([WORDS[i % 10]] * (1 + i)) for i in range(log.n_items)]  # 1..12 words
+    model = HLLM(log, HLLMConfig(tiny=True, item_llm_tokens=6))
+    enc = model.item_encoder
+    lengths = enc.mask.sum(1)
+    assert int(lengths.max()) == 6 and int(lengths.min()) < 6  # long texts were cut, short ones were not
+    # the item embedding changes with the [ITEM] token (so it is read at the [ITEM] position) ...
+    items = torch.arange(log.n_items)
+    with torch.no_grad():
+        before = enc(items).clone()
+        enc.item_token.add_(1.0)
+        after = enc(items)
+    assert not torch.allclose(before, after)
+    # ... and equals a direct pass over (cached text states, then [ITEM]) of exactly length + 1 positions
+    i = int(torch.argmax(lengths))
+    single = enc(torch.tensor([i]))
+    assert torch.allclose(single[0], after[i], atol=1e-5)
 
 
 def _image_log(tmp_path, with_image=lambda i: i % 2 == 0) -> SearchLog:
@@ -161,13 +203,11 @@ def _image_log(tmp_path, with_image=lambda i: i % 2 == 0) -> SearchLog:
 
 
 def _mm_model(log, tmp_path, **overrides):
-    cfg = dataclasses.replace(KarmaConfig(tiny=True, retrieval_dim=16, item_tokens=8, text_tokens=6, pool_heads=2,
+    cfg = dataclasses.replace(KarmaConfig(tiny=True, retrieval_dim=16, item_tokens=8, text_tokens=6,
                                           head_hidden=32, generator_steps=4),
                               **{**VARIANTS["karma"], **overrides})
     seed_everything(0)
-    model = ContinuousTokenModel(log.n_items, cfg)
-    model.prepare(log, cache_dir=tmp_path / "cache")
-    return model
+    return ContinuousTokenModel(log, cfg, cache_dir=tmp_path / "cache")
 
 
 @pytest.mark.parametrize("head,condition", [("flow", "embedding"), ("diffusion", "history")])
@@ -265,3 +305,31 @@ def test_training_stops_on_patience_never_on_the_clock_and_records_convergence()
     assert (result.best_epoch, result.epochs_run, result.stopped_by, result.converged) == (1, 4, "patience", True)
     with pytest.raises(ValueError, match="max_epochs"):
         TrainConfig(max_epochs=-3)
+
+
+def test_bf16_autocast_follows_the_fp32_loss_curve():
+    """The check behind autocast=bfloat16 on the tiny model: the same run in both precisions gives the
+    same loss curve within 5% per step and near-identical trained embeddings (the real-model check is
+    ``python -m benchmark.preset_checks precision``)."""
+    log = _log()
+    curves, embeddings = {}, {}
+    for autocast in ("none", "bfloat16"):
+        model = _model("karma", autocast=autocast)
+        model.train()
+        batch, gen = _batch(model, log), torch.Generator().manual_seed(0)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+        curve = []
+        for _ in range(15):
+            loss = sum(model.losses(batch, gen).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            curve.append(float(loss.detach()))
+        curves[autocast] = np.array(curve)
+        model.eval()
+        embeddings[autocast] = model.item_embeddings(log)
+    relative = np.abs(curves["bfloat16"] - curves["none"]) / curves["none"]
+    assert relative.max() < 0.05, relative
+    assert curves["bfloat16"][-1] < 0.8 * curves["bfloat16"][0]  # and it learns
+    cosine = (embeddings["none"] * embeddings["bfloat16"]).sum(-1)
+    assert float(cosine.min()) > 0.98

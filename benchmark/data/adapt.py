@@ -33,6 +33,7 @@ the raw files' checksums, the loader's own config, this config and ``ADAPT_VERSI
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.data.report import DataError, DataReport
-from benchmark.data.schema import SPLITS, RawLog, SearchLog
+from benchmark.data.schema import CATALOG_COLUMNS, SPLITS, RawLog, SearchLog
 from benchmark.data.text import terms
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,20 @@ def fingerprint(raw: RawLog, config: AdaptConfig, source_config: dict | None = N
     payload = {"name": raw.name, "raw_files": dict(sorted(raw.raw_files.items())), "adapt": asdict(config),
                "source_config": source_config or {}, "adapt_version": ADAPT_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def sample_users(raw: RawLog, n: int) -> RawLog:
+    """The raw log of a fixed subsample of ``n`` users: those with the smallest sha256 of their source
+    id. Decided by the ids alone, before any model or result is seen, and the same for every model and
+    seed (a dataset view, ``<name>@<n>users``); the catalog is then the items these users interacted
+    with, as for any log."""
+    users = pd.Series(raw.interactions["user_id"].astype(str).unique())
+    if n >= len(users):
+        return raw
+    digest = users.map(lambda u: hashlib.sha256(u.encode()).hexdigest())
+    keep = set(users[digest.argsort(kind="stable").to_numpy()[:n]])
+    inter = raw.interactions[raw.interactions["user_id"].astype(str).isin(keep)].reset_index(drop=True)
+    return dataclasses.replace(raw, interactions=inter)
 
 
 def k_core(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -225,6 +240,7 @@ def adapt(raw: RawLog, config: AdaptConfig, report: DataReport) -> SearchLog:
         "item": np.arange(len(cat), dtype=np.int64), "item_id": cat["item_id"].astype(str),
         "title": cat["title"], "text": [_item_text(r, config.max_text_chars) for r in cat.itertuples()],
         "category": cat["category"], "image": cat["image"].where(cat["image"].notna(), None),
+        "brand": cat["brand"],
     })
     index_of = pd.Series(catalog["item"].to_numpy(), index=catalog["item_id"].to_numpy())
     user_ids = sorted(inter["user_id"].unique())
@@ -415,6 +431,10 @@ def load_cached(folder: Path) -> SearchLog | None:
         imp = pd.read_parquet(folder / "impressions.parquet")
     except Exception as err:  # a corrupt cache is rebuilt, not trusted
         log.warning("ignoring unreadable processed cache %s: %s", folder, err)
+        return None
+    missing = set(CATALOG_COLUMNS) - set(cat.columns)
+    if missing:  # written before a column was added: rebuilt (same data, so the same fingerprint)
+        log.info("processed cache %s lacks %s; rebuilding it", folder, sorted(missing))
         return None
     cat["category"] = cat["category"].map(list)
     for col in ("history", "exposures"):

@@ -9,6 +9,7 @@ under a data root, so the full suite runs on whatever the user has.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,20 +30,32 @@ EMBEDDED = "synthetic"
 class DatasetName:
     family: str
     category: str
+    users: int = 0  # > 0: the fixed subsample of this many users (``<family>/<Category>@<N>users``)
 
     @property
     def name(self) -> str:
-        return self.family if self.family == EMBEDDED else f"{self.family}/{self.category}"
+        base = self.family if self.family == EMBEDDED else f"{self.family}/{self.category}"
+        return f"{base}@{self.users}users" if self.users else base
 
 
 def parse(name: str) -> DatasetName:
-    if name == EMBEDDED:
-        return DatasetName(EMBEDDED, "")
-    family, _, category = name.partition("/")
+    """``synthetic``, ``<family>/<Category>``, or either with ``@<N>users``: a fixed subsample of N users
+    (:func:`benchmark.data.adapt.sample_users`), a view of its own with its own records."""
+    base, _, view = name.partition("@")
+    users = 0
+    if view:
+        match = re.fullmatch(r"([1-9][0-9]*)users", view)
+        if match is None:
+            raise DataError(f"bad dataset view {name!r}: the part after '@' must be <N>users, e.g. @3000users")
+        users = int(match.group(1))
+    if base == EMBEDDED:
+        return DatasetName(EMBEDDED, "", users)
+    family, _, category = base.partition("/")
     if family not in FAMILIES or not category:
         raise DataError(f"unknown dataset {name!r}; valid: '{EMBEDDED}', or <family>/<Category> with family in "
-                        f"{sorted(FAMILIES)} (e.g. amazon2018/Gift_Cards), or '*' for every set under the data root")
-    return DatasetName(family, category)
+                        f"{sorted(FAMILIES)} (e.g. amazon2018/Gift_Cards), optionally with @<N>users, or '*' "
+                        "for every set under the data root")
+    return DatasetName(family, category, users)
 
 
 def loader(family: str):

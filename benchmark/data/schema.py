@@ -28,7 +28,8 @@ OPTIONAL_INTERACTION_COLUMNS = ["query", "query_path", "exposures", "split"]
 
 # SearchLog.catalog columns: ``item`` is the contiguous index 0..N-1 used everywhere downstream.
 # ``query``: the query of the log's mode that the item gets as a target ("" in mode none).
-CATALOG_COLUMNS = ["item", "item_id", "title", "text", "category", "image", "query"]
+# ``brand``: the source's brand ("" when it has none).
+CATALOG_COLUMNS = ["item", "item_id", "title", "text", "category", "image", "query", "brand"]
 # SearchLog.impressions columns: ``history`` and ``exposures`` are int64 numpy arrays of ``item``.
 IMPRESSION_COLUMNS = ["user", "timestamp", "query", "history", "target", "exposures", "split"]
 SPLITS = ("train", "valid", "test")

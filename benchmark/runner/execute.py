@@ -21,6 +21,7 @@ from benchmark.data.text import terms
 from benchmark.evaluate import evaluate, summarize
 from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
 from benchmark.generators_eval import table2_metrics
+from benchmark.model import Describes
 from benchmark.models import build
 from benchmark.runner.plan import train_config
 from benchmark.runner.spec import RunSpec
@@ -44,6 +45,9 @@ def load_log(name: str, cfg, root: Path) -> SearchLog:
         # a loader that changed how it reads the same files declares PARSER_VERSION: it enters the data
         # fingerprint (and so the cache key), which the raw files' checksums alone would not change
         source_config = {"parser_version": module.PARSER_VERSION} if hasattr(module, "PARSER_VERSION") else {}
+    if spec.users:  # a fixed user subsample: a view of its own (it enters the fingerprint)
+        raw = dataclasses.replace(A.sample_users(raw, spec.users), name=spec.name)
+        source_config = {**source_config, "users": spec.users}
     fp = A.fingerprint(raw, adapt_cfg, source_config)
     folder = cache_root() / "processed" / name.replace("/", "__") / fp
     cached = A.load_cached(folder)
@@ -89,9 +93,7 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     """Build, prepare and train one (model, variant, seed); selection on the validation split only."""
     torch.set_num_threads(cfg.threads)
     generator = seed_everything(run.seed)
-    model = build(run.model, run.variant, search_log.n_items, cfg.model, run.tuned)
-    if hasattr(model, "prepare"):  # backbones and per-catalog caches
-        model.prepare(search_log, cache_root() / "models")
+    model = build(run.model, run.variant, search_log, cfg.model, run.tuned, cache_dir=cache_root() / "models")
     metric = cfg.eval.selection_metric
 
     def validate(m) -> float:
@@ -154,6 +156,8 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
                    "peak_memory_mb": max(memory.peak_mb, trial[1] if trial else 0.0),
                    "reused_search_trial": trial is not None,
                    "train_impressions_per_s": trained.examples_per_second,
+                   "train_tokens_per_s": (getattr(model, "tokens_seen", 0) / trained.step_seconds
+                                          if getattr(model, "tokens_seen", 0) and trained.step_seconds else None),
                    "eval_users_per_s": len(test_imp) / eval_s if eval_s > 0 else None},
         "selection": {"metric": cfg.eval.selection_metric, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
                       "valid_value": trained.valid_value, "stopped_by": trained.stopped_by,
@@ -168,6 +172,8 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
     }
     if table2 is not None:
         record["table2"] = table2
+    if isinstance(model, Describes):
+        record["model_info"] = model.describe()  # weights' source, dtype, init LM loss, target text
     if getattr(model, "visual_info", None):
         record["visual_features"] = model.visual_info  # which frozen encoder produced the features
     R.write_record(run.record, record)

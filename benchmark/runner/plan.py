@@ -10,7 +10,7 @@ from benchmark import records as R
 from benchmark.data import adapt as A
 from benchmark.data import registry
 from benchmark.data.download import data_root
-from benchmark.models import MODELS, expand, model_config
+from benchmark.models import MODELS, expand, model_config, tuned_source
 from benchmark.runner.grids import grid_for
 from benchmark.runner.spec import RunSpec, mode_config
 from benchmark.trainer import TrainConfig
@@ -68,7 +68,7 @@ NOT_RESULT_SETTINGS = {"cache_dir", "progress"}
 
 def untuned_settings(cfg, model: str, variant: str) -> dict:
     """A run's settings as the suite defines them, less those its tuning search chooses."""
-    source = MODELS[model].tuned_like or (model, variant)
+    source = tuned_source(model, variant) or (model, variant)
     skip = NOT_RESULT_SETTINGS | {key.rsplit(".", 1)[-1] for trial in grid_for(cfg, *source) for key in trial}
     model_cfg = model_config(model, variant, cfg.model)
     resolved = dataclasses.asdict(cfg)

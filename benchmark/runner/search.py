@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmark import records as R
 from benchmark.data.schema import SearchLog
-from benchmark.models import MODELS
+from benchmark.models import tuned_source
 from benchmark.runner.execute import catalog_terms, fit
 from benchmark.runner.grids import grid_for, with_overrides
 from benchmark.runner.plan import record_is_current, settings_agree, untuned_settings
@@ -20,7 +20,7 @@ from benchmark.runner.spec import RunSpec
 
 def search_file(cfg, run: RunSpec) -> Path | None:
     """The search file a run's search reads and writes (its ``tuned_like`` source's), None without one."""
-    model, variant = MODELS[run.model].tuned_like or (run.model, run.variant)
+    model, variant = tuned_source(run.model, run.variant) or (run.model, run.variant)
     if not grid_for(cfg, model, variant):
         return None
     return (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
@@ -37,7 +37,7 @@ def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None
     search seed's final run (same settings, same seed), so that run reuses it instead of training
     it again; a trial from an earlier, interrupted process is not kept, and its run trains anew.
     """
-    source = MODELS[run.model].tuned_like
+    source = tuned_source(run.model, run.variant)
     if source is not None:  # the same settings as another variant, selected by that variant's search
         (run_cfg, tuned), summary, _ = search(dataclasses.replace(run, model=source[0], variant=source[1]),
                                              search_log, cfg)

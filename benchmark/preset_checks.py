@@ -1,0 +1,121 @@
+"""The measurements behind the ``cpu`` preset's choices (a benchmark script, not a test).
+
+    python -m benchmark.preset_checks fidelity --dataset unisrec/Scientific --data-dir ../shared/data
+    python -m benchmark.preset_checks precision --dataset synthetic --users 300 --epochs 2
+
+``fidelity``: the next-token loss (nats/token) of the catalog's item texts at initialisation for the
+whole pretrained decoder and for cut stacks (the first N layers, and the whole stack minus middle
+layers), against a uniform guess; the fidelity floor admits a configuration within 10% of the whole
+model. ``precision``: the same small run (the action-only LLM on a fixed subsample of users, same seed)
+in fp32 and under bf16 autocast: the per-epoch loss curve, the validation metric and the time, with
+the largest relative difference. Each writes a JSON file under ``results/``; run them on a quiet core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.data.download import cache_root, data_root
+from benchmark.records import environment, write_text_atomic
+
+
+def _config_and_log(dataset: str, data_dir: str | None, overrides: list[str]):
+    from hydra import compose, initialize_config_module
+
+    from benchmark.config import typed
+    from benchmark.runner import load_log
+
+    with initialize_config_module(config_module="benchmark.conf", version_base="1.3"):
+        cfg = typed(compose(config_name="config", overrides=["suite=full", *overrides]))
+    return cfg, load_log(dataset, cfg, data_root(data_dir))
+
+
+def fidelity(args) -> dict:
+    from karma import backbones
+    from karma.user_llm import FIDELITY_TEXTS, FIDELITY_TOKENS
+
+    cfg, log = _config_and_log(args.dataset, args.data_dir, args.override)
+    texts = [t for t in log.catalog["text"].fillna("") if t][:FIDELITY_TEXTS]
+    tok, lm = backbones.load_decoder(cfg.model.karma.decoder, cache_root() / "models")
+    n = len(lm.model.layers)
+    layers = list(lm.model.layers)
+    rows = {"uniform": math.log(lm.config.vocab_size)}
+    configs = {f"all {n}": list(range(n))}
+    configs.update({f"first {k}": list(range(k)) for k in (2, 4, 8, 16, 24, 28) if k < n})
+    configs.update({f"all but {k} middle": [i for i in range(n) if not (n - k) // 2 <= i < (n + k) // 2]
+                    for k in (2, 4, 8) if k < n})
+    for name, keep in configs.items():
+        lm.model.layers = nn.ModuleList([layers[i] for i in keep])
+        start = time.perf_counter()
+        rows[name] = backbones.next_token_loss(lm, tok, texts, FIDELITY_TOKENS)
+        print(f"{name:<20} {rows[name]:6.2f} nats/token  ({time.perf_counter() - start:.0f} s)", flush=True)
+    lm.model.layers = nn.ModuleList(layers)
+    full = rows[f"all {n}"]
+    return {"dataset": args.dataset, "texts": len(texts), "max_tokens": FIDELITY_TOKENS, "loss": rows,
+            "within_floor": {k: v <= full * 1.10 for k, v in rows.items() if k != "uniform"}}
+
+
+def precision(args) -> dict:
+    from benchmark.models import build
+    from benchmark.runner.execute import evaluate_split
+    from benchmark.seed import seed_everything
+    from benchmark.trainer import TrainConfig, train
+
+    cfg, log = _config_and_log(args.dataset, args.data_dir, args.override)
+    users = np.sort(log.impressions["user"].unique())[: args.users]  # the first users by index: fixed, not chosen
+    small = copy.copy(log)
+    small.impressions = log.impressions[log.impressions["user"].isin(users)]
+    out = {"dataset": args.dataset, "users": int(len(users)), "train_impressions": int(len(small.split("train"))),
+           "epochs": args.epochs, "runs": {}}
+    metric = cfg.eval.selection_metric
+    for autocast in ("none", "bfloat16"):
+        torch.set_num_threads(1)
+        generator = seed_everything(0)
+        models = dataclasses.replace(cfg.model, karma=dataclasses.replace(cfg.model.karma, autocast=autocast))
+        model = build("action_llm", "default", small, models, cache_dir=cache_root() / "models")
+        start = time.perf_counter()
+        result = train(model, small, TrainConfig(max_epochs=args.epochs, patience=args.epochs, progress=False),
+                       generator, lambda m: evaluate_split(m, small, "valid", cfg, None, False)[0].metrics[metric],
+                       lr=model.config.lr, desc=autocast)
+        out["runs"][autocast] = {"seconds": time.perf_counter() - start,
+                                 "loss": [h["action"] for h in result.history],
+                                 "valid": [h["valid"] for h in result.history]}
+        print(autocast, out["runs"][autocast], flush=True)
+    a, b = out["runs"]["none"], out["runs"]["bfloat16"]
+    out["max_relative_loss_difference"] = max(abs(x - y) / abs(x) for x, y in zip(a["loss"], b["loss"], strict=True))
+    out["max_abs_valid_difference"] = max(abs(x - y) for x, y in zip(a["valid"], b["valid"], strict=True))
+    out["speedup"] = a["seconds"] / b["seconds"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.preset_checks", description=__doc__.splitlines()[0])
+    parser.add_argument("check", choices=["fidelity", "precision"])
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--users", type=int, default=300, help="precision: the first N users")
+    parser.add_argument("--epochs", type=int, default=2, help="precision: training epochs per dtype")
+    parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    result = {"fidelity": fidelity, "precision": precision}[args.check](args)
+    result["environment"] = environment()
+    out = Path(args.out or f"results/preset_{args.check}_{args.dataset.replace('/', '__')}.json")
+    write_text_atomic(out, json.dumps(result, indent=1, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
