@@ -76,3 +76,12 @@ def gather_candidates(v: torch.Tensor, inverse: torch.Tensor, n_targets: int, ne
     v_pos = v.index_select(0, inverse[:n_targets])  # (B, R)
     v_neg = v.index_select(0, inverse[n_targets:]).view(*negatives_shape, -1)  # (B, N, R)
     return v_pos, v_neg
+
+
+def sample_exposures(exposures: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniform random subset of at most ``k`` of each row's exposed items (B, E), -1 padded: the hard
+    negatives of one training step (``k`` = 0 or >= E: all of them). Real items are kept before padding."""
+    if k <= 0 or k >= exposures.shape[1]:
+        return exposures
+    keys = torch.rand(exposures.shape, generator=generator).masked_fill(exposures < 0, 2.0)  # padding sorts last
+    return exposures.gather(1, torch.sort(keys, dim=1, stable=True).indices[:, :k])

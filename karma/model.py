@@ -50,7 +50,7 @@ from torch.utils.data import Dataset
 from benchmark.data.schema import SearchLog
 from karma import backbones
 from karma.item_encoders import BertTop
-from karma.losses import action_negatives, gather_candidates, infonce, pairwise_ce, text_nll
+from karma.losses import action_negatives, gather_candidates, infonce, pairwise_ce, sample_exposures, text_nll
 from karma.user_llm import UserLLM, UserLLMConfig, autocast, history_window, length_batches
 from karma.visual import extract_features
 from karma.visual_heads import DiffusionHead, FlowMatchingHead, masked_mean
@@ -337,10 +337,7 @@ class ContinuousTokenModel(nn.Module):
         if cfg.w_task1 > 0 and not shared:
             target_text = self._target_text(targets[decode])
             _, text_states = self.user_vectors(batch["histories"][decode], batch["query"][decode], target_text)
-        exposures = batch["exposures"]
-        if 0 < cfg.train_exposures < exposures.shape[1]:  # a random subset of the hard negatives per step
-            keep = torch.rand(exposures.shape, generator=generator).masked_fill(exposures < 0, 2.0)
-            exposures = exposures.gather(1, torch.sort(keep, dim=1, stable=True).indices[:, :cfg.train_exposures])
+        exposures = sample_exposures(batch["exposures"], cfg.train_exposures, generator)
         negatives, neg_mask = action_negatives(targets, exposures, cfg.in_batch_negatives)
         items, inverse = torch.unique(torch.cat([targets, negatives.flatten()]), return_inverse=True)
         v = self.item_vectors(items)  # (M, R), each distinct item encoded once

@@ -102,7 +102,7 @@ def _left_padded(sequences: list, width: int) -> torch.Tensor:
     out = torch.full((len(sequences), width), -1, dtype=torch.long)
     for r, s in enumerate(sequences):
         if len(s):
-            out[r, width - len(s):] = torch.from_numpy(np.asarray(s, dtype=np.int64))
+            out[r, width - len(s):] = torch.from_numpy(np.array(s, dtype=np.int64))  # a copy: parquet arrays are read-only
     return out
 
 

@@ -1,5 +1,7 @@
 """The adapter: k-core, query modes, BM25 exposures, splits, leakage checks, caching."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,3 +174,25 @@ def test_fingerprint_changes_with_config_and_cache_round_trips(tmp_path):
         assert a.dtype == b.dtype == np.int64 and (a == b).all()
     (tmp_path / "cache" / "impressions.parquet").write_bytes(b"garbage")
     assert load_cached(tmp_path / "cache") is None  # corrupt cache is rebuilt, not trusted
+
+
+def test_a_user_subsample_view_is_fixed_by_the_ids_and_named_as_a_view():
+    from benchmark.data.adapt import sample_users
+    from benchmark.data.registry import parse
+
+    spec = parse("unisrec/Scientific@3000users")
+    assert (spec.family, spec.category, spec.users, spec.name) == ("unisrec", "Scientific", 3000,
+                                                                   "unisrec/Scientific@3000users")
+    with pytest.raises(DataError, match="<N>users"):
+        parse("unisrec/Scientific@some")
+    users = [f"u{i}" for i in range(50)]
+    raw = RawLog("toy", pd.DataFrame(columns=["item_id"]), pd.DataFrame(
+        {"user_id": [u for u in users for _ in range(3)], "item_id": ["a", "b", "c"] * 50,
+         "timestamp": list(range(150)), "order": list(range(150))}), has_text=False, has_timestamps=True)
+    first, again = sample_users(raw, 10), sample_users(raw, 10)
+    kept = sorted(first.interactions["user_id"].unique())
+    assert len(kept) == 10 and kept == sorted(again.interactions["user_id"].unique())  # the same every time
+    shuffled = dataclasses.replace(raw, interactions=raw.interactions.sample(frac=1.0, random_state=1))
+    assert sorted(sample_users(shuffled, 10).interactions["user_id"].unique()) == kept  # order does not matter
+    assert (first.interactions.groupby("user_id").size() == 3).all()  # whole histories are kept
+    assert sample_users(raw, 100) is raw

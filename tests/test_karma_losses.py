@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from karma.losses import action_negatives, infonce, pairwise_ce, text_nll
+from karma.losses import action_negatives, infonce, pairwise_ce, sample_exposures, text_nll
 
 
 def test_pairwise_ce_matches_the_formula_by_hand():
@@ -52,3 +52,18 @@ def test_text_nll_is_the_mean_token_cross_entropy_ignoring_padding():
     labels = torch.tensor([[0, 1, -100]])
     expected = -(math.log(0.5) + math.log(0.8)) / 2
     assert math.isclose(float(text_nll(logits, labels)), expected, rel_tol=1e-6)
+
+
+def test_sample_exposures_keeps_real_items_and_covers_them_uniformly():
+    exposures = torch.tensor([[5, 6, 7, 8], [9, 3, -1, -1], [-1, -1, -1, -1]])
+    gen = torch.Generator().manual_seed(0)
+    counts = {i: 0 for i in (5, 6, 7, 8)}
+    for _ in range(400):
+        out = sample_exposures(exposures, 2, gen)
+        assert out.shape == (3, 2)
+        assert set(out[1].tolist()) == {9, 3} and out[2].tolist() == [-1, -1]  # real before padding
+        assert len(set(out[0].tolist())) == 2 and set(out[0].tolist()) <= set(counts)
+        for i in out[0].tolist():
+            counts[i] += 1
+    assert all(150 < c < 250 for c in counts.values())  # each of the 4 is drawn about half the time
+    assert torch.equal(sample_exposures(exposures, 0, gen), exposures)
