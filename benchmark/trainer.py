@@ -89,7 +89,10 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         model.eval()
         value = float(validate(model))
         result.history.append({"stage": "main", "epoch": epoch, **sums, "valid": value})
-        log.info("%s epoch %d: %s valid=%.5f", desc, epoch, " ".join(f"{k}={v:.4f}" for k, v in sums.items()), value)
+        line = f"{desc} epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in sums.items()) + f" valid={value:.5f}"
+        log.info(line)
+        if not config.progress:  # without bars, one line per epoch shows a long run moving
+            print(f"{line} ({time.perf_counter() - epoch_start:.0f} s)", flush=True)
         result.epochs_run = epoch
         if value > best_value:
             best_value, best_state, since_best = value, copy.deepcopy(model.state_dict()), 0
