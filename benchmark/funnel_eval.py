@@ -15,7 +15,7 @@ import torch
 from benchmark import diagnostics as D
 from benchmark import funnel as F
 from benchmark.data.schema import SearchLog
-from benchmark.model import AttentionProbe
+from benchmark.model import DecoderAttentionProbe, ItemAttentionProbe
 
 
 def _summary(result: dict) -> dict:
@@ -56,9 +56,9 @@ def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run, 
     if before is not None:
         out["item_embeddings"]["effective_rank_before"] = D.effective_rank(before)
         out["item_embeddings"]["mean_pairwise_cosine_before"] = D.mean_pairwise_cosine(before, seed=0)
-    if isinstance(model, AttentionProbe):
+    if isinstance(model, ItemAttentionProbe):
         out["item_encoder_attention"] = _item_encoder_diagnostics(model, log, cfg, run, figures_dir)
-    if isinstance(model, AttentionProbe):
+    if isinstance(model, DecoderAttentionProbe):
         out.update(_decoder_diagnostics(model, log, cfg, run, figures_dir))
     return out
 

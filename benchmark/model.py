@@ -47,10 +47,13 @@ class StagedTraining(Protocol):
 
 
 @runtime_checkable
-class AttentionProbe(Protocol):
+class ItemAttentionProbe(Protocol):
     def item_encoder_attention(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The item encoder's last trainable block: attention (M, heads, L, L) and token mask (M, L)."""
 
+
+@runtime_checkable
+class DecoderAttentionProbe(Protocol):
     def decoder_attention(self, impressions: pd.DataFrame, window: int = 8, max_rows: int = 64):
         """Every decoder layer's attention (n_layers, B, heads, L, L) on unpadded windows, and the window."""
 

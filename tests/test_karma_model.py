@@ -333,3 +333,16 @@ def test_bf16_autocast_follows_the_fp32_loss_curve():
     assert curves["bfloat16"][-1] < 0.8 * curves["bfloat16"][0]  # and it learns
     cosine = (embeddings["none"] * embeddings["bfloat16"]).sum(-1)
     assert float(cosine.min()) > 0.98
+
+
+def test_capabilities_are_small_protocols_each_model_implements_as_far_as_it_can():
+    from benchmark.model import DecoderAttentionProbe, Describes, ItemAttentionProbe, RankingModel, StagedTraining
+
+    karma, hllm = _model("karma"), HLLM(_log(), HLLMConfig(tiny=True))
+    for model in (karma, hllm):
+        assert isinstance(model, RankingModel) and isinstance(model, Describes)
+        assert isinstance(model, DecoderAttentionProbe)  # both have a user-side decoder to probe
+    assert isinstance(karma, ItemAttentionProbe) and isinstance(karma, StagedTraining)
+    assert not isinstance(hllm, ItemAttentionProbe) and not isinstance(hllm, StagedTraining)
+    attention, mask = karma.item_encoder_attention(torch.arange(4))
+    assert attention.shape[:2] == (4, 2) and torch.allclose(attention.sum(-1), torch.ones(attention.shape[:3]))
