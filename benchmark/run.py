@@ -95,7 +95,8 @@ def run_jobs(cfg, suite: str, overrides: list[str], jobs: int, launcher_override
              verbose: bool = False) -> int:
     """Run the suite's missing units ``jobs`` at a time (a Hydra multirun of ``benchmark.worker``, one job
     per unit; the joblib launcher unless ``launcher_overrides`` choose another, e.g. submitit_slurm),
-    then regenerate the leaderboard once. Returns the exit status: 1 when a job failed."""
+    then regenerate the leaderboard once. Returns the exit status: 1 when a job failed or any run failed
+    or was skipped."""
     from benchmark import runner
     from benchmark.worker import STATUS_FILE
 
@@ -155,12 +156,11 @@ def run_jobs(cfg, suite: str, overrides: list[str], jobs: int, launcher_override
             shutil.rmtree(sweep, ignore_errors=True)
     runner.regenerate_leaderboard(cfg, {cfg.suite: problems})
     if skipped:
-        print("\n".join(["runs skipped because of data errors:", *skipped]))
+        print("\n".join(["runs that failed or were skipped:", *skipped]), file=sys.stderr)
     if failed:
         print("\n".join(["error: jobs failed (their runs have no record; re-run to retry them):", *failed]),
               file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed or skipped else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.jobs > 1:
                 return run_jobs(cfg, args.suite, overrides, args.jobs, launcher_overrides, verbose=args.verbose)
-            runner.run_suite(cfg)
+            if runner.run_suite(cfg):
+                return 1  # every other run finished and the leaderboard is written; the list is printed
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -202,3 +202,23 @@ def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     board = (tmp_path / "leaderboard.md").read_text()
     assert "+ visual reconstruction" in board and "## Table 2" in board and "Mode-seeking vs mean-seeking" in board
     assert "diffusion (x0 pred.) generator (1 sample)" in board and "diffusion (x0 pred.), mean of 3" in board
+
+
+def test_a_failed_run_lets_the_rest_finish_then_the_suite_exits_non_zero(tmp_path, monkeypatch, capsys):
+    import benchmark.runner.suite as suite
+
+    real = suite.run_one
+
+    def flaky(run, *args, **kwargs):
+        if run.model == "sasrec":
+            raise RuntimeError("boom")
+        return real(run, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "run_one", flaky)
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "runs that failed or were skipped:" in err and "sasrec:default seed 0: RuntimeError: boom" in err
+    records = tmp_path / "results" / "records" / "smoke" / "synthetic" / "none"
+    assert (records / "popularity__default__seed0.json").exists()  # the other run finished
+    assert not (records / "sasrec__default__seed0.json").exists()
+    assert (tmp_path / "leaderboard.md").exists()  # and the leaderboard was written

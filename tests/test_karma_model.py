@@ -336,7 +336,13 @@ def test_bf16_autocast_follows_the_fp32_loss_curve():
 
 
 def test_capabilities_are_small_protocols_each_model_implements_as_far_as_it_can():
-    from benchmark.model import DecoderAttentionProbe, Describes, ItemAttentionProbe, RankingModel, StagedTraining
+    from benchmark.model import (
+        DecoderAttentionProbe,
+        Describes,
+        ItemAttentionProbe,
+        RankingModel,
+        StagedTraining,
+    )
 
     karma, hllm = _model("karma"), HLLM(_log(), HLLMConfig(tiny=True))
     for model in (karma, hllm):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
+import traceback
 from pathlib import Path
 
 from benchmark import records as R
@@ -101,18 +103,23 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
         except VisualEncoderError as err:  # e.g. the offline encoder's optional package is not installed
             failures.append(f"{name} {run.model}:{run.variant} seed {run.seed}: {err}")
             print(f"    skipped: {err}", flush=True)
+        except Exception as err:  # a run that crashed: the others still run, and the suite exits non-zero
+            failures.append(f"{name} [{mode}] {run.model}:{run.variant} seed {run.seed}: "
+                            f"{type(err).__name__}: {err}")
+            print(f"    failed: {type(err).__name__}: {err}", flush=True)
+            traceback.print_exc()
     return problems, failures
 
 
-def run_suite(cfg) -> Path | None:
-    """Run what is missing, then regenerate the leaderboard from the records. With ``cfg.unit`` set
-    (one job of ``python -m benchmark.run --jobs N``) only that unit runs, and the leaderboard is left
-    to the parent, which regenerates it once after every job ended; returns None then."""
+def run_suite(cfg) -> list[str]:
+    """Run what is missing, then regenerate the leaderboard from the records. Returns the runs that
+    failed or were skipped (bad data, a crash), one line each: the caller exits non-zero when there
+    are any. With ``cfg.unit`` set (one job of ``python -m benchmark.run --jobs N``) only that unit
+    runs, and the leaderboard is left to the parent, which regenerates it once after every job ended."""
     problems, failures = run_planned(cfg)
-    if cfg.unit is not None:
-        return None
-    path = regenerate_leaderboard(cfg, {cfg.suite: problems})
+    if cfg.unit is None:
+        regenerate_leaderboard(cfg, {cfg.suite: problems})
     if failures:
-        print("\n".join(["runs skipped because of data errors:", *failures]))
-    return path
+        print("\n".join(["runs that failed or were skipped:", *failures]), file=sys.stderr)
+    return failures
 
