@@ -18,6 +18,7 @@ import pytest
 
 from benchmark.data import amazon2014, amazon2018, amazon2023, atomic, sequence
 from benchmark.data.download import DATA_ENV, RemoteFile, data_root, ensure_files, sha256_file
+from benchmark.data.loading import Events, read_reviews
 from benchmark.data.report import DataError, DataReport
 from benchmark.data.schema import RAW_CATALOG_COLUMNS, RAW_INTERACTION_COLUMNS
 
@@ -487,3 +488,30 @@ def test_shared_unisrec_scientific():
 def test_shared_s3rec_beauty():
     log, report, counts = _load(sequence, "Beauty")
     assert counts == (22_363, 12_101, 198_502) and not report.counts
+
+
+def test_sequence_lines_that_are_not_space_separated_ids_are_counted_not_users(tmp_path):
+    write(tmp_path / "s3rec/Tiny/user_sequence.txt",
+          ["u1 a b c", '{"user": "u9", "items": [1, 2]}', "u5\tb\tc", "u6  a   b"])
+    report = DataReport("t")
+    log = sequence.load(tmp_path, "Tiny", report, allow_download=False)
+    assert sorted(log.interactions.user_id.unique()) == ["u1", "u6"]  # repeated spaces are still the format
+    assert report.counts["bad_row"] == 2
+
+
+def test_atomic_file_with_no_parsable_row_is_an_error_naming_it(tmp_path):
+    folder = tmp_path / "unisrec/Sci"
+    atomic_files(folder)
+    write(folder / "Sci.train.inter.gz", ["user_id:token\titem_id_list:token_seq", "0\t1 2", "1\t2"])  # no target
+    with pytest.raises(DataError, match=r"Sci\.train\.inter\.gz: no row parses .*line 2: 2 fields"):
+        atomic.load(tmp_path, "Sci", DataReport("t"), allow_download=False)
+
+
+@pytest.mark.parametrize("value", [1e20, -1, "99999999999999999999", 2**70])
+def test_out_of_range_review_times_are_bad_timestamps_not_crashes(tmp_path, value):
+    path = tmp_path / "reviews.json"
+    path.write_text(json.dumps({"reviewerID": "u", "asin": "i", "unixReviewTime": value}) + "\n"
+                    + json.dumps({"reviewerID": "u", "asin": "j", "unixReviewTime": 1_500_000_000}) + "\n")
+    report, events = DataReport("t"), Events()
+    read_reviews(path, report, events, json.loads, user="reviewerID", item="asin", time="unixReviewTime")
+    assert report.counts["bad_timestamp"] == 1 and events.times == [1_500_000_000]

@@ -127,7 +127,9 @@ def _read_text(path: Path, report: DataReport) -> dict[str, dict]:
 
 
 def _read_inter(path: Path, split: str, report: DataReport, rows: dict) -> None:
-    """rows[user_idx] += (split, history, target, file, line)."""
+    """rows[user_idx] += (split, history, target, file, line). A file none of whose rows parses (a
+    missing column, another format) is a DataError naming it, not a split silently left empty."""
+    good, first_bad = 0, None
     for lineno, line in read_lines(path, report):
         if lineno == 1 and line.startswith("user_id"):
             continue
@@ -139,8 +141,13 @@ def _read_inter(path: Path, split: str, report: DataReport, rows: dict) -> None:
             history = [int(x) for x in parts[1].split()]
         except ValueError as exc:
             report.issue("bad_row", path, lineno, f"{exc}: {line[:60]!r}")
+            first_bad = first_bad or f"line {lineno}: {exc}"
             continue
         rows[user].append((split, history, target, path, lineno))
+        good += 1
+    if not good:
+        raise DataError(f"{path}: no row parses as user_id<TAB>item_id_list<TAB>item_id"
+                        + (f" ({first_bad})" if first_bad else " (empty file)"))
 
 
 def _chain(user_rows: list) -> list[tuple[int, str, Path, int]] | None:

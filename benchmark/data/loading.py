@@ -289,25 +289,29 @@ def read_reviews(path: Path, report: DataReport, events: Events, parse, *, user:
             report.issue("missing_field", path, lineno, f"no {', '.join(lacking)}")
             continue
         ts = to_int(t)
-        if ts is None:
-            report.issue("bad_timestamp", path, lineno, f"{time}={t!r}")
+        if ts is None or not 0 <= ts // time_scale <= MAX_TIMESTAMP:
+            report.issue("bad_timestamp", path, lineno, f"{time}={t!r}" + (
+                "" if ts is None else f" (outside 1970..2100 in seconds, after dividing by {time_scale})"))
             continue
         events.add(str(u).strip(), str(i).strip(), ts // time_scale, path, lineno)
 
 
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01 UTC in seconds: a later (or negative) review time is corrupt
+
+
 def to_int(value) -> int | None:
-    """An integer from an int, an integral float or a numeric string; None otherwise."""
+    """An integer from an int, an integral float or a numeric string, within int64; None otherwise."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return value if -(2**63) <= value < 2**63 else None
     try:
         number = float(str(value).strip())
     except ValueError:
         return None
     if number != number or number in (float("inf"), float("-inf")) or number != int(number):
         return None
-    return int(number)
+    return int(number) if -(2**63) <= number < 2**63 else None
 
 
 def optional_file(root: Path, spec: RemoteFile, allow_download: bool, report: DataReport,

@@ -10,6 +10,7 @@ URL is the GRAM copy, and its checksum is that of the uncompressed file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from benchmark.data.download import RemoteFile, ensure_files
@@ -17,6 +18,7 @@ from benchmark.data.loading import Events, finish, local_variants, read_lines
 from benchmark.data.report import DataReport
 from benchmark.data.schema import RawLog
 
+ID = re.compile(r"[A-Za-z0-9_.:-]+")  # a user or item id token
 BASE = "https://raw.githubusercontent.com/skleee/GRAM/main/rec_datasets"
 # sha256 of the uncompressed user_sequence.txt (the shared mirror gzip'd it; see datasets/s3rec.md)
 SHA256 = {"Beauty": "47197cbee7bdc1896926e10d96b807dce0aecb9a1f0c2ccc887c21090237c9b7"}
@@ -36,7 +38,11 @@ def load(root: Path, category: str, report: DataReport, *, allow_download: bool 
     events = Events()
     seen: set[str] = set()
     for lineno, line in read_lines(path, report):
-        user, *items = line.split()
+        tokens = line.split()
+        if "\t" in line or not all(ID.fullmatch(t) for t in tokens):  # JSON, TSV or other text: not this format
+            report.issue("bad_row", path, lineno, f"not space-separated ids: {line[:60]!r}")
+            continue
+        user, *items = tokens
         if not items:
             report.issue("empty_sequence", path, lineno, f"user {user} has no items")
             continue
