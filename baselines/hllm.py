@@ -65,6 +65,8 @@ class HLLMConfig(UserLLMConfig):
         super().__post_init__()
         if self.num_negatives < 0 or not 1.0 <= self.init_logit_scale <= MAX_LOGIT_SCALE:
             raise ValueError(f"num_negatives must be >= 0 and init_logit_scale in [1, {MAX_LOGIT_SCALE:g}]")
+        if self.item_llm_tokens < 1 or self.item_train_layers < 0 or self.item_lora_rank < 0:
+            raise ValueError("item_llm_tokens must be >= 1; item_train_layers and item_lora_rank >= 0")
 
 
 def item_prompt(text: str) -> str:

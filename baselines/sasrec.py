@@ -41,6 +41,15 @@ class SASRecConfig:
     init_std: float = 0.02  # N(0, std) item/position embedding init
     lr: float = 2e-3  # AdamW learning rate (overrides train.lr)
 
+    def __post_init__(self) -> None:  # checked when the config is composed, before any run
+        if self.loss not in ("ce", "sampled"):
+            raise ValueError(f"model.sasrec.loss must be 'ce' or 'sampled', got {self.loss!r}")
+        if min(self.hidden, self.layers, self.heads, self.max_len, self.n_negatives) < 1 or self.hidden % self.heads:
+            raise ValueError("model.sasrec: hidden, layers, heads, max_len and n_negatives must be >= 1, and heads "
+                             f"must divide hidden (got hidden={self.hidden}, heads={self.heads})")
+        if not 0.0 <= self.dropout < 1.0 or self.lr <= 0 or self.init_std <= 0:
+            raise ValueError("model.sasrec: dropout must be in [0, 1), lr and init_std > 0")
+
 
 class _UserSequences(Dataset):
     def __init__(self, sequences: list[np.ndarray]):

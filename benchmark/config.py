@@ -18,7 +18,7 @@ from baselines.hllm import HLLMConfig
 from baselines.popularity import PopularityConfig
 from baselines.query_pop import QueryPopConfig
 from baselines.sasrec import SASRecConfig
-from benchmark.data.adapt import AdaptConfig
+from benchmark.data.adapt import QUERY_MODES, AdaptConfig
 from benchmark.data.synthetic import SyntheticConfig
 from benchmark.trainer import TrainConfig
 from karma.model import KarmaConfig
@@ -30,6 +30,14 @@ class EvalConfig:
     js_k: int = 50  # JS@K semantic probe depth (the paper's JS@50)
     tail_max_train: int = 5  # tail slice: test targets with at most this many training interactions
     selection_metric: str = "NDCG@10"  # validation metric for epoch/model selection
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1 or self.js_k < 1 or self.tail_max_train < 0:
+            raise ValueError(f"eval.ks must be cut-offs >= 1 and eval.js_k >= 1, got ks={self.ks}, js_k={self.js_k}")
+        name, _, k = self.selection_metric.partition("@")
+        if self.selection_metric not in ("MRR", "gAUC") and not (name in ("HR", "NDCG") and k.isdigit() and int(k) in self.ks):
+            raise ValueError(f"eval.selection_metric must be MRR, gAUC, or HR@K / NDCG@K with K in eval.ks {self.ks}, "
+                             f"got {self.selection_metric!r}")
 
 
 @dataclass
@@ -98,6 +106,13 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     funnel: FunnelConfig = field(default_factory=FunnelConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in QUERY_MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes must be a non-empty list of {', '.join(QUERY_MODES)}, got {self.modes}")
+        if self.threads < 1 or not self.seeds:
+            raise ValueError(f"threads must be >= 1 and seeds non-empty, got threads={self.threads}, seeds={self.seeds}")
 
 
 ConfigStore.instance().store(name="base_config", node=RunConfig)

@@ -105,6 +105,14 @@ class KarmaConfig(UserLLMConfig):
             raise ValueError(f"visual_head must be 'flow' or 'diffusion', got {self.visual_head!r}")
         if self.visual_condition not in ("embedding", "history"):
             raise ValueError(f"visual_condition must be 'embedding' or 'history', got {self.visual_condition!r}")
+        if min(self.w_action, self.w_task1, self.w_task2, self.w_visual, self.decodability_scale) < 0:
+            raise ValueError("loss weights (w_action, w_task1, w_task2, w_visual, decodability_scale) must be >= 0")
+        if not 0.0 < self.decode_fraction <= 1.0 or self.decode_budget < 0 or self.train_exposures < 0:
+            raise ValueError("decode_fraction must be in (0, 1]; decode_budget and train_exposures >= 0")
+        if min(self.text_tokens, self.retrieval_dim, self.item_tokens, self.head_hidden, self.generator_steps) < 1 \
+                or self.encoder_train_layers < 0 or self.warmup_epochs < 0:
+            raise ValueError("text_tokens, retrieval_dim, item_tokens, head_hidden and generator_steps must be >= 1; "
+                             "encoder_train_layers and warmup_epochs >= 0")
 
     @property
     def decodes_text(self) -> bool:

@@ -222,3 +222,19 @@ def test_a_failed_run_lets_the_rest_finish_then_the_suite_exits_non_zero(tmp_pat
     assert (records / "popularity__default__seed0.json").exists()  # the other run finished
     assert not (records / "sasrec__default__seed0.json").exists()
     assert (tmp_path / "leaderboard.md").exists()  # and the leaderboard was written
+
+
+@pytest.mark.parametrize("override,message", [
+    ("modes=[bogus]", "modes must be a non-empty list of none, coarse, hem"),
+    ("model.sasrec.loss=foo", "'ce' or 'sampled'"),
+    ("model.sasrec.heads=3", "heads must divide hidden"),
+    ("eval.selection_metric=HR@7", "K in eval.ks"),
+    ("model.karma.w_task1=-1", "loss weights"),
+    ("model.karma.autocast=fp8", "'bfloat16' or 'none'"),
+    ("model.hllm.init_logit_scale=1000", "init_logit_scale in"),
+    ("train.max_epochs=-3", "must be >= 1"),
+])
+def test_bad_settings_fail_when_the_config_is_composed_with_the_valid_choices(tmp_path, capsys, override, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--suite", "smoke", "--dry-run", *_args(tmp_path), override])
+    assert message in str(exit_info.value.code)  # exits with the message, before any run
