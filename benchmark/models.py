@@ -8,6 +8,7 @@ named overrides of that config (Table 1's rows are variants of one network). A s
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 
 from omegaconf import OmegaConf
@@ -37,6 +38,8 @@ class ModelSpec:
     # True: built from the catalog itself, ``cls(log, config, cache_dir)`` (backbones, per-catalog caches);
     # False: ``cls(n_items, config)``, fitted from the training split by its own train_dataset
     reads_catalog: bool = False
+    external: bool = False  # named on the command line by its import path (bring your own model)
+    default_config: object = None  # external models: their ``Config()`` (they have no node in cfg.model)
 
 
 ACTION_ONLY = ("action_llm", "default")
@@ -74,14 +77,45 @@ def tuned_source(model: str, variant: str) -> tuple[str, str] | None:
     return None if source is None or source == (model, variant) else source
 
 
+@dataclass
+class NoSettings:
+    """The config of an external model that declares none."""
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry of ``name``; a dotted name (``package.module.Class``) is an external model,
+    imported and registered on first use. Its class may declare ``Config`` (a dataclass; its defaults
+    are the settings), ``query_use`` (default "ignored": query-blind), ``needs_text`` and
+    ``reads_catalog`` (then it is built as ``cls(log, config, cache_dir)``, else ``cls(n_items, config)``)."""
+    if name in MODELS:
+        return MODELS[name]
+    module_name, _, class_name = name.rpartition(".")
+    if not module_name:
+        raise KeyError(f"unknown model {name!r}; valid models: {', '.join(m for m in MODELS if '.' not in m)}, "
+                       "or an import path package.module.Class")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise KeyError(f"cannot import model {name!r}: {err}") from None
+    config_cls = getattr(cls, "Config", NoSettings)
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise KeyError(f"model {name!r} must be a class whose Config (if any) is a dataclass")
+    query_use = getattr(cls, "query_use", "ignored")
+    if query_use not in ("ignored", "required", "optional"):
+        raise KeyError(f"model {name!r}: query_use must be ignored, required or optional, got {query_use!r}")
+    MODELS[name] = ModelSpec(cls, name, {"default": {}}, needs_text=bool(getattr(cls, "needs_text", False)),
+                             query_use=query_use, reads_catalog=bool(getattr(cls, "reads_catalog", False)),
+                             external=True, default_config=config_cls())
+    return MODELS[name]
+
+
 def expand(entries: list[str]) -> list[tuple[str, str]]:
     """Suite entries -> distinct (model, variant) pairs, in order ("karma" and "karma:karma" overlap);
     errors list the valid choices."""
     out = []
     for entry in entries:
         name, _, variant = entry.partition(":")
-        if name not in MODELS:
-            raise KeyError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+        model_spec(name)  # KeyError with the valid choices; registers an external model
         variants = MODELS[name].variants
         if variant and variant not in variants:
             raise KeyError(f"unknown variant {variant!r} of {name}; valid: {', '.join(variants)}")
@@ -92,13 +126,13 @@ def expand(entries: list[str]) -> list[tuple[str, str]]:
 def model_config(name: str, variant: str, model_configs, tuned: dict | None = None):
     """The typed config of one (model, variant): the suite's config node, then the variant's
     overrides, then the values a tuning search selected (``tuned``: field -> value)."""
-    spec = MODELS[name]
-    node = getattr(model_configs, spec.config)
+    spec = model_spec(name)
+    node = spec.default_config if spec.external else getattr(model_configs, spec.config)
     base = OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
     return dataclasses.replace(base, **{**spec.variants[variant], **(tuned or {})})
 
 
 def build(name: str, variant: str, log, model_configs, tuned: dict | None = None, cache_dir=None):
     """The model of one (model, variant) for the search log ``log``, ready to train."""
-    spec, config = MODELS[name], model_config(name, variant, model_configs, tuned)
+    spec, config = model_spec(name), model_config(name, variant, model_configs, tuned)
     return spec.cls(log, config, cache_dir) if spec.reads_catalog else spec.cls(log.n_items, config)

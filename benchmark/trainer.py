@@ -61,7 +61,8 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     result = TrainResult()
     dataset = model.train_dataset(log_, generator)
     if dataset is None or len(dataset) == 0 or not any(p.requires_grad for p in model.parameters()):
-        model.eval()
+        if hasattr(model, "eval"):  # a model need not be an nn.Module (e.g. a fitted item-kNN)
+            model.eval()
         return result
     loader = _loader(dataset, model, config, generator)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -22,7 +22,7 @@ from benchmark.evaluate import evaluate, summarize
 from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
 from benchmark.generators_eval import table2_metrics
 from benchmark.model import Describes
-from benchmark.models import build
+from benchmark.models import build, model_spec
 from benchmark.runner.plan import train_config
 from benchmark.runner.spec import RunSpec
 from benchmark.seed import seed_everything
@@ -115,7 +115,7 @@ def catalog_terms(search_log: SearchLog):
 
 
 def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_summary: dict | None = None,
-            trial: tuple | None = None) -> dict:
+            trial: tuple | None = None, source: dict | None = None) -> dict:
     """Train (or take the search's identical trial: ``(fit, peak memory)``), evaluate, write the record.
     ``environment``: ``records.environment()`` read once when the suite started (the code that runs is
     the code imported then, whatever happens to the checkout during a long suite)."""
@@ -172,6 +172,11 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
     }
     if table2 is not None:
         record["table2"] = table2
+    spec = model_spec(run.model) if source is None else None
+    if source is not None or spec.external:  # bring your own model: where its code came from
+        from benchmark.byo import model_source
+
+        record["model_source"] = source or model_source(spec.cls)
     if isinstance(model, Describes):
         record["model_info"] = model.describe()  # weights' source, dtype, init LM loss, target text
     if getattr(model, "visual_info", None):

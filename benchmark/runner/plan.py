@@ -10,7 +10,7 @@ from benchmark import records as R
 from benchmark.data import adapt as A
 from benchmark.data import registry
 from benchmark.data.download import data_root
-from benchmark.models import MODELS, expand, model_config, tuned_source
+from benchmark.models import MODELS, expand, model_config, model_spec, tuned_source
 from benchmark.runner.grids import grid_for
 from benchmark.runner.spec import RunSpec, mode_config
 from benchmark.trainer import TrainConfig
@@ -89,7 +89,10 @@ def record_is_current(record: dict, cfg, memo: dict | None = None) -> bool:
     keeps the suite's settings per model/variant across calls.
     """
     model, variant = record.get("model"), record.get("variant")
-    if model not in MODELS or variant not in MODELS[model].variants:
+    try:
+        if variant not in model_spec(model).variants:
+            return False
+    except KeyError:  # a model this code does not know (any more)
         return False
     if record.get("mode") != cfg.adapt.query:
         return False

@@ -10,7 +10,7 @@ from benchmark import records as R
 from benchmark.config import typed
 from benchmark.data import adapt as A
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
-from benchmark.models import MODELS
+from benchmark.models import model_spec
 from benchmark.runner.plan import plan, record_is_current
 from benchmark.runner.spec import mode_config
 from benchmark.tables import (
@@ -35,10 +35,26 @@ def tuning_note(cfg) -> str:
     grids = cfg.search.grids
     axes = "; ".join(f"`{name}`: " + " x ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in sorted(grid.items()))
                      for name, grid in grids.items())
-    return (f"every model and variant gets the same {cfg.search.trials} trials on seed {cfg.search.seed}, scored "
+    return (f"every searched model gets the same {cfg.search.trials} trials on seed {cfg.search.seed}, scored "
             f"on validation {cfg.eval.selection_metric} (a grid of 8 two-level points is halved to its 2^(3-1) "
-            f"fraction); the selected setting then runs every seed and is tested once. Grids: {axes}. Models "
-            "without a grid (popularity, query_pop, bm25) have nothing to tune.")
+            f"fraction); the selected setting then runs every seed and is tested once. Grids: {axes}. The LLM "
+            "family is searched once, on the action-only LLM; every Table 1 row reuses its selection, so a row's "
+            "delta is its train-only losses' effect. Models without a grid (popularity, query_pop, bm25, "
+            "external models) run their defaults.")
+
+
+def external_models(folder: Path) -> list[str]:
+    """Import paths of the external models with records under a suite's folder (they join its plan, so
+    the leaderboard shows them like the built-in ones); one that no longer imports is left out."""
+    names = sorted({p.name.split("__", 1)[0] for p in folder.glob("*/*/*__seed*.json")} if folder.exists() else set())
+    out = []
+    for name in (n for n in names if "." in n):
+        try:
+            model_spec(name)
+            out.append(name)
+        except KeyError as err:
+            print(f"warning: records of {name} left out of the leaderboard: {err}", flush=True)
+    return out
 
 
 def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | None = None) -> Path:
@@ -59,6 +75,7 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
         # models=[...], seeds=[...]) adds to the suite file's plan and never hides the rest of it.
         widened = {key: list(dict.fromkeys([*getattr(file_cfg, key), *getattr(suite_cfg, key)]))
                    for key in ("datasets", "models", "seeds")}
+        widened["models"] += [m for m in external_models(suites_dir / suite) if m not in widened["models"]]
         suite_cfg = dataclasses.replace(suite_cfg, data_dir=cfg.data_dir, results_dir=cfg.results_dir, **widened)
         runs, problems = plan(suite_cfg)
         problems.update((problems_by_suite or {}).get(suite, {}))
@@ -66,7 +83,7 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
         for r in runs:
             key = (r.dataset, r.mode, r.model, r.variant)
             entries.setdefault(key, {"dataset": r.dataset, "mode": r.mode, "model": r.model,
-                                     "variant": r.variant, "query_use": MODELS[r.model].query_use,
+                                     "variant": r.variant, "query_use": model_spec(r.model).query_use,
                                      "seeds": [], "status": "planned"})["seeds"].append(r.seed)
             if r.dataset in problems:
                 entries[key]["status"] = f"dataset missing: {problems[r.dataset]}"

@@ -1,0 +1,1 @@
+"""Example external models (bring your own model: see benchmark/byo.py)."""
