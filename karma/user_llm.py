@@ -11,6 +11,8 @@ runs under bf16 autocast when ``autocast`` says so (fp32 weights, bf16 matmuls).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from benchmark.data.schema import SearchLog
+from benchmark.records import write_text_atomic
 from karma import backbones
 
 FIDELITY_TEXTS = 200  # catalog texts whose next-token loss checks the decoder at initialisation
@@ -80,11 +83,26 @@ def load_user_decoder(cfg: UserLLMConfig, texts: list[str], cache_dir: Path):
     sample = [t for t in texts if t][:FIDELITY_TEXTS]
     total_layers = len(lm.model.layers)
     info = {"weights": source, "layers_total": total_layers}
-    full_loss = backbones.next_token_loss(lm, tok, sample, FIDELITY_TOKENS) if sample else None
+    cache = None if cfg.tiny else Path(cache_dir) / "fidelity"
+
+    def loss(n_layers: int) -> float | None:  # cached per (decoder, layers, texts): a run pays it once
+        if not sample:
+            return None
+        key = hashlib.sha256("\0".join([cfg.decoder, str(n_layers), *sample]).encode()).hexdigest()[:16]
+        path = cache / f"{key}.json" if cache else None
+        if path is not None and path.exists():
+            with contextlib.suppress(ValueError, KeyError, OSError):
+                return float(json.loads(path.read_text())["loss"])
+        value = backbones.next_token_loss(lm, tok, sample, FIDELITY_TOKENS)
+        if path is not None:
+            write_text_atomic(path, json.dumps({"decoder": cfg.decoder, "layers": n_layers, "loss": value}))
+        return value
+
+    full_loss = loss(total_layers)
     info["init_lm_loss_full"] = full_loss
     if 0 < cfg.decoder_layers < total_layers:
         lm = backbones.truncate_decoder(lm, cfg.decoder_layers)
-        cut_loss = backbones.next_token_loss(lm, tok, sample, FIDELITY_TOKENS) if sample else None
+        cut_loss = loss(cfg.decoder_layers)
         info["init_lm_loss"] = cut_loss
         if full_loss is not None and cut_loss > full_loss * (1 + cfg.fidelity_floor):
             raise ValueError(
