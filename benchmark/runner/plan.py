@@ -43,6 +43,8 @@ def plan(cfg) -> tuple[list[RunSpec], dict[str, str]]:
                     current = exists and record_is_current(R.read_record(path), mode_cfg, memo)
                     runs.append(RunSpec(name, mode, model, variant, int(seed), path, done=current,
                                         stale=exists and not current))
+    for model, variant in dict.fromkeys((r.model, r.variant) for r in runs):  # a bad grid fails before any run
+        grid_for(cfg, *(tuned_source(model, variant) or (model, variant)))
     return runs, problems
 
 
