@@ -10,12 +10,13 @@ epoch is its last allowed one had not stopped improving: it is reported as not c
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -54,10 +55,42 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per epoch: losses and validation value
 
 
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    """What training changes: the trainable parameters and the persistent buffers (a frozen backbone's
+    weights are rebuilt from its checkpoint, so neither selection nor resuming needs a copy)."""
+    keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in keep}
+
+
+def _save_checkpoint(path: Path, blob: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)  # atomic: a kill leaves the previous epoch's checkpoint, never half of one
+
+
+def _load_checkpoint(path: Path | None, identity: str) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or foreign: train from the start
+        log.warning("ignoring unreadable checkpoint %s: %s", path, err)
+        return None
+    return blob if blob.get("identity") == identity else None
+
+
 def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Generator,
-          validate: Callable[[RankingModel], float], lr: float, desc: str = "") -> TrainResult:
+          validate: Callable[[RankingModel], float], lr: float, desc: str = "",
+          checkpoint: Path | None = None, identity: str = "") -> TrainResult:
     """Train ``model`` in place with AdamW at ``lr`` (the model config's own, which its tuning search
-    chooses); on return it holds the best-validation weights."""
+    chooses); on return it holds the best-validation weights.
+
+    With ``checkpoint``, the state after every epoch (trainable weights, optimizer, best state so far,
+    history, and the random streams: the shuffling generator and torch's global one) is saved there,
+    and a run interrupted at any point resumes from its last finished epoch to the same result as an
+    uninterrupted one; ``identity`` (the run's settings) must match, and the file is deleted when
+    training ends. (A model's own private generators, e.g. KARMA's visual-head noise, are not saved.)"""
     result = TrainResult()
     dataset = model.train_dataset(log_, generator)
     if dataset is None or len(dataset) == 0 or not any(p.requires_grad for p in model.parameters()):
@@ -68,8 +101,33 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     start = time.perf_counter()
+    best_state, best_value, since_best = None, -math.inf, 0
+    train_time, seen, first_epoch = 0.0, 0, 1
+    stages = model.stages(log_, generator) if isinstance(model, StagedTraining) else []
+    resumed = _load_checkpoint(checkpoint, identity)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"], strict=False)
+        optimizer.load_state_dict(resumed["optimizer"])
+        generator.set_state(resumed["generator"])
+        torch.set_rng_state(resumed["torch_rng"])
+        best_state, best_value, since_best = resumed["best_state"], resumed["best_value"], resumed["since_best"]
+        train_time, seen, first_epoch = resumed["train_time"], resumed["seen"], resumed["epoch"] + 1
+        result.history, result.best_epoch = resumed["history"], resumed["best_epoch"]
+        result.epochs_run, result.step_seconds = resumed["epoch"], resumed["step_seconds"]
+        stages = []  # checkpoints are written after the stages
+        print(f"{desc}: resumed after epoch {resumed['epoch']} from {checkpoint}", flush=True)
+
+    def save(epoch: int) -> None:
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "identity": identity, "epoch": epoch, "model": _trainable_state(model),
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_value": best_value,
+                "since_best": since_best, "best_epoch": result.best_epoch, "history": result.history,
+                "train_time": train_time, "seen": seen, "step_seconds": result.step_seconds})
+
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
-    for name, stage_data, epochs in (model.stages(log_, generator) if isinstance(model, StagedTraining) else []):
+    for name, stage_data, epochs in stages:
         stage_loader = _loader(stage_data, model, config, generator)
         for epoch in range(1, epochs + 1):
             model.train()
@@ -78,10 +136,13 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
             result.step_seconds += time.perf_counter() - stage_start
             result.history.append({"stage": name, "epoch": epoch, **sums})
             log.info("%s %s epoch %d: %s", desc, name, epoch, " ".join(f"{k}={v:.4f}" for k, v in sums.items()))
-    best_state, best_value, since_best = None, -math.inf, 0
-    train_time, seen = 0.0, 0
+    if stages:
+        save(0)
     result.stopped_by = "max_epochs"
-    for epoch in range(1, config.max_epochs + 1):
+    for epoch in range(first_epoch, config.max_epochs + 1):
+        if since_best >= config.patience:  # resumed after the epoch that stopped it
+            result.stopped_by = "patience"
+            break
         model.train()
         epoch_start = time.perf_counter()
         sums = _run_epoch(model, loader, optimizer, params, config, generator, f"{desc} epoch {epoch}")
@@ -96,21 +157,24 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
             print(f"{line} ({time.perf_counter() - epoch_start:.0f} s)", flush=True)
         result.epochs_run = epoch
         if value > best_value:
-            best_value, best_state, since_best = value, copy.deepcopy(model.state_dict()), 0
+            best_value, best_state, since_best = value, _trainable_state(model), 0
             result.best_epoch = epoch
         else:
             since_best += 1
+        save(epoch)
         if since_best >= config.patience:
             result.stopped_by = "patience"
             break
     if best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state, strict=False)  # the frozen rest never changed
     model.eval()
     result.valid_value = best_value if best_state is not None else None
     result.converged = result.best_epoch is not None and result.best_epoch < config.max_epochs
     result.train_seconds = time.perf_counter() - start
     result.examples_per_second = seen / train_time if train_time > 0 else None
     result.step_seconds += train_time
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()
     return result
 
 

@@ -352,3 +352,45 @@ def test_capabilities_are_small_protocols_each_model_implements_as_far_as_it_can
     assert not isinstance(hllm, ItemAttentionProbe) and not isinstance(hllm, StagedTraining)
     attention, mask = karma.item_encoder_attention(torch.arange(4))
     assert attention.shape[:2] == (4, 2) and torch.allclose(attention.sum(-1), torch.ones(attention.shape[:3]))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_bits(tmp_path):
+    """Killed after epoch 2 of 4 (the checkpoint of epoch 2 survives), a fresh process resumes and ends
+    with exactly the weights, history and selection of an uninterrupted run."""
+    log, cfg = _log(), TrainConfig(max_epochs=4, batch_size=4, patience=4, progress=False)
+
+    def run(checkpoint, stop_after=None):
+        model = _model("karma", warmup_epochs=1)  # seeded build: the same init every time
+        calls = []
+
+        def validate(m):
+            calls.append(1)
+            if stop_after is not None and len(calls) > stop_after:
+                raise _Interrupt  # dies during epoch 3's validation
+            return float(sum(p.detach().float().sum() for p in m.parameters() if p.requires_grad))
+
+        result = train(model, log, cfg, torch.Generator().manual_seed(0), validate, lr=1e-3,
+                       checkpoint=checkpoint, identity="same settings")
+        return model, result
+
+    plain, plain_result = run(None)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(_Interrupt):
+        run(path, stop_after=2)
+    assert path.exists()
+    resumed, resumed_result = run(path)
+    assert not path.exists()  # removed once training ended
+    assert resumed_result.history == plain_result.history and resumed_result.best_epoch == plain_result.best_epoch
+    a, b = plain.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a checkpoint of other settings is not resumed from
+    with pytest.raises(_Interrupt):
+        run(path, stop_after=1)
+    model = _model("karma", warmup_epochs=1)
+    other = train(model, log, cfg, torch.Generator().manual_seed(0), lambda m: 0.0, lr=1e-3,
+                  checkpoint=path, identity="other settings")
+    assert other.epochs_run == 4 and other.history[0]["stage"] == "warmup"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import time
 from pathlib import Path
 
@@ -104,8 +105,15 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     train_cfg = train_config(cfg, getattr(model, "config", None))
     with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
         model.initial_item_embeddings = model.item_embeddings(search_log).float().numpy()
+    settings = {"run": run.label, "tuned": run.tuned, "train": dataclasses.asdict(train_cfg),
+                "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
+                "data": search_log.fingerprint}
+    identity = R.config_hash(json.loads(json.dumps(settings, default=str)))
+    checkpoint = (Path(cfg.results_dir) / "checkpoints" / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
+                  / f"{run.model}__{run.variant}__seed{run.seed}__{identity[:12]}.pt")
     trained = train(model, search_log, train_cfg, generator, validate,
-                    lr=getattr(getattr(model, "config", None), "lr", 1e-3), desc=desc)
+                    lr=getattr(getattr(model, "config", None), "lr", 1e-3), desc=desc,
+                    checkpoint=checkpoint, identity=identity)
     return model, trained, train_cfg
 
 
