@@ -26,12 +26,6 @@ def _block_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _cached_states(texts, tokenizer, model, max_tokens: int, frozen: int, cache_path: Path | None):
-    states, mask = backbones.encode_item_states(texts, tokenizer, model, max_tokens, cache_path,
-                                                progress=False, layer=frozen)
-    return states, mask
-
-
 class _TopLayers(nn.Module):
     """Cached states of the frozen lower blocks + the trainable top blocks (shared bookkeeping)."""
 
@@ -55,7 +49,8 @@ class BertTop(_TopLayers):
                  lora_rank: int, lora_alpha: float, cache_path: Path | None):
         layers = list(encoder.encoder.layer)
         frozen = max(0, len(layers) - train_layers) if train_layers > 0 else 0
-        states, mask = _cached_states(texts, tokenizer, encoder, max_tokens, frozen, cache_path)
+        states, mask = backbones.encode_item_states(texts, tokenizer, encoder, max_tokens, cache_path,
+                                                    progress=False, layer=frozen)
         super().__init__(layers[frozen:], states, mask, lora_rank, lora_alpha, backbones.LORA_TARGETS["bert"])
         self.frozen = frozen
         self.heads = int(encoder.config.num_attention_heads)
@@ -101,7 +96,8 @@ class CausalTop(_TopLayers):
         frozen = max(0, len(layers) - train_layers) if train_layers > 0 else 0
         padding_side, tokenizer.padding_side = tokenizer.padding_side, "right"
         try:
-            states, mask = _cached_states(texts, tokenizer, item_llm, max_tokens, frozen, cache_path)
+            states, mask = backbones.encode_item_states(texts, tokenizer, item_llm, max_tokens, cache_path,
+                                                        progress=False, layer=frozen)
         finally:
             tokenizer.padding_side = padding_side
         super().__init__(layers[frozen:], states, mask, lora_rank, lora_alpha, backbones.LORA_TARGETS["llama"])
