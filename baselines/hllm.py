@@ -109,7 +109,7 @@ class HLLM(nn.Module):
         if self.item_encoder.states.shape[-1] != self.user_llm.hidden_size:
             raise ValueError("HLLM feeds item embeddings to the user LLM as they are: item and user LLMs need one width")
         self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale)))
-        self.info = {**self.user_llm.info, "dtype": "fp32 weights" + (", bf16 autocast" if cfg.autocast != "none" else ""),
+        self.info = {**self.user_llm.info,
                      "item_llm_frozen_layers": self.item_encoder.frozen,
                      "item_llm_trained_layers": len(self.item_encoder.blocks),
                      "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad)}

@@ -2,13 +2,17 @@
 
     python -m benchmark.preset_checks fidelity --dataset unisrec/Scientific --data-dir ../shared/data
     python -m benchmark.preset_checks precision --dataset synthetic --users 300 --epochs 2
+    python -m benchmark.preset_checks gradients --dataset synthetic
 
 ``fidelity``: the next-token loss (nats/token) of the catalog's item texts at initialisation for the
 whole pretrained decoder and for cut stacks (the first N layers, and the whole stack minus middle
 layers), against a uniform guess; the fidelity floor admits a configuration within 10% of the whole
 model. ``precision``: the same small run (the action-only LLM on a fixed subsample of users, same seed)
 in fp32 and under bf16 autocast: the per-epoch loss curve, the validation metric and the time, with
-the largest relative difference. Each writes a JSON file under ``results/``; run them on a quiet core.
+the largest relative difference. ``gradients``: one batch of the same model at its initial weights,
+its loss and every gradient in fp32 and under bf16 autocast with the first 0, 1, 2 and 4 decoder
+blocks kept in fp32: the cosine of each parameter group's bf16 gradient to the fp32 one (a check of
+the numerics alone, free of the training trajectory's sensitivity to any perturbation). Each writes a JSON file under ``results/``; run them on a quiet core.
 """
 
 from __future__ import annotations
@@ -76,11 +80,11 @@ def precision(args) -> dict:
     small = copy.copy(log)
     small.impressions = log.impressions[log.impressions["user"].isin(users)]
     out = {"dataset": args.dataset, "users": int(len(users)), "train_impressions": int(len(small.split("train"))),
-           "epochs": args.epochs, "runs": {}}
+           "epochs": args.epochs, "seed": args.seed, "runs": {}}
     metric = cfg.eval.selection_metric
-    for autocast in ("none", "bfloat16"):
+    for autocast in args.dtypes:
         torch.set_num_threads(1)
-        generator = seed_everything(0)
+        generator = seed_everything(args.seed)
         models = dataclasses.replace(cfg.model, karma=dataclasses.replace(cfg.model.karma, autocast=autocast))
         model = build("action_llm", "default", small, models, cache_dir=cache_root() / "models")
         start = time.perf_counter()
@@ -91,6 +95,8 @@ def precision(args) -> dict:
                                  "loss": [h["action"] for h in result.history],
                                  "valid": [h["valid"] for h in result.history]}
         print(autocast, out["runs"][autocast], flush=True)
+    if set(out["runs"]) != {"none", "bfloat16"}:
+        return out
     a, b = out["runs"]["none"], out["runs"]["bfloat16"]
     out["max_relative_loss_difference"] = max(abs(x - y) / abs(x) for x, y in zip(a["loss"], b["loss"], strict=True))
     out["max_abs_valid_difference"] = max(abs(x - y) for x, y in zip(a["valid"], b["valid"], strict=True))
@@ -98,18 +104,71 @@ def precision(args) -> dict:
     return out
 
 
+def _group(name: str) -> str:
+    if "lora_" in name and ".decoder." in name:
+        return "decoder LoRA, blocks 0-2" if int(name.split("layers.")[1].split(".")[0]) < 3 else "decoder LoRA, blocks 3+"
+    head = name.split(".")[0]
+    return ".".join(name.split(".")[:2]) if head in ("user_llm", "item_encoder") else head
+
+
+def gradients(args) -> dict:
+    from benchmark.models import build
+    from benchmark.seed import seed_everything
+    from karma import backbones
+
+    cfg, log = _config_and_log(args.dataset, args.data_dir, [*args.override, "model.karma.fp32_blocks=0"])
+    seed_everything(0)
+    model = build("action_llm", "default", log, cfg.model, cache_dir=cache_root() / "models")
+    model.train()
+    dataset = model.train_dataset(log, torch.Generator().manual_seed(0))
+    batch = model.collate([dataset[i] for i in range(64)])
+    blocks = model.user_llm.decoder.model.layers
+    plain = [type(b) for b in blocks]
+
+    def run(autocast: str, fp32_blocks: int):
+        for block, cls in zip(blocks, plain, strict=True):
+            block.__class__ = cls
+        for block in blocks[:fp32_blocks]:
+            backbones.compute_in_fp32(block)
+        model.config.autocast = model.user_llm.config.autocast = autocast
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks in every setting
+        start = time.perf_counter()
+        loss = sum(model.losses(batch, torch.Generator().manual_seed(1)).values())
+        loss.backward()
+        grads = {}
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                grads.setdefault(_group(name), []).append(p.grad.flatten().clone())
+        return float(loss), {k: torch.cat(v) for k, v in grads.items()}, time.perf_counter() - start
+
+    loss32, ref, seconds = run("none", 0)
+    out = {"dataset": args.dataset, "batch": 64, "fp32": {"loss": loss32, "seconds": seconds}, "bf16": {}}
+    for k in (0, 1, 2, 4):
+        loss, grads, seconds = run("bfloat16", k)
+        out["bf16"][f"fp32_blocks={k}"] = {
+            "loss": loss, "seconds": seconds,
+            "gradient_cosine": {g: float(torch.nn.functional.cosine_similarity(grads[g], ref[g], dim=0)) for g in ref}}
+        print(k, out["bf16"][f"fp32_blocks={k}"], flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.preset_checks", description=__doc__.splitlines()[0])
-    parser.add_argument("check", choices=["fidelity", "precision"])
+    parser.add_argument("check", choices=["fidelity", "precision", "gradients"])
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--data-dir")
     parser.add_argument("--users", type=int, default=300, help="precision: the first N users")
     parser.add_argument("--epochs", type=int, default=2, help="precision: training epochs per dtype")
+    parser.add_argument("--seed", type=int, default=0, help="precision: the runs' seed (the spread between seeds "
+                        "is the tolerance a precision's difference is read against)")
+    parser.add_argument("--dtypes", nargs="+", choices=["none", "bfloat16"], default=["none", "bfloat16"],
+                        help="precision: the autocast settings to run (none = fp32)")
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = {"fidelity": fidelity, "precision": precision}[args.check](args)
+    result = {"fidelity": fidelity, "precision": precision, "gradients": gradients}[args.check](args)
     result["environment"] = environment()
     out = Path(args.out or f"results/preset_{args.check}_{args.dataset.replace('/', '__')}.json")
     write_text_atomic(out, json.dumps(result, indent=1, default=str))

@@ -37,6 +37,7 @@ __all__ = [
     "ITEM_ENCODERS",
     "LORA_TARGETS",
     "add_lora",
+    "compute_in_fp32",
     "encode_item_states",
     "load_decoder",
     "next_token_loss",
@@ -459,6 +460,35 @@ def _forward_args(model: nn.Module) -> set[str]:
 # layers: attention output, intermediate, output).
 LORA_TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                 "bert": ["query", "key", "value", "dense"]}
+
+
+_FP32_CLASSES: dict[type, type] = {}
+
+
+def _to_fp32(value):
+    if torch.is_tensor(value) and value.is_floating_point():
+        return value.float()
+    if isinstance(value, tuple):
+        return tuple(_to_fp32(v) for v in value)
+    return value
+
+
+def compute_in_fp32(module: nn.Module) -> nn.Module:
+    """Make ``module`` (in place) compute in fp32 inside any autocast region: its floating inputs are
+    cast up and autocast is off for its forward. The class is swapped for a subclass, so parameter
+    names, state dicts and attributes the parent model reads stay as they were."""
+    cls = type(module)
+    if cls in _FP32_CLASSES.values():
+        return module
+    if cls not in _FP32_CLASSES:
+        def forward(self, *args, **kwargs):
+            device = next(self.parameters()).device.type
+            with torch.autocast(device, enabled=False):
+                return super(fp32_cls, self).forward(*_to_fp32(args), **{k: _to_fp32(v) for k, v in kwargs.items()})
+        fp32_cls = type(f"Fp32{cls.__name__}", (cls,), {"forward": forward})
+        _FP32_CLASSES[cls] = fp32_cls
+    module.__class__ = _FP32_CLASSES[cls]
+    return module
 
 
 def add_lora(module: nn.Module, rank: int, alpha: float, targets: Sequence[str], dropout: float = 0.0) -> list[str]:

@@ -203,7 +203,7 @@ class ContinuousTokenModel(nn.Module):
                                     None if cfg.tiny else cache_dir / "item_states" / f"{key}.pt")
         self.user_head = nn.Linear(hidden, cfg.retrieval_dim)
         self.item_head = nn.Linear(hidden, cfg.retrieval_dim)
-        self.info = {**self.user_llm.info, "dtype": "fp32 weights" + (", bf16 autocast" if cfg.autocast != "none" else ""),
+        self.info = {**self.user_llm.info,
                      "item_encoder_frozen_layers": self.item_encoder.frozen,
                      "item_encoder_trained_layers": len(self.item_encoder.blocks)}
         # Train-only heads: never used by item_embeddings / user_embeddings. Their initial weights come

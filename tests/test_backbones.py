@@ -266,3 +266,21 @@ def test_add_lora_adapts_only_the_named_projections():
     assert trainable and all(".lora_" in n and (".q_proj." in n or ".v_proj." in n) for n in trainable)
     with pytest.raises(ValueError, match="not found"):  # peft names the missing targets
         backbones.add_lora(tiny_decoder("llama").model.layers, 4, 8.0, ["nothing_here"])
+
+
+def test_compute_in_fp32_keeps_a_block_out_of_autocast_and_its_names():
+    lm = tiny_decoder("llama")
+    backbones.add_lora(lm.model.layers, 4, 8.0, backbones.LORA_TARGETS["llama"])
+    names = list(lm.state_dict())
+    backbones.compute_in_fp32(lm.model.layers[0])
+    backbones.compute_in_fp32(lm.model.layers[0])  # idempotent: no subclass of the subclass
+    assert type(lm.model.layers[0]).__mro__[1] is type(lm.model.layers[1])
+    assert list(lm.state_dict()) == names
+    dtypes = {}
+    for i, block in enumerate(lm.model.layers):
+        block.mlp.down_proj.register_forward_hook(lambda m, a, out, i=i: dtypes.__setitem__(i, out.dtype))
+    ids = torch.randint(0, lm.config.vocab_size, (2, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lm(input_ids=ids).logits.float().sum().backward()
+    assert dtypes == {0: torch.float32, 1: torch.bfloat16}
+    assert all(p.grad is not None for n, p in lm.model.layers[0].named_parameters() if "lora_B" in n)

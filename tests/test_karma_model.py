@@ -134,6 +134,17 @@ def test_lora_adapters_sit_only_where_configured():
     assert any("embed_tokens" in n for n in frozen)  # token embeddings (tied LM head) stay frozen
 
 
+def test_first_decoder_blocks_compute_in_fp32_as_configured_and_the_record_says_so():
+    model = _model("karma", fp32_blocks=1)
+    blocks = model.user_llm.decoder.model.layers
+    assert [type(b).__name__.startswith("Fp32") for b in blocks] == [True] + [False] * (len(blocks) - 1)
+    assert "(first 1 of 2 decoder blocks in fp32)" in model.describe()["dtype"]
+    assert model.describe()["dtype"] == _model("action_only", fp32_blocks=1).describe()["dtype"]
+    assert _model("karma", autocast="none").describe()["dtype"] == "fp32"
+    with pytest.raises(ValueError, match="fp32_blocks"):
+        _model("karma", fp32_blocks=len(blocks) + 1)
+
+
 def test_infonce_option_and_bad_options():
     model = _model("action_only", action_loss="infonce")
     assert torch.isfinite(model.losses(_batch(model, _log()), torch.Generator())["action"])
