@@ -125,7 +125,7 @@ def gradients(args) -> dict:
     blocks = model.user_llm.decoder.model.layers
     plain = [type(b) for b in blocks]
 
-    def run(autocast: str, fp32_blocks: int):
+    def run(autocast: str, fp32_blocks: int, noise_at: int | None = None):
         for block, cls in zip(blocks, plain, strict=True):
             block.__class__ = cls
         for block in blocks[:fp32_blocks]:
@@ -133,9 +133,12 @@ def gradients(args) -> dict:
         model.config.autocast = model.user_llm.config.autocast = autocast
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # the same dropout masks in every setting
+        hook = None if noise_at is None else blocks[noise_at].register_forward_pre_hook(_relative_noise, with_kwargs=True)
         start = time.perf_counter()
         loss = sum(model.losses(batch, torch.Generator().manual_seed(1)).values())
         loss.backward()
+        if hook is not None:
+            hook.remove()
         grads = {}
         for name, p in model.named_parameters():
             if p.grad is not None:
@@ -150,7 +153,25 @@ def gradients(args) -> dict:
             "loss": loss, "seconds": seconds,
             "gradient_cosine": {g: float(torch.nn.functional.cosine_similarity(grads[g], ref[g], dim=0)) for g in ref}}
         print(k, out["bf16"][f"fp32_blocks={k}"], flush=True)
+    # fp32 itself, with bf16-sized noise (2^-9 relative) on one block's input: how sensitive the
+    # gradient is to a perturbation of that size, whatever the precision
+    out["fp32_with_noise"] = {}
+    for block in (0, 3, 10):
+        loss, grads, _ = run("none", 0, noise_at=block)
+        out["fp32_with_noise"][f"block {block} input"] = {
+            "loss": loss,
+            "gradient_cosine": {g: float(torch.nn.functional.cosine_similarity(grads[g], ref[g], dim=0)) for g in ref}}
+        print("noise", block, out["fp32_with_noise"][f"block {block} input"], flush=True)
     return out
+
+
+def _relative_noise(module, args, kwargs):
+    """Forward pre-hook: the block's hidden states times (1 + 2^-9 N(0, 1)), from a fixed stream."""
+    x = args[0] if args else kwargs["hidden_states"]
+    x = x * (1 + 2.0 ** -9 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7)))
+    if args:
+        return (x, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": x}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per epoch: losses and validation value
 
 
-def _trainable_state(model) -> dict[str, torch.Tensor]:
+def trainable_state(model) -> dict[str, torch.Tensor]:
     """What training changes: the trainable parameters and the persistent buffers (a frozen backbone's
     weights are rebuilt from its checkpoint, so neither selection nor resuming needs a copy)."""
     keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
@@ -120,7 +120,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     def save(epoch: int) -> None:
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {
-                "identity": identity, "epoch": epoch, "model": _trainable_state(model),
+                "identity": identity, "epoch": epoch, "model": trainable_state(model),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_value": best_value,
                 "since_best": since_best, "best_epoch": result.best_epoch, "history": result.history,
@@ -157,7 +157,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
             print(f"{line} ({time.perf_counter() - epoch_start:.0f} s)", flush=True)
         result.epochs_run = epoch
         if value > best_value:
-            best_value, best_state, since_best = value, _trainable_state(model), 0
+            best_value, best_state, since_best = value, trainable_state(model), 0
             result.best_epoch = epoch
         else:
             since_best += 1

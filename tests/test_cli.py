@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from benchmark.run import main
+from benchmark.runner.execute import artifact_path
 
 TINY = ["synthetic.n_items=120", "synthetic.n_users=80", "synthetic.image_size=16",
         "train.max_epochs=2", "model.sasrec.hidden=8", "train.progress=false", "models=[popularity,sasrec]"]
@@ -169,6 +172,15 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert "action-only LLM vs KARMA" in board
     compare = tmp_path / "results" / "figures" / "attention_compare" / "synthetic__coarse__decoder_attention.png"
     assert compare.exists() and "attention_compare/synthetic__coarse__decoder_attention.png" in board
+    # each run keeps its trained state and the embeddings its metrics came from (re-evaluation
+    # without retraining): the saved embeddings rank every test target where the record says, up
+    # to the history items the evaluator masks
+    artifact = torch.load(artifact_path(folder / "karma__karma__seed0.json", tmp_path / "results"), weights_only=False)
+    assert any(".lora_" in k for k in artifact["state"]) and artifact["initial_item_embeddings"] is not None
+    per = np.load(folder / karma["per_impression"])
+    scores = artifact["user_embeddings_test"] @ artifact["item_embeddings"].T
+    unmasked = (scores >= scores[np.arange(len(scores)), per["target"]][:, None]).sum(1)
+    assert (unmasked >= per["rank"]).all() and (unmasked - per["rank"] <= 20).all()
 
 
 def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):

@@ -27,7 +27,7 @@ from benchmark.models import build, model_spec
 from benchmark.runner.plan import train_config
 from benchmark.runner.spec import RunSpec
 from benchmark.seed import seed_everything
-from benchmark.trainer import train
+from benchmark.trainer import train, trainable_state
 
 
 def load_log(name: str, cfg, root: Path) -> SearchLog:
@@ -189,6 +189,33 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
         record["model_info"] = model.describe()  # weights' source, dtype, init LM loss, target text
     if getattr(model, "visual_info", None):
         record["visual_features"] = model.visual_info  # which frozen encoder produced the features
+    save_artifacts(run, cfg, model, valid_emb, test_emb)
     R.write_record(run.record, record)
     return record
+
+
+def artifact_path(record_file: str | Path, results_dir: str | Path) -> Path:
+    """Where a run's trained state and embeddings go: ``<results>/artifacts/`` mirrors ``records/``
+    (not committed: about 25 MB per LLM run)."""
+    record_file, results_dir = Path(record_file), Path(results_dir)
+    try:
+        relative = record_file.relative_to(results_dir / "records")
+    except ValueError:
+        relative = Path(record_file.name)
+    return results_dir / "artifacts" / relative.with_suffix(".pt")
+
+
+def save_artifacts(run: RunSpec, cfg, model, valid_emb, test_emb) -> Path:
+    """Keep what a later evaluation needs without retraining (the funnel, collapse and Table 2
+    readouts change with their protocols): the trained state (what training changed, as the trainer
+    selects it) and the embeddings the record's metrics came from."""
+    path = artifact_path(run.record, cfg.results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"record": Path(run.record).name, "state": trainable_state(model) if isinstance(model, torch.nn.Module) else None,
+            "item_embeddings": test_emb[0], "user_embeddings_valid": valid_emb[1], "user_embeddings_test": test_emb[1],
+            "initial_item_embeddings": getattr(model, "initial_item_embeddings", None)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
 
