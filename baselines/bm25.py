@@ -7,7 +7,7 @@ nothing else (no history, no training), so the gap between it and the LLM family
 learning add on top of the query.
 
 Score of item i for a query q: ``BM25(q, text_i) + popularity_weight * log(1 + pop_i)``, with BM25 from
-``benchmark.funnel.BM25Scorer`` (bm25s, as the adapter's exposures and the funnel's pre-ranker) and
+``benchmark.lexical.BM25Scorer`` (bm25s, as the adapter's exposures and the funnel's pre-ranker) and
 ``pop_i`` the train-split clicks; the popularity term only orders the many items BM25 scores 0 or
 equal. Written as a dot product so the common evaluator ranks it over the full catalog: item
 embedding = one column of per-term BM25 scores for every distinct query term of the log plus the
@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from benchmark.data.schema import SearchLog
-from benchmark.funnel import BM25Scorer, train_popularity
+from benchmark.data.schema import SearchLog, train_popularity
+from benchmark.lexical import BM25Scorer
 from benchmark.model import NothingToTrain
 
 

@@ -46,6 +46,7 @@ import pandas as pd
 from benchmark.data.report import DataError, DataReport
 from benchmark.data.schema import CATALOG_COLUMNS, SPLITS, RawLog, SearchLog
 from benchmark.data.text import terms
+from benchmark.lexical import BM25Scorer
 
 log = logging.getLogger(__name__)
 
@@ -184,19 +185,10 @@ def bm25_exposures(texts: list[str], queries: list[str], targets: np.ndarray, n:
     Queries repeat (one per target item, and category paths are shared), so each distinct query
     is retrieved once.
     """
-    import bm25s
-
     if n <= 0 or not texts:
         return [np.zeros(0, dtype=np.int64) for _ in targets]
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
     distinct = sorted({q for q in queries if q})
-    k = min(n + 1, len(texts))
-    ranked: dict[str, np.ndarray] = {}
-    if distinct:
-        docs, _ = retriever.retrieve(bm25s.tokenize(distinct, stopwords="en", show_progress=False), k=k,
-                                     show_progress=False, n_threads=1)
-        ranked = {q: np.asarray(row, dtype=np.int64) for q, row in zip(distinct, docs, strict=True)}
+    ranked = dict(zip(distinct, BM25Scorer(texts).top(distinct, n + 1), strict=True))
     empty = np.zeros(0, dtype=np.int64)
     return [ranked[q][ranked[q] != t][:n] if q in ranked else empty
             for q, t in zip(queries, targets, strict=True)]

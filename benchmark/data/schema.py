@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 # RawLog.catalog columns. ``category`` is a list of path levels, root first (may be empty);
@@ -72,3 +73,9 @@ class SearchLog:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
         return self.impressions[self.impressions["split"] == name]
+
+
+def train_popularity(log: SearchLog) -> np.ndarray:
+    """``pop_i`` = number of train-split impressions whose target is item i, shape (N,) int64."""
+    tr = log.split("train")["target"].to_numpy().astype(np.int64)
+    return np.bincount(tr, minlength=log.n_items).astype(np.int64)
