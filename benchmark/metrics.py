@@ -22,7 +22,7 @@ Tie rule (the ONE rule, used by every metric and by the evaluator)
 Summaries
     ``hit_rate``, ``ndcg`` and ``mrr`` return one value per impression; the reported number is
     the plain mean over impressions. ``gauc`` and ``jaccard_at_k`` document their own averaging.
-    Across seeds, ``mean_ci95`` gives the mean and a Student-t 95 % interval.
+    Intervals across seeds and paired tests live in ``benchmark.stats``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "hit_rate",
@@ -40,8 +39,6 @@ __all__ = [
     "gauc",
     "jaccard",
     "jaccard_at_k",
-    "mean_ci95",
-    "paired_bootstrap_or_t",
 ]
 
 
@@ -141,83 +138,3 @@ def jaccard_at_k(target_terms: set, retrieved_terms: Sequence[set]) -> float:
         return float("nan")
     a = target_terms if isinstance(target_terms, (set, frozenset)) else set(target_terms)
     return float(np.mean([jaccard(a, b) for b in retrieved_terms]))
-
-
-def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
-    """Mean and Student-t 95 % confidence interval over seeds.
-
-    ``mean ± t_{0.975, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation (ddof=1).
-    n = 1 gives ``(x, nan, nan)``; n = 0 gives all NaN. NaNs are NOT dropped: a missing seed
-    makes the whole cell NaN (incomplete cells are shown as missing, never averaged in).
-    """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    n = v.size
-    if n == 0:
-        return (float("nan"), float("nan"), float("nan"))
-    m = float(np.mean(v))
-    if n == 1 or np.isnan(m):
-        return (m, float("nan"), float("nan"))
-    half = float(stats.t.ppf(0.975, n - 1) * np.std(v, ddof=1) / np.sqrt(n))
-    return (m, m - half, m + half)
-
-
-def paired_bootstrap_or_t(
-    a: np.ndarray,
-    b: np.ndarray,
-    *,
-    method: str = "t",
-    n_boot: int = 10_000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Paired comparison of two systems on the SAME impressions (or users), ``d_i = a_i - b_i``.
-
-    Pairs where either value is NaN are dropped (``n`` reports how many remain).
-
-    - ``method="t"`` (default): paired Student t-test, ``t = mean(d) / (sd(d) / sqrt(n))`` with
-      n-1 degrees of freedom; CI = ``mean(d) ± t_{0.975, n-1} * sd(d) / sqrt(n)``; two-sided p.
-    - ``method="bootstrap"``: ``n_boot`` resamples of the pairs with ``np.random.default_rng(seed)``;
-      CI = 2.5 / 97.5 percentiles of the resampled mean differences; two-sided p =
-      ``min(1, 2 * min(P(mean* <= 0), P(mean* >= 0)))``.
-
-    Returns ``{"mean_diff", "low", "high", "p", "t", "n"}`` (``t`` is NaN for the bootstrap).
-    With n < 2 only ``mean_diff`` (NaN for n = 0) and ``n`` are set, the rest NaN. With zero
-    variance of ``d`` the t-test's CI collapses to ``mean(d)`` and p is 1 (all d = 0) or 0.
-    """
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"paired arrays differ in length: {a.shape} vs {b.shape}")
-    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
-    n = int(d.size)
-    nan = float("nan")
-    out = {"mean_diff": float(d.mean()) if n else nan, "low": nan, "high": nan, "p": nan, "t": nan, "n": n}
-    if n < 2:
-        return out
-    if method == "t":
-        sd = float(np.std(d, ddof=1))
-        if sd == 0.0:
-            out.update(low=out["mean_diff"], high=out["mean_diff"], p=1.0 if out["mean_diff"] == 0 else 0.0)
-            return out
-        se = sd / np.sqrt(n)
-        t = out["mean_diff"] / se
-        half = float(stats.t.ppf(0.975, n - 1) * se)
-        out.update(
-            low=out["mean_diff"] - half,
-            high=out["mean_diff"] + half,
-            t=float(t),
-            p=float(2.0 * stats.t.sf(abs(t), n - 1)),
-        )
-        return out
-    if method == "bootstrap":
-        rng = np.random.default_rng(seed)
-        means = np.empty(n_boot, dtype=np.float64)
-        chunk = max(1, 2_000_000 // n)
-        for s in range(0, n_boot, chunk):
-            e = min(n_boot, s + chunk)
-            idx = rng.integers(0, n, size=(e - s, n))
-            means[s:e] = d[idx].mean(axis=1)
-        lo, hi = np.percentile(means, [2.5, 97.5])
-        p = min(1.0, 2.0 * min(np.mean(means <= 0), np.mean(means >= 0)))
-        out.update(low=float(lo), high=float(hi), p=float(p))
-        return out
-    raise ValueError(f"unknown method {method!r}; valid: t, bootstrap")

@@ -111,23 +111,10 @@ def paired_delta(
             "a paired comparison needs both scored on the same test impressions"
         )
     keep = ~(np.isnan(xa).any(axis=0) | np.isnan(xb).any(axis=0))
-    d = xa[:, keep].mean(axis=0) - xb[:, keep].mean(axis=0)
-    n = int(d.size)
-    nan = float("nan")
-    base = {"metric": metric, "a": label_a, "b": label_b, "n": n, "seeds_a": len(xa), "seeds_b": len(xb)}
-    if n == 0:
-        return PairedDelta(delta=nan, low=nan, high=nan, p_value=nan, **base)
-    delta = float(d.mean())
-    if n < 2:  # no spread to estimate from
-        return PairedDelta(delta=delta, low=nan, high=nan, p_value=nan, **base)
-    # Exact equality, not sd == 0: the mean of identical floats can be off by an ulp, giving a tiny sd.
-    if np.all(d == d[0]):
-        return PairedDelta(delta=delta, low=delta, high=delta, p_value=1.0 if delta == 0 else 0.0, **base)
-    sem = float(d.std(ddof=1)) / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sem
-    t_stat = delta / sem
-    p = float(2.0 * stats.t.sf(abs(t_stat), df=n - 1))  # sf, not 1 - cdf: keeps precision for tiny p
-    return PairedDelta(delta=delta, low=delta - half, high=delta + half, p_value=min(p, 1.0), **base)
+    test = paired_test(xa[:, keep].mean(axis=0), xb[:, keep].mean(axis=0), method="t", confidence=confidence)
+    base = {"metric": metric, "a": label_a, "b": label_b, "n": test["n"], "seeds_a": len(xa), "seeds_b": len(xb)}
+    return PairedDelta(delta=test["mean_diff"], low=test["low"], high=test["high"],
+                       p_value=min(test["p"], 1.0) if not math.isnan(test["p"]) else test["p"], **base)
 
 
 def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[tuple[float, bool]]:
@@ -189,3 +176,96 @@ def format_delta(d: PairedDelta, scale: float = 100.0, digits: int = 2) -> str:
     p = d.p_adjusted if d.p_adjusted is not None else d.p_value
     mark = "*" if d.significant else ""
     return f"{_fmt_signed(d.delta, scale, digits)} {interval} {_fmt_p(p)}{mark}"
+
+
+def paired_test(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    method: str = "t",
+    n_boot: int = 10_000,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> dict[str, float]:
+    """Paired comparison of two systems on the SAME impressions (or users), ``d_i = a_i - b_i``.
+
+    Pairs where either value is NaN are dropped (``n`` reports how many remain).
+
+    - ``method="t"`` (default): paired Student t-test, ``t = mean(d) / (sd(d) / sqrt(n))`` with
+      n-1 degrees of freedom; CI = ``mean(d) ± t_{0.975, n-1} * sd(d) / sqrt(n)``; two-sided p.
+    - ``method="bootstrap"``: ``n_boot`` resamples of the pairs with ``np.random.default_rng(seed)``;
+      CI = the central ``confidence`` percentiles (2.5 / 97.5) of the resampled mean differences; two-sided p =
+      ``min(1, 2 * min(P(mean* <= 0), P(mean* >= 0)))``.
+
+    Returns ``{"mean_diff", "low", "high", "p", "t", "n"}`` (``t`` is NaN for the bootstrap).
+    With n < 2 only ``mean_diff`` (NaN for n = 0) and ``n`` are set, the rest NaN. With zero
+    variance of ``d`` the t-test's CI collapses to ``mean(d)`` and p is 1 (all d = 0) or 0.
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired arrays differ in length: {a.shape} vs {b.shape}")
+    d = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    n = int(d.size)
+    nan = float("nan")
+    out = {"mean_diff": float(d.mean()) if n else nan, "low": nan, "high": nan, "p": nan, "t": nan, "n": n}
+    if n < 2:
+        return out
+    if method == "t":
+        sd = float(np.std(d, ddof=1))
+        # exact equality, not sd == 0: the mean of identical floats can be off by an ulp
+        if np.all(d == d[0]):
+            out.update(low=out["mean_diff"], high=out["mean_diff"], p=1.0 if out["mean_diff"] == 0 else 0.0)
+            return out
+        se = sd / np.sqrt(n)
+        t = out["mean_diff"] / se
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * se)
+        out.update(
+            low=out["mean_diff"] - half,
+            high=out["mean_diff"] + half,
+            t=float(t),
+            p=float(2.0 * stats.t.sf(abs(t), n - 1)),
+        )
+        return out
+    if method == "bootstrap":
+        rng = np.random.default_rng(seed)
+        means = np.empty(n_boot, dtype=np.float64)
+        chunk = max(1, 2_000_000 // n)
+        for s in range(0, n_boot, chunk):
+            e = min(n_boot, s + chunk)
+            idx = rng.integers(0, n, size=(e - s, n))
+            means[s:e] = d[idx].mean(axis=1)
+        lo, hi = np.percentile(means, [50 * (1 - confidence), 50 * (1 + confidence)])
+        p = min(1.0, 2.0 * min(np.mean(means <= 0), np.mean(means >= 0)))
+        out.update(low=float(lo), high=float(hi), p=float(p))
+        return out
+    raise ValueError(f"unknown method {method!r}; valid: t, bootstrap")
+
+
+def per_user_mean(values: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``values`` over each user's rows, NaNs ignored -> (sorted users, means; NaN if none)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    uniq, inv = np.unique(np.asarray(users).ravel(), return_inverse=True)
+    ok = ~np.isnan(v)
+    cnt = np.bincount(inv[ok], minlength=uniq.size).astype(np.float64)
+    tot = np.bincount(inv[ok], weights=v[ok], minlength=uniq.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return uniq, np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+
+
+def paired_delta_over_users(a: np.ndarray, b: np.ndarray, users: np.ndarray, *, n_boot: int = 10_000,
+                            seed: int = 0) -> dict[str, float]:
+    """Delta ``a - b`` of two systems on the same rows, 95 % interval bootstrapped over users.
+
+    ``d_u = mean_u(a) - mean_u(b)`` per user (``per_user_mean``), then
+    ``paired_test(method="bootstrap")`` over the users. Also returns the
+    impression-weighted headline ``delta = nanmean(a) - nanmean(b)`` (rows where either is NaN dropped).
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    both = ~(np.isnan(a) | np.isnan(b))
+    _, ua = per_user_mean(np.where(both, a, np.nan), users)
+    _, ub = per_user_mean(np.where(both, b, np.nan), users)
+    out = paired_test(ua, ub, method="bootstrap", n_boot=n_boot, seed=seed)
+    out["delta"] = float(a[both].mean() - b[both].mean()) if both.any() else float("nan")
+    return out

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from benchmark import metrics as M
+from benchmark import stats as S
 from benchmark.evaluate import evaluate, retrieve_topk, summarize
 
 EMPTY = np.zeros(0, dtype=np.int64)
@@ -206,26 +207,25 @@ def test_summarize_slice():
 
 
 # ---------------------------------------------------------------- across seeds / paired
-def test_mean_ci95_by_hand():
-    m, lo, hi = M.mean_ci95([1.0, 2.0, 3.0])
+def test_mean_ci_by_hand():
+    m, half_width = S.mean_ci([1.0, 2.0, 3.0])
     half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975,2} * sd / sqrt(n)
-    assert (m, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
-    m, lo, hi = M.mean_ci95([0.3])
-    assert m == 0.3 and math.isnan(lo) and math.isnan(hi)
-    assert math.isnan(M.mean_ci95([1.0, np.nan])[0])  # a missing seed is never averaged in
+    assert (m, half_width) == pytest.approx((2.0, half))
+    assert S.mean_ci([0.3]) == (0.3, None)
+    assert math.isnan(S.mean_ci([1.0, np.nan])[0])  # a missing seed is never averaged in
 
 
 def test_paired_t_and_bootstrap():
     a = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
     b = np.array([0.0, 2.0, 1.0, 4.0, 1.0])
-    out = M.paired_bootstrap_or_t(a, b)
+    out = S.paired_test(a, b)
     d = np.array([1.0, 0.0, 2.0, 0.0])
     ref = stats.ttest_rel(a[:4], b[:4])
     assert out["n"] == 4 and out["mean_diff"] == pytest.approx(0.75)
     assert out["t"] == pytest.approx(ref.statistic) and out["p"] == pytest.approx(ref.pvalue)
     half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
     assert (out["low"], out["high"]) == pytest.approx((0.75 - half, 0.75 + half))
-    bs = M.paired_bootstrap_or_t(a, b, method="bootstrap", n_boot=2000, seed=3)
-    again = M.paired_bootstrap_or_t(a, b, method="bootstrap", n_boot=2000, seed=3)
+    bs = S.paired_test(a, b, method="bootstrap", n_boot=2000, seed=3)
+    again = S.paired_test(a, b, method="bootstrap", n_boot=2000, seed=3)
     assert (bs["low"], bs["high"], bs["p"]) == (again["low"], again["high"], again["p"])  # seeded
     assert 0.0 <= bs["low"] <= 0.75 <= bs["high"] <= 2.0

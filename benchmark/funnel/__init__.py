@@ -3,7 +3,8 @@
 The paper reports three offline funnel numbers from Taobao: +0.25 CTR AUC (ranking), +1.86 HR@500
 (pre-ranking) and +2.51 HR@5000 (recall). This module rebuilds each stage on the canonical
 ``SearchLog`` with public-data stand-ins for Taobao's production components, and measures the
-same deltas. Every metric comes from ``benchmark.metrics`` (one tie rule, gAUC, paired tests);
+same deltas. Every metric comes from ``benchmark.metrics`` (one tie rule, gAUC) and every interval from
+``benchmark.stats`` (paired tests);
 only the score arrays are produced here. No module of a later stage is imported.
 
 Shared components
@@ -24,7 +25,7 @@ K scaled to the catalog (the paper's K are for a catalog of Taobao's size; we ke
 
 Paired intervals
     Deltas between two systems on the same impressions get a 95 % interval from
-    ``metrics.paired_bootstrap_or_t(method="bootstrap")`` over *users*: each user's values are first
+    ``stats.paired_test(method="bootstrap")`` over *users*: each user's values are first
     averaged over that user's impressions (``per_user_mean``). The bootstrap's ``mean_diff`` is therefore
     the user-weighted mean difference; with leave-last-out splits (one test impression per user) it is
     identical to the impression-weighted difference reported as the headline number.
@@ -35,8 +36,6 @@ from __future__ import annotations
 from benchmark.data.schema import train_popularity
 from benchmark.funnel.common import (
     candidate_mask,
-    paired_delta,
-    per_user_mean,
     pessimistic_ranks,
     prerank_k,
     recall_k,
@@ -62,6 +61,7 @@ from benchmark.funnel.ranking import (
 )
 from benchmark.funnel.recall import merge_channels, recall_funnel, recall_hr, topk_from_scores
 from benchmark.lexical import BM25Scorer
+from benchmark.stats import paired_delta_over_users, per_user_mean
 
 __all__ = [
     "BM25Scorer",
@@ -71,7 +71,7 @@ __all__ = [
     "candidate_mask",
     "pessimistic_ranks",
     "per_user_mean",
-    "paired_delta",
+    "paired_delta_over_users",
     "ctr_examples",
     "ctr_feature_similarity",
     "CTRModel",

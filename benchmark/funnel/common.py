@@ -8,8 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from benchmark import metrics as M
-
 
 # ============================================================================ shared pieces
 def prerank_k(n_items: int) -> int:
@@ -50,32 +48,3 @@ def pessimistic_ranks(scores: np.ndarray, targets: np.ndarray, valid: np.ndarray
     with np.errstate(invalid="ignore"):
         r = np.count_nonzero(v & (s >= st[:, None]), axis=1)
     return np.where(np.isnan(st), v.sum(axis=1), r).astype(np.int64)
-
-
-def per_user_mean(values: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of ``values`` over each user's rows, NaNs ignored -> (sorted users, means; NaN if none)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    uniq, inv = np.unique(np.asarray(users).ravel(), return_inverse=True)
-    ok = ~np.isnan(v)
-    cnt = np.bincount(inv[ok], minlength=uniq.size).astype(np.float64)
-    tot = np.bincount(inv[ok], weights=v[ok], minlength=uniq.size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return uniq, np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
-
-
-def paired_delta(a: np.ndarray, b: np.ndarray, users: np.ndarray, *, n_boot: int = 10_000,
-                 seed: int = 0) -> dict[str, float]:
-    """Delta ``a - b`` of two systems on the same rows, 95 % interval bootstrapped over users.
-
-    ``d_u = mean_u(a) - mean_u(b)`` per user (``per_user_mean``), then
-    ``metrics.paired_bootstrap_or_t(method="bootstrap")`` over the users. Also returns the
-    impression-weighted headline ``delta = nanmean(a) - nanmean(b)`` (rows where either is NaN dropped).
-    """
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    both = ~(np.isnan(a) | np.isnan(b))
-    _, ua = per_user_mean(np.where(both, a, np.nan), users)
-    _, ub = per_user_mean(np.where(both, b, np.nan), users)
-    out = M.paired_bootstrap_or_t(ua, ub, method="bootstrap", n_boot=n_boot, seed=seed)
-    out["delta"] = float(a[both].mean() - b[both].mean()) if both.any() else float("nan")
-    return out

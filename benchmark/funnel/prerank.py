@@ -11,11 +11,11 @@ from benchmark import metrics as M
 from benchmark.data.schema import SearchLog, train_popularity
 from benchmark.funnel.common import (
     candidate_mask,
-    paired_delta,
     pessimistic_ranks,
     prerank_k,
 )
 from benchmark.lexical import BM25Scorer
+from benchmark.stats import paired_delta_over_users
 
 DEFAULT_GRID = np.linspace(0.0, 1.0, 11)
 
@@ -117,7 +117,7 @@ def prerank_funnel(log: SearchLog, item_emb: np.ndarray, user_emb_valid: np.ndar
     ``user_emb_valid`` / ``user_emb_test``: one row per impression of ``log.split("valid")`` /
     ``log.split("test")`` (their order). The weight is chosen on valid (``choose_weight``, same
     ranks), then applied once to test. K defaults to ``prerank_k(N)``. Returns
-    ``{"K", "w", "valid_hr_by_w", "HR_pre", "HR_fused", "HR_emb", "delta": paired_delta(fused, pre)}``.
+    ``{"K", "w", "valid_hr_by_w", "HR_pre", "HR_fused", "HR_emb", "delta": paired_delta_over_users(fused, pre)}``.
     """
     k = prerank_k(log.n_items) if k is None else int(k)
     if bm25 is None and log.has_text:
@@ -136,5 +136,5 @@ def prerank_funnel(log: SearchLog, item_emb: np.ndarray, user_emb_valid: np.ndar
     return {"K": k, "w": w_star, "valid_hr_by_w": hr_by_w,
             "HR_pre": float(per["pre"].mean()), "HR_fused": float(per["fused"].mean()),
             "HR_emb": float(per["emb"].mean()),
-            "delta": paired_delta(per["fused"], per["pre"], users, n_boot=n_boot, seed=seed),
+            "delta": paired_delta_over_users(per["fused"], per["pre"], users, n_boot=n_boot, seed=seed),
             "per_impression": per, "users": users}

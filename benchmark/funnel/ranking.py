@@ -15,9 +15,9 @@ from benchmark import metrics as M
 from benchmark.data.schema import SearchLog, train_popularity
 from benchmark.funnel.common import (
     _arrays,
-    paired_delta,
 )
 from benchmark.lexical import BM25Scorer
+from benchmark.stats import paired_delta_over_users
 
 
 # ============================================================================ ranking: CTR feature
@@ -242,8 +242,8 @@ def compare_ctr(examples_train: pd.DataFrame, examples_valid: pd.DataFrame, exam
     """Train the CTR model without and with ``extra_feature`` (same seed) and compare on test.
 
     Returns ``{"without": {AUC, gAUC}, "with": {AUC, gAUC}, "delta_AUC", "delta_gAUC",
-    "delta_gAUC_ci": paired_delta(...)}``. The AUC delta is a point estimate (pooled AUC does not
-    split into per-user terms); its spread comes from repeating over seeds (``metrics.mean_ci95``).
+    "delta_gAUC_ci": paired_delta_over_users(...)}``. The AUC delta is a point estimate (pooled AUC does not
+    split into per-user terms); its spread comes from repeating over seeds (``stats.mean_ci``).
     """
     res = {}
     for name, feat in (("without", None), ("with", extra_feature)):
@@ -252,6 +252,6 @@ def compare_ctr(examples_train: pd.DataFrame, examples_valid: pd.DataFrame, exam
     out = {k: {m: res[k][m] for m in ("AUC", "gAUC")} for k in res}
     out["delta_AUC"] = res["with"]["AUC"] - res["without"]["AUC"]
     out["delta_gAUC"] = res["with"]["gAUC"] - res["without"]["gAUC"]
-    out["delta_gAUC_ci"] = paired_delta(res["with"]["auc_per_impression"], res["without"]["auc_per_impression"],
+    out["delta_gAUC_ci"] = paired_delta_over_users(res["with"]["auc_per_impression"], res["without"]["auc_per_impression"],
                                         res["with"]["users"], n_boot=n_boot, seed=seed)
     return out

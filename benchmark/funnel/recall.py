@@ -9,10 +9,10 @@ from benchmark.evaluate import retrieve_topk
 from benchmark.funnel.common import (
     _arrays,
     candidate_mask,
-    paired_delta,
     recall_k,
 )
 from benchmark.lexical import BM25Scorer
+from benchmark.stats import paired_delta_over_users
 
 
 # ============================================================================ recall
@@ -82,7 +82,7 @@ def recall_funnel(log: SearchLog, item_emb: np.ndarray, user_emb: np.ndarray, *,
     ``evaluate.retrieve_topk`` (exact inner product, same masking). Merged:
     ``merge_channels(lexical, embedding, (K - q_emb, q_emb))`` with ``q_emb = round(emb_share * K)``.
     K defaults to ``recall_k(N)``. ``user_emb``: one row per impression of ``log.split(split)``.
-    Returns ``{"K", "quota", "HR_lexical", "HR_embedding", "HR_merged", "delta": paired_delta(merged, lexical)}``.
+    Returns ``{"K", "quota", "HR_lexical", "HR_embedding", "HR_merged", "delta": paired_delta_over_users(merged, lexical)}``.
     """
     k = recall_k(log.n_items) if k is None else int(k)
     q_emb = int(round(emb_share * k))
@@ -109,5 +109,5 @@ def recall_funnel(log: SearchLog, item_emb: np.ndarray, user_emb: np.ndarray, *,
     return {"K": k, "quota": quota,
             "HR_lexical": float(hr["lexical"].mean()), "HR_embedding": float(hr["embedding"].mean()),
             "HR_merged": float(hr["merged"].mean()),
-            "delta": paired_delta(hr["merged"], hr["lexical"], users, n_boot=n_boot, seed=seed),
+            "delta": paired_delta_over_users(hr["merged"], hr["lexical"], users, n_boot=n_boot, seed=seed),
             "per_impression": hr, "users": users}
