@@ -87,7 +87,13 @@ def read_split(path: Path, split: str, report: DataReport, events: Events) -> No
     """One benchmark split CSV: a header, then one interaction per line (no quoted newlines)."""
     header = None
     for lineno, line in read_lines(path, report):
-        fields = next(csv.reader([line]))
+        try:
+            fields = next(csv.reader([line]))
+        except csv.Error as exc:  # e.g. a bare carriage return inside a line
+            if header is None:
+                raise DataError(f"{path}:{lineno}: unreadable header ({exc})") from exc
+            report.issue("bad_row", path, lineno, f"{exc}: {line[:60]!r}")
+            continue
         if header is None:
             header = [f.strip() for f in fields]
             lacking = [c for c in SPLIT_COLUMNS if c not in header]

@@ -29,13 +29,9 @@ def FILES(category: str) -> list[RemoteFile]:  # noqa: N802 (the loader protocol
                        SHA256.get(category))]
 
 
-def load(root: Path, category: str, report: DataReport, *, allow_download: bool = True,
-         timeout: float = 30) -> RawLog:
-    root = Path(root)
-    (spec,) = local_variants(root, FILES(category))
-    fetched = ensure_files(root, [spec], allow_download=allow_download, timeout=timeout)
-    path = fetched[spec.relpath]
-    events = Events()
+def read_sequences(path: Path, report: DataReport, events: Events) -> None:
+    """One user per line, ``user item item ...`` (space-separated ids, in order); any other line is
+    counted (``bad_row``, ``empty_sequence``, ``duplicate_user``) and skipped."""
     seen: set[str] = set()
     for lineno, line in read_lines(path, report):
         tokens = line.split()
@@ -52,4 +48,14 @@ def load(root: Path, category: str, report: DataReport, *, allow_download: bool 
         seen.add(user)
         for position, item in enumerate(items):
             events.add(user, item, position, path, lineno)
+
+
+def load(root: Path, category: str, report: DataReport, *, allow_download: bool = True,
+         timeout: float = 30) -> RawLog:
+    root = Path(root)
+    (spec,) = local_variants(root, FILES(category))
+    fetched = ensure_files(root, [spec], allow_download=allow_download, timeout=timeout)
+    path = fetched[spec.relpath]
+    events = Events()
+    read_sequences(path, report, events)
     return finish(f"s3rec/{category}", events, None, report, fetched, has_text=False, has_timestamps=False)
