@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmark.data.download import is_sealed, seal
+
 __all__ = [
     "BackboneError",
     "BackboneSpec",
@@ -159,7 +161,9 @@ def load_item_encoder(name: str, *, trust_remote_code: bool = False):
 
 
 def _gguf_cache_is_complete(folder: Path) -> bool:
-    return folder.is_dir() and (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+    """The dequantised copy is whole: its config, and every weight file matching its checksum."""
+    weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return (folder / "config.json").is_file() and bool(weights) and all(is_sealed(w) for w in weights)
 
 
 def _build_gguf_cache(alias: str, spec: BackboneSpec, target: Path) -> None:
@@ -188,6 +192,8 @@ def _build_gguf_cache(alias: str, spec: BackboneSpec, target: Path) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for weights in tmp.glob("*.safetensors"):
+            seal(weights)
         if target.exists() and not _gguf_cache_is_complete(target):
             shutil.rmtree(target)  # a stale, hand-damaged copy; ours replaces it
         try:
@@ -365,6 +371,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+        seal(path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -395,7 +402,10 @@ def encode_item_states(
     texts = list(texts)
     key = _states_key(encoder, max_tokens, texts, layer)
     cache_path = Path(cache_path) if cache_path is not None else None
-    if cache_path is not None and cache_path.exists():
+    if cache_path is not None and cache_path.exists() and not is_sealed(cache_path):
+        warnings.warn(f"item-state cache {cache_path} does not match its checksum (truncated, altered or "
+                      "written unsealed); recomputing", stacklevel=2)
+    elif cache_path is not None and cache_path.exists():
         try:
             blob = torch.load(cache_path, map_location="cpu", weights_only=True)
             if blob["key"] == key:

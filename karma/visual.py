@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.data.download import is_sealed, seal
+
 __all__ = [
     "CACHE_VERSION",
     "ENCODERS",
@@ -300,6 +302,7 @@ def _atomic_save(obj: dict, path: Path) -> None:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+        seal(path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -308,6 +311,10 @@ def _atomic_save(obj: dict, path: Path) -> None:
 
 def _load_cache(path: Path, encoder: str, checksum: str, n: int) -> dict | None:
     if not path.exists():
+        return None
+    if not is_sealed(path):
+        warnings.warn(f"visual feature cache {path} does not match its checksum (truncated, altered or "
+                      "written unsealed); recomputing", stacklevel=3)
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)

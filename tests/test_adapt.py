@@ -172,6 +172,10 @@ def test_fingerprint_changes_with_config_and_cache_round_trips(tmp_path):
     assert back is not None and back.n_items == log.n_items
     for a, b in zip(log.impressions["history"], back.impressions["history"], strict=True):
         assert a.dtype == b.dtype == np.int64 and (a == b).all()
+    shifted = pd.read_parquet(tmp_path / "cache" / "impressions.parquet")
+    shifted["target"] = (shifted["target"] + 1) % log.n_items  # a valid file, altered
+    shifted.to_parquet(tmp_path / "cache" / "impressions.parquet", index=False)
+    assert load_cached(tmp_path / "cache") is None  # caught by its checksum: rebuilt, never read
     (tmp_path / "cache" / "impressions.parquet").write_bytes(b"garbage")
     assert load_cached(tmp_path / "cache") is None  # corrupt cache is rebuilt, not trusted
 

@@ -119,12 +119,33 @@ def test_encode_item_states_shapes_cache_and_corruption(tiny_tokenizer, tmp_path
     assert calls["n"] == 3
 
     cache.write_bytes(b"not a torch file")
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.warns(UserWarning, match="checksum"):
         states3, _ = encode_item_states(ITEM_TEXTS, tiny_tokenizer, encoder, 6, cache, progress=False)
     assert calls["n"] == 4
     assert torch.equal(states, states3)
     encode_item_states(ITEM_TEXTS, tiny_tokenizer, encoder, 6, cache, progress=False)
     assert calls["n"] == 4  # the recomputed file is valid again
+    # a valid torch file with the right key but altered states is caught by its checksum, not read
+    blob = torch.load(cache, weights_only=True)
+    torch.save({**blob, "states": torch.zeros_like(blob["states"])}, cache)
+    with pytest.warns(UserWarning, match="checksum"):
+        states4, _ = encode_item_states(ITEM_TEXTS, tiny_tokenizer, encoder, 6, cache, progress=False)
+    assert calls["n"] == 5 and torch.equal(states, states4)
+
+
+def test_a_dequantised_decoder_copy_counts_as_whole_only_when_its_weights_match_their_checksum(tmp_path):
+    from benchmark.data.download import seal
+    from karma.backbones import _gguf_cache_is_complete
+
+    (tmp_path / "config.json").write_text("{}")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\0" * 1000)
+    assert not _gguf_cache_is_complete(tmp_path)  # never sealed: rebuilt
+    seal(weights)
+    assert _gguf_cache_is_complete(tmp_path)
+    with open(weights, "r+b") as fh:
+        fh.truncate(500)
+    assert not _gguf_cache_is_complete(tmp_path)  # truncated: rebuilt, never loaded
 
 
 def test_encode_item_states_without_cache_matches_direct_forward(tiny_tokenizer):

@@ -108,7 +108,7 @@ def test_corrupted_cache_is_recomputed_with_warning(tmp_path):
     cache_file = info["cache_path"]
     with open(cache_file, "r+b") as f:
         f.truncate(40)
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.warns(UserWarning, match="checksum"):
         f2, _, info2 = _extract(paths, cache, enc)
     assert info2["n_encoded"] == 3 and torch.allclose(f1, f2)
     _, _, info3 = _extract(paths, cache, enc)  # rewritten: a hit again

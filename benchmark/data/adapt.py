@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.data.download import sha256_file
 from benchmark.data.report import DataError, DataReport
 from benchmark.data.schema import CATALOG_COLUMNS, SPLITS, RawLog, SearchLog
 from benchmark.data.text import terms
@@ -397,6 +398,9 @@ def query_matches(texts: list[str], queries: list[str]) -> dict[str, np.ndarray]
     return out
 
 
+PROCESSED_FILES = ("catalog.parquet", "impressions.parquet")
+
+
 def save(log_: SearchLog, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -406,7 +410,8 @@ def save(log_: SearchLog, folder: Path) -> None:
     cat.to_parquet(tmp / "catalog.parquet", index=False)
     imp.to_parquet(tmp / "impressions.parquet", index=False)
     meta = {"name": log_.name, "n_users": log_.n_users, "has_text": log_.has_text,
-            "fingerprint": log_.fingerprint, "adaptation": log_.adaptation, "user_ids": log_.user_ids}
+            "fingerprint": log_.fingerprint, "adaptation": log_.adaptation, "user_ids": log_.user_ids,
+            "sha256": {f: sha256_file(tmp / f) for f in PROCESSED_FILES}}
     (tmp / "meta.json").write_text(json.dumps(meta))
     for f in tmp.iterdir():
         f.replace(folder / f.name)
@@ -419,6 +424,11 @@ def load_cached(folder: Path) -> SearchLog | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
+        sums = meta.get("sha256") or {}
+        altered = [f for f in PROCESSED_FILES if sums.get(f) != sha256_file(folder / f)]
+        if altered:  # truncated, altered, or written before caches were sealed: rebuilt, never read
+            log.warning("processed cache %s: %s do not match their checksums; rebuilding", folder, altered)
+            return None
         cat = pd.read_parquet(folder / "catalog.parquet")
         imp = pd.read_parquet(folder / "impressions.parquet")
     except Exception as err:  # a corrupt cache is rebuilt, not trusted

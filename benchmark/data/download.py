@@ -79,6 +79,25 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def seal(path: str | os.PathLike) -> None:
+    """Write ``<file>.sha256`` beside a cache file that was just written whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.sha256.tmp")
+    tmp.write_text(sha256_file(path) + "\n")
+    tmp.replace(path.with_name(path.name + ".sha256"))
+
+
+def is_sealed(path: str | os.PathLike) -> bool:
+    """Whether a cache file is the one that was written: its ``.sha256`` exists and matches. A
+    truncated or altered file, or one written before caches were sealed, is not (so it is rebuilt)."""
+    path = Path(path)
+    stamp = path.with_name(path.name + ".sha256")
+    try:
+        return path.is_file() and stamp.read_text().strip() == sha256_file(path)
+    except OSError:
+        return False
+
+
 def _check(path: Path, expected: str | None) -> str:
     got = sha256_file(path)
     if expected and got.lower() != expected.lower():
