@@ -1,0 +1,69 @@
+"""A suite killed with SIGKILL and run again ends with the records of an uninterrupted run (the
+smoke suite on a tiny embedded catalog, killed at several points: mid-training, after a record)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = ["synthetic.n_items=120", "synthetic.n_users=80", "synthetic.image_size=16", "train.max_epochs=4",
+        "train.patience=4", "model.sasrec.hidden=8", "train.progress=false", "models=[popularity,sasrec]", "threads=1"]
+
+
+def _command(root: Path) -> list[str]:
+    return [sys.executable, "-m", "benchmark.run", "--suite", "smoke", "--data-dir", str(root / "data"),
+            "--results-dir", str(root / "results"), f"leaderboard={root / 'leaderboard.md'}", *TINY]
+
+
+def _env(root: Path) -> dict:
+    return {**os.environ, "KARMA_BENCH_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
+
+
+def _records(root: Path) -> dict[str, dict]:
+    """What must not depend on an interruption: the metrics, the selection and the settings."""
+    out = {}
+    for path in sorted((root / "results" / "records").rglob("*.json")):
+        record = json.loads(path.read_text())
+        out[path.name] = {"metrics": record["metrics"], "selection": record["selection"],
+                          "config_hash": record["config_hash"], "data": record["data_fingerprint"]}
+    return out
+
+
+def _run_killed_when(root: Path, pattern: str, timeout: float = 300) -> bool:
+    """Start the suite and SIGKILL it as soon as a file matching ``pattern`` (under the results
+    dir) exists. Returns whether it was killed (False: it finished before the point was reached)."""
+    proc = subprocess.Popen(_command(root), env=_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any((root / "results").glob(pattern)):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.02)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, dict]:
+    root = tmp_path_factory.mktemp("reference")
+    subprocess.run(_command(root), env=_env(root), check=True, capture_output=True)
+    return _records(root)
+
+
+@pytest.mark.parametrize("kill_at", ["checkpoints/**/*.pt", "records/**/popularity__default__seed0.json"])
+def test_a_suite_killed_and_run_again_ends_with_the_uninterrupted_records(tmp_path, uninterrupted, kill_at):
+    interrupted = tmp_path / "interrupted"
+    assert _run_killed_when(interrupted, kill_at), f"the suite ended before {kill_at} appeared"
+    subprocess.run(_command(interrupted), env=_env(interrupted), check=True, capture_output=True)
+    assert uninterrupted and _records(interrupted) == uninterrupted
+    assert not list((interrupted / "results" / "checkpoints").rglob("*.pt"))  # finished runs leave none
