@@ -114,6 +114,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         train_time, seen, first_epoch = resumed["train_time"], resumed["seen"], resumed["epoch"] + 1
         result.history, result.best_epoch = resumed["history"], resumed["best_epoch"]
         result.epochs_run, result.step_seconds = resumed["epoch"], resumed["step_seconds"]
+        start -= resumed.get("elapsed", 0.0)  # train_seconds counts the earlier processes' time too
         stages = []  # checkpoints are written after the stages
         print(f"{desc}: resumed after epoch {resumed['epoch']} from {checkpoint}", flush=True)
 
@@ -124,7 +125,8 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_value": best_value,
                 "since_best": since_best, "best_epoch": result.best_epoch, "history": result.history,
-                "train_time": train_time, "seen": seen, "step_seconds": result.step_seconds})
+                "train_time": train_time, "seen": seen, "step_seconds": result.step_seconds,
+                "elapsed": time.perf_counter() - start})
 
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
     for name, stage_data, epochs in stages:
