@@ -114,7 +114,7 @@ def paired_delta(
     test = paired_test(xa[:, keep].mean(axis=0), xb[:, keep].mean(axis=0), method="t", confidence=confidence)
     base = {"metric": metric, "a": label_a, "b": label_b, "n": test["n"], "seeds_a": len(xa), "seeds_b": len(xb)}
     return PairedDelta(delta=test["mean_diff"], low=test["low"], high=test["high"],
-                       p_value=min(test["p"], 1.0) if not math.isnan(test["p"]) else test["p"], **base)
+                       p_value=min(test["p"], 1.0), **base)  # min keeps a NaN p NaN
 
 
 def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[tuple[float, bool]]:

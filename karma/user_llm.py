@@ -181,10 +181,10 @@ class UserLLM(nn.Module):
             raise ValueError(f"fp32_blocks={cfg.fp32_blocks} but the decoder has {len(decoder.model.layers)} blocks")
         for block in decoder.model.layers[:cfg.fp32_blocks]:
             backbones.compute_in_fp32(block)
-        self.info["dtype"] = "fp32" if cfg.autocast == "none" else \
-            f"fp32 weights, bf16 autocast (first {cfg.fp32_blocks} of {len(decoder.model.layers)} decoder blocks in fp32)" \
-            if cfg.fp32_blocks else \
-            "fp32 weights, bf16 autocast"
+        dtype = "fp32" if cfg.autocast == "none" else "fp32 weights, bf16 autocast"
+        if cfg.autocast != "none" and cfg.fp32_blocks:
+            dtype += f" (first {cfg.fp32_blocks} of {len(decoder.model.layers)} decoder blocks in fp32)"
+        self.info["dtype"] = dtype
         self.decoder = decoder
         queries = sorted(set(log.impressions["query"].astype(str)))
         self.query_index = {q: i for i, q in enumerate(queries)}

@@ -210,12 +210,8 @@ def save_artifacts(run: RunSpec, cfg, model, valid_emb, test_emb) -> Path:
     readouts change with their protocols): the trained state (what training changed, as the trainer
     selects it) and the embeddings the record's metrics came from."""
     path = artifact_path(run.record, cfg.results_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"record": Path(run.record).name, "state": trainable_state(model) if isinstance(model, torch.nn.Module) else None,
             "item_embeddings": test_emb[0], "user_embeddings_valid": valid_emb[1], "user_embeddings_test": test_emb[1],
             "initial_item_embeddings": getattr(model, "initial_item_embeddings", None)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-    return path
+    return R._atomic_write(path, lambda fh: torch.save(blob, fh), binary=True)
 
