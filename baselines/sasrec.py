@@ -33,6 +33,9 @@ from benchmark.data.schema import SearchLog
 class SASRecConfig:
     hidden: int = 64  # embedding and model width (the paper's d)
     layers: int = 2  # transformer blocks
+    # the feed-forward layer's inner width; 0 = hidden, as in the original SASRec (its point-wise
+    # Conv1d keeps d) and SASRec.pytorch; RecBole's SASRec defaults to a separate inner_size of 256
+    inner_size: int = 0
     heads: int = 1  # attention heads (the paper uses 1)
     dropout: float = 0.2  # on embeddings, attention and FFN
     max_len: int = 50  # history length seen by the model (the paper's n on Beauty)
@@ -47,6 +50,8 @@ class SASRecConfig:
         if min(self.hidden, self.layers, self.heads, self.max_len, self.n_negatives) < 1 or self.hidden % self.heads:
             raise ValueError("model.sasrec: hidden, layers, heads, max_len and n_negatives must be >= 1, and heads "
                              f"must divide hidden (got hidden={self.hidden}, heads={self.heads})")
+        if self.inner_size < 0:
+            raise ValueError(f"model.sasrec.inner_size must be >= 0 (0 = hidden), got {self.inner_size}")
         if not 0.0 <= self.dropout < 1.0 or self.lr <= 0 or self.init_std <= 0:
             raise ValueError("model.sasrec: dropout must be in [0, 1), lr and init_std > 0")
 
@@ -72,7 +77,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, config.hidden, padding_idx=0)  # 0 = padding, item i -> i+1
         self.pos_emb = nn.Embedding(config.max_len, config.hidden)
         self.dropout = nn.Dropout(config.dropout)
-        layer = nn.TransformerEncoderLayer(config.hidden, config.heads, dim_feedforward=config.hidden,
+        layer = nn.TransformerEncoderLayer(config.hidden, config.heads, dim_feedforward=config.inner_size or config.hidden,
                                            dropout=config.dropout, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)

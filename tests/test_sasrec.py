@@ -66,3 +66,11 @@ def test_popularity_scores_by_train_count():
     model = Popularity(3, PopularityConfig())
     scores = (model.user_embeddings(Log, pd.DataFrame({"x": [1, 2]})) @ model.item_embeddings(Log).T).numpy()
     assert scores.shape == (2, 3) and (np.argsort(-scores[0]) == [2, 0, 1]).all()
+
+
+@pytest.mark.parametrize("inner, width", [(0, 16), (48, 48)])
+def test_inner_size_sets_the_feed_forward_width(inner, width):
+    model = SASRec(30, SASRecConfig(hidden=16, inner_size=inner))
+    assert {block.linear1.out_features for block in model.encoder.layers} == {width}
+    with pytest.raises(ValueError, match="inner_size"):
+        SASRecConfig(inner_size=-1)
