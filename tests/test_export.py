@@ -88,3 +88,12 @@ def test_an_existing_folder_is_never_overwritten(exported):
     log, folder = exported
     with pytest.raises(FileExistsError):
         E.export(log, folder, suite="smoke", suite_version="1", mode="coarse")
+
+
+def test_the_command_line_exports_and_refuses_a_bad_mode(tmp_path, capsys):
+    args = ["--suite", "smoke", "--data-dir", str(tmp_path), "--dataset", "synthetic"]
+    assert E.main([*args, "--mode", "none", "--out", str(tmp_path / "none"), *SMALL]) == 0
+    log = E.load(tmp_path / "none")
+    assert (log.impressions["query"] == "").all()  # mode none: no query
+    assert E.main([*args, "--mode", "fuzzy", "--out", str(tmp_path / "bad"), *SMALL]) == 2
+    assert "unknown query mode" in capsys.readouterr().err and not (tmp_path / "bad").exists()
