@@ -203,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite:
         overrides.append("overwrite=true")
     cfg = compose_config(args.suite, overrides)
+    from benchmark import distributed
+
+    if distributed.init_from_env() and args.jobs > 1:  # started by torchrun: one run over several processes
+        parser.error("under torchrun every process trains the same run (DDP); --jobs N does not apply")
 
     from benchmark import runner
     from benchmark.data.report import DataError

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
+from benchmark import distributed as D
 from benchmark.model import RankingModel, StagedTraining
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         return result
     loader = _loader(dataset, model, config, generator)
     params = [p for p in model.parameters() if p.requires_grad]
+    losses = D.loss_function(model)  # DDP under torchrun
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     start = time.perf_counter()
     best_state, best_value, since_best = None, -math.inf, 0
@@ -119,7 +121,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         print(f"{desc}: resumed after epoch {resumed['epoch']} from {checkpoint}", flush=True)
 
     def save(epoch: int) -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and D.is_main():
             _save_checkpoint(checkpoint, {
                 "identity": identity, "epoch": epoch, "model": trainable_state(model),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
@@ -134,7 +136,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         for epoch in range(1, epochs + 1):
             model.train()
             stage_start = time.perf_counter()
-            sums = _run_epoch(model, stage_loader, optimizer, params, config, generator, f"{desc} {name} {epoch}")
+            sums = _run_epoch(losses, stage_loader, optimizer, params, config, generator, f"{desc} {name} {epoch}")
             result.step_seconds += time.perf_counter() - stage_start
             result.history.append({"stage": name, "epoch": epoch, **sums})
             log.info("%s %s epoch %d: %s", desc, name, epoch, " ".join(f"{k}={v:.4f}" for k, v in sums.items()))
@@ -147,7 +149,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
             break
         model.train()
         epoch_start = time.perf_counter()
-        sums = _run_epoch(model, loader, optimizer, params, config, generator, f"{desc} epoch {epoch}")
+        sums = _run_epoch(losses, loader, optimizer, params, config, generator, f"{desc} epoch {epoch}")
         seen += len(dataset)
         train_time += time.perf_counter() - epoch_start
         model.eval()
@@ -175,17 +177,18 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     result.train_seconds = time.perf_counter() - start
     result.examples_per_second = seen / train_time if train_time > 0 else None
     result.step_seconds += train_time
-    if checkpoint is not None and checkpoint.exists():
+    if checkpoint is not None and checkpoint.exists() and D.is_main():
         checkpoint.unlink()
     return result
 
 
-def _run_epoch(model, loader, optimizer, params, config: TrainConfig, generator, desc: str) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of each named loss term."""
+def _run_epoch(losses, loader, optimizer, params, config: TrainConfig, generator, desc: str) -> dict[str, float]:
+    """One pass over ``loader`` (``losses``: the model's, or its DDP wrapper); returns the mean of each
+    named loss term (under DDP, averaged over the processes' shards)."""
     sums: dict[str, float] = {}
     bar = tqdm(loader, desc=desc, leave=False, disable=not config.progress)
     for batch in bar:
-        terms = model.losses(batch, generator)
+        terms = losses(batch, generator)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: non-finite loss {({k: float(v) for k, v in terms.items()})}; "
@@ -198,7 +201,7 @@ def _run_epoch(model, loader, optimizer, params, config: TrainConfig, generator,
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-    return {k: v / max(len(loader), 1) for k, v in sums.items()}
+    return D.mean_over_processes({k: v / max(len(loader), 1) for k, v in sums.items()})
 
 
 class LengthGroupedBatches(Sampler):
@@ -227,7 +230,12 @@ class LengthGroupedBatches(Sampler):
 
 def _loader(dataset, model, config: TrainConfig, generator: torch.Generator) -> DataLoader:
     if getattr(dataset, "lengths", None) is not None:
-        sampler = LengthGroupedBatches(dataset.lengths, config.batch_size, generator)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=model.collate, num_workers=0)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
-                      collate_fn=model.collate, num_workers=0)
+        batches = LengthGroupedBatches(dataset.lengths, config.batch_size, generator)
+    elif D.world_size() > 1:  # what DataLoader(shuffle=True, generator=...) builds, made explicit to shard it
+        batches = BatchSampler(RandomSampler(dataset, generator=generator), config.batch_size, drop_last=False)
+    else:
+        return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator,
+                          collate_fn=model.collate, num_workers=0)
+    if D.world_size() > 1:  # every process draws the same batches and takes its share of each
+        batches = D.ShardedBatches(batches, D.world_size(), D.rank())
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=model.collate, num_workers=0)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark import distributed as D
 from benchmark import records as R
 from benchmark.data import adapt as A
 from benchmark.data import registry, synthetic
@@ -123,13 +124,15 @@ def catalog_terms(search_log: SearchLog):
 
 
 def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_summary: dict | None = None,
-            trial: tuple | None = None, source: dict | None = None) -> dict:
+            trial: tuple | None = None, source: dict | None = None) -> dict | None:
     """Train (or take the search's identical trial: ``(fit, peak memory)``), evaluate, write the record.
     ``environment``: ``records.environment()`` read once when the suite started (the code that runs is
     the code imported then, whatever happens to the checkout during a long suite)."""
     item_terms = catalog_terms(search_log)
     with R.PeakMemory() as memory:
         model, trained, train_cfg = fit(run, search_log, cfg, item_terms) if trial is None else trial[0]
+        if not D.is_main():  # under DDP, rank 0 evaluates and writes; the other processes only trained
+            return None
         valid_emb = embed(model, search_log, "valid")
         valid, _ = evaluate_split(model, search_log, "valid", cfg, item_terms, with_lists=False, embedded=valid_emb)
         start = time.perf_counter()
@@ -162,7 +165,7 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
         "adaptation": search_log.adaptation, "environment": environment,
         "timing": {"train_s": trained.train_seconds, "eval_s": eval_s,
                    "peak_memory_mb": max(memory.peak_mb, trial[1] if trial else 0.0),
-                   "reused_search_trial": trial is not None,
+                   "reused_search_trial": trial is not None, "processes": D.world_size(),
                    "train_impressions_per_s": trained.examples_per_second,
                    "train_tokens_per_s": (getattr(model, "tokens_seen", 0) / trained.step_seconds
                                           if getattr(model, "tokens_seen", 0) and trained.step_seconds else None),

@@ -9,6 +9,7 @@ import math
 import time
 from pathlib import Path
 
+from benchmark import distributed as D
 from benchmark import records as R
 from benchmark.data.schema import SearchLog
 from benchmark.models import tuned_source
@@ -72,8 +73,9 @@ def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None
                      "train_s": time.perf_counter() - start, "peak_memory_mb": memory.peak_mb})
         print(f"    search {run.model}:{run.variant} {overrides} -> valid "
               f"{cfg.eval.selection_metric}={trained.valid_value:.4f}", flush=True)
-        R.write_text_atomic(path, json.dumps({"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
-                                              "trials": done}, indent=1, default=str))
+        if D.is_main():
+            R.write_text_atomic(path, json.dumps({"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
+                                                  "trials": done}, indent=1, default=str))
         if best_trial(done)["overrides"] == overrides:
             kept = (overrides, fitted, memory.peak_mb)
         del fitted

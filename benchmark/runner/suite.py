@@ -10,6 +10,7 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmark import distributed as D
 from benchmark import records as R
 from benchmark.data.download import cache_root, data_root
 from benchmark.data.report import DataError
@@ -54,7 +55,8 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
     views = list(dict.fromkeys((r.dataset, r.mode) for r in runs))
     todo.sort(key=lambda r: views.index((r.dataset, r.mode)))  # stable: one dataset view loaded at a time
     if cfg.unit is None:
-        print(format_plan(cfg))
+        if D.is_main():
+            print(format_plan(cfg))
     else:
         print(f"unit {cfg.unit} of {len(units)}: {' '.join(units[cfg.unit])}, {len(todo)} runs to do", flush=True)
     tag = "" if cfg.unit is None else f"unit {cfg.unit}: "
@@ -68,24 +70,26 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
             mode_cfg = mode_config(cfg, mode)
             if view not in logs:
                 logs.clear()  # one dataset view in memory at a time
-                # one process at a time adapts a dataset and renders its images into the cache
-                with R.file_lock(cache_root() / "processed" / R.dataset_dirname(name)):
-                    logs[view] = load_log(name, mode_cfg, root)
-                    if any(MODELS[r.model].needs_images for r in todo if (r.dataset, r.mode) == view):
-                        attach_images(logs[view], cfg, root)
+                # one process at a time adapts a dataset and renders its images into the cache (under
+                # DDP, rank 0 first: the others then read its cache)
+                for _ in D.main_first():
+                    with R.file_lock(cache_root() / "processed" / R.dataset_dirname(name)):
+                        logs[view] = load_log(name, mode_cfg, root)
+                        if any(MODELS[r.model].needs_images for r in todo if (r.dataset, r.mode) == view):
+                            attach_images(logs[view], cfg, root)
             key = unit_key(run)
             if key not in searched:
                 # another process searching the same file (karma_gen reuses karma:karma's) finishes first;
                 # this one then reads its trials back instead of training them again
                 path = search_file(mode_cfg, run)
-                with R.file_lock(path) if path else contextlib.nullcontext():
+                with D.main_lock(R.file_lock(path) if path else contextlib.nullcontext()):
                     searched[key] = search(run, logs[view], mode_cfg)
             (run_cfg, tuned), summary, trial = searched[key]
             trial = trial if run.seed == cfg.search.seed else None
             if trial is not None:
                 searched[key] = ((run_cfg, tuned), summary, None)  # used once, then freed
-            with R.file_lock(run.record):
-                if done_meanwhile(run, mode_cfg, started):
+            with D.main_lock(R.file_lock(run.record)):
+                if D.agree(done_meanwhile(run, mode_cfg, started)):
                     print(f"[{tag}{i}/{len(todo)}] {name} [{mode}] {run.model}:{run.variant} seed {run.seed}: "
                           "written by another process meanwhile, skipped", flush=True)
                     continue
@@ -93,6 +97,8 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
                       + (" (the search's selected trial: same settings and seed)" if trial else ""), flush=True)
                 record = run_one(dataclasses.replace(run, tuned=tuned), logs[view], run_cfg, environment, summary,
                                  trial)
+            if record is None:  # a DDP follower: rank 0 evaluated and wrote it
+                continue
             m = record["metrics"]["test"]
             print(f"    {tag}test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
                   f"train {record['timing']['train_s']:.0f}s", flush=True)
@@ -117,7 +123,7 @@ def run_suite(cfg) -> list[str]:
     are any. With ``cfg.unit`` set (one job of ``python -m benchmark.run --jobs N``) only that unit
     runs, and the leaderboard is left to the parent, which regenerates it once after every job ended."""
     problems, failures = run_planned(cfg)
-    if cfg.unit is None:
+    if cfg.unit is None and D.is_main():
         regenerate_leaderboard(cfg, {cfg.suite: problems})
     if failures:
         print("\n".join(["runs that failed or were skipped:", *failures]), file=sys.stderr)
