@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmark.data import amazon2014, amazon2023, sequence
+from benchmark.data import amazon2014, amazon2023, s3rec
 from benchmark.data.loading import MAX_TIMESTAMP, Events, read_reviews
 from benchmark.data.report import DataError, DataReport
 
@@ -103,7 +103,7 @@ def test_sequence_lines_are_users_or_counted_skips(tmp_path, lines):
     path = tmp_path / "user_sequence.txt"
     seen = _write(path, lines)
     report, events = DataReport("fuzz"), Events()
-    if not _clear_error_or_read(lambda: sequence.read_sequences(path, report, events), path):
+    if not _clear_error_or_read(lambda: s3rec.read_sequences(path, report, events), path):
         return
     assert len(set(events.lines)) + _skipped(report) == seen  # one user per kept line
     for user, item, line in zip(events.users, events.items, events.lines, strict=True):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.data import amazon2014, amazon2018, amazon2023, atomic, sequence
+from benchmark.data import amazon2014, amazon2018, amazon2023, s3rec, unisrec
 from benchmark.data.download import DATA_ENV, RemoteFile, data_root, ensure_files, sha256_file
 from benchmark.data.loading import Events, read_reviews
 from benchmark.data.report import DataError, DataReport
@@ -226,7 +226,7 @@ def test_files_point_at_official_urls():
     assert amazon2023.FILES("X", "official_raw")[0].url.endswith("raw/review_categories/X.jsonl.gz")
     assert amazon2014.FILES("Beauty")[0].url == (
         "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Beauty_5.json.gz")
-    assert all(f.sha256 for f in atomic.FILES("Scientific")) and sequence.FILES("Beauty")[0].sha256
+    assert all(f.sha256 for f in unisrec.FILES("Scientific")) and s3rec.FILES("Beauty")[0].sha256
 
 
 # ---------------------------------------------------------------- amazon 2014
@@ -335,7 +335,7 @@ def test_amazon2023_raw_layout_and_bad_header(tmp_path):
 def test_sequence_file(tmp_path):
     write(tmp_path / "s3rec/Tiny/user_sequence.txt", ["u1 a b c", "u2 b", "u3", "u1 x y", "u4 a b a"])
     report = DataReport("t")
-    log = sequence.load(tmp_path, "Tiny", report, allow_download=False)
+    log = s3rec.load(tmp_path, "Tiny", report, allow_download=False)
     check_rawlog(log)
     assert log.name == "s3rec/Tiny" and not log.has_text and not log.has_timestamps
     assert dict(report.counts) == {"empty_sequence": 1, "duplicate_user": 1, "duplicate_event": 1}
@@ -343,7 +343,7 @@ def test_sequence_file(tmp_path):
     assert list(u1.item_id) == ["a", "b", "c"] and list(u1.timestamp) == [0, 1, 2]
     assert list(log.catalog.item_id) == ["a", "b", "c"] and (log.catalog.title == "").all()
     with pytest.raises(DataError, match=r"empty_sequence at user_sequence\.txt:3"):
-        sequence.load(tmp_path, "Tiny", DataReport("t", strict=True), allow_download=False)
+        s3rec.load(tmp_path, "Tiny", DataReport("t", strict=True), allow_download=False)
 
 
 # ---------------------------------------------------------------- UniSRec atomic files
@@ -371,7 +371,7 @@ def atomic_files(folder: Path, cap: int = 3, consistent: bool = True) -> None:
 def test_atomic_rebuilds_truncated_sequences(tmp_path):
     atomic_files(tmp_path / "unisrec/Sci")
     report = DataReport("t")
-    log = atomic.load(tmp_path, "Sci", report, allow_download=False)
+    log = unisrec.load(tmp_path, "Sci", report, allow_download=False)
     check_rawlog(log)
     assert log.name == "unisrec/Sci" and log.has_text and not log.has_timestamps
     u0 = log.interactions[log.interactions.user_id == "U0"]
@@ -384,7 +384,7 @@ def test_atomic_rebuilds_truncated_sequences(tmp_path):
     i1 = log.catalog.set_index("item_id").loc["I1"]
     assert (i1["title"], i1["category"], i1["brand"]) == ("Thing 1", ["Industrial & Scientific Tools"], "Brand1")
     with pytest.raises(DataError, match=r"unknown_index at Sci\.test\.inter:3"):
-        atomic.load(tmp_path, "Sci", DataReport("t", strict=True), allow_download=False)
+        unisrec.load(tmp_path, "Sci", DataReport("t", strict=True), allow_download=False)
 
 
 def test_atomic_text_parts_are_found_by_the_category_slot():
@@ -392,13 +392,13 @@ def test_atomic_text_parts_are_found_by_the_category_slot():
              "TPI Fan, 120 Volt. . TPI.",  # empty category slot
              "Glue. Industrial & Scientific Tapes. .",  # empty brand slot
              "No slots at all. Just a sentence."]
-    root = atomic._root_category(texts + ["Saw. Industrial & Scientific Saws. Bosch."])  # a majority vote
+    root = unisrec._root_category(texts + ["Saw. Industrial & Scientific Saws. Bosch."])  # a majority vote
     assert root == "Industrial &"
-    assert atomic._split_text(texts[0], root) == ("Dr. Foo Kit 3/8", "Industrial & Scientific Fittings Pipe Fittings",
+    assert unisrec._split_text(texts[0], root) == ("Dr. Foo Kit 3/8", "Industrial & Scientific Fittings Pipe Fittings",
                                                   "Mr. Heater")
-    assert atomic._split_text(texts[1], root) == ("TPI Fan, 120 Volt", "", "TPI")
-    assert atomic._split_text(texts[2], root) == ("Glue", "Industrial & Scientific Tapes", "")
-    assert atomic._split_text(texts[3], root) is None
+    assert unisrec._split_text(texts[1], root) == ("TPI Fan, 120 Volt", "", "TPI")
+    assert unisrec._split_text(texts[2], root) == ("Glue", "Industrial & Scientific Tapes", "")
+    assert unisrec._split_text(texts[3], root) is None
 
 
 def test_a_loader_parser_version_changes_the_data_fingerprint(tmp_path, monkeypatch):
@@ -409,15 +409,15 @@ def test_a_loader_parser_version_changes_the_data_fingerprint(tmp_path, monkeypa
     atomic_files(tmp_path / "unisrec/Sci")
     cfg = compose_config("smoke", [f"data_dir={tmp_path}", "adapt.k_core=1"])
     before = load_log("unisrec/Sci", cfg, tmp_path)
-    assert before.adaptation["source_config"] == {"parser_version": atomic.PARSER_VERSION}
-    monkeypatch.setattr(atomic, "PARSER_VERSION", atomic.PARSER_VERSION + 1)
+    assert before.adaptation["source_config"] == {"parser_version": unisrec.PARSER_VERSION}
+    monkeypatch.setattr(unisrec, "PARSER_VERSION", unisrec.PARSER_VERSION + 1)
     assert load_log("unisrec/Sci", cfg, tmp_path).fingerprint != before.fingerprint
 
 
 def test_atomic_inconsistent_history_falls_back(tmp_path):
     atomic_files(tmp_path / "unisrec/Sci", consistent=False)
     report = DataReport("t")
-    log = atomic.load(tmp_path, "Sci", report, allow_download=False)
+    log = unisrec.load(tmp_path, "Sci", report, allow_download=False)
     assert report.counts["inconsistent_history"] == 1
     u0 = log.interactions[log.interactions.user_id == "U0"]
     # the longest row (the test one, ranked last among equal lengths) + its target; valid label lost
@@ -471,7 +471,7 @@ def test_shared_amazon2023_all_beauty():
 @pytest.mark.shared_data
 @shared
 def test_shared_unisrec_scientific():
-    log, report, counts = _load(atomic, "Scientific")
+    log, report, counts = _load(unisrec, "Scientific")
     # The README's 59,384 is the sum of (test history + 1), but histories are cut to 50 items:
     # chaining the rows recovers 43 more events (59,427 rows). 291 of them repeat an earlier
     # (user, item) pair (repeat purchases) and are dropped, leaving 59,136; 50 test and 54
@@ -486,7 +486,7 @@ def test_shared_unisrec_scientific():
 @pytest.mark.shared_data
 @shared
 def test_shared_s3rec_beauty():
-    log, report, counts = _load(sequence, "Beauty")
+    log, report, counts = _load(s3rec, "Beauty")
     assert counts == (22_363, 12_101, 198_502) and not report.counts
 
 
@@ -494,7 +494,7 @@ def test_sequence_lines_that_are_not_space_separated_ids_are_counted_not_users(t
     write(tmp_path / "s3rec/Tiny/user_sequence.txt",
           ["u1 a b c", '{"user": "u9", "items": [1, 2]}', "u5\tb\tc", "u6  a   b"])
     report = DataReport("t")
-    log = sequence.load(tmp_path, "Tiny", report, allow_download=False)
+    log = s3rec.load(tmp_path, "Tiny", report, allow_download=False)
     assert sorted(log.interactions.user_id.unique()) == ["u1", "u6"]  # repeated spaces are still the format
     assert report.counts["bad_row"] == 2
 
@@ -504,7 +504,7 @@ def test_atomic_file_with_no_parsable_row_is_an_error_naming_it(tmp_path):
     atomic_files(folder)
     write(folder / "Sci.train.inter.gz", ["user_id:token\titem_id_list:token_seq", "0\t1 2", "1\t2"])  # no target
     with pytest.raises(DataError, match=r"Sci\.train\.inter\.gz: no row parses .*line 2: 2 fields"):
-        atomic.load(tmp_path, "Sci", DataReport("t"), allow_download=False)
+        unisrec.load(tmp_path, "Sci", DataReport("t"), allow_download=False)
 
 
 @pytest.mark.parametrize("value", [1e20, -1, "99999999999999999999", 2**70])
@@ -515,3 +515,29 @@ def test_out_of_range_review_times_are_bad_timestamps_not_crashes(tmp_path, valu
     report, events = DataReport("t"), Events()
     read_reviews(path, report, events, json.loads, user="reviewerID", item="asin", time="unixReviewTime")
     assert report.counts["bad_timestamp"] == 1 and events.times == [1_500_000_000]
+
+
+def test_every_family_is_one_metadata_object_whose_card_exists():
+    from benchmark.data import registry
+
+    cards = Path(__file__).resolve().parents[1] / "datasets"
+    for family in registry.FAMILY_LIST:
+        module = registry.loader(family.name)
+        assert module.__name__.rsplit(".", 1)[1] == family.name  # loader modules are named after their family
+        assert hasattr(module, "FILES") and hasattr(module, "load")
+        assert (cards / family.card).is_file() and family.terms
+
+
+def test_family_metadata_decides_text_and_modes_from_the_files(tmp_path):
+    from benchmark.data import registry
+
+    folder = tmp_path / "amazon2018" / "Tiny"
+    folder.mkdir(parents=True)
+    (folder / "Tiny_5.json.gz").write_bytes(b"")
+    assert registry.discover(tmp_path) == ["amazon2018/Tiny"]
+    assert not registry.has_text(tmp_path, "amazon2018/Tiny")
+    assert registry.query_modes(tmp_path, "amazon2018/Tiny") == ["none"]
+    (folder / "meta_Tiny.json").write_text("")
+    assert registry.has_text(tmp_path, "amazon2018/Tiny")
+    assert registry.query_modes(tmp_path, "amazon2018/Tiny") == ["none", "coarse", "hem"]
+    assert registry.query_modes(tmp_path, "s3rec/Beauty") == ["none"]

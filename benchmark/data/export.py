@@ -59,10 +59,11 @@ def content_digest(log_: SearchLog) -> str:
 
 
 def card_path(dataset: str) -> Path:
-    """The dataset card of ``dataset``'s family (``datasets/<family>.md``)."""
-    from benchmark.data.registry import parse
+    """The dataset card of ``dataset``'s family (``datasets/<card>``)."""
+    from benchmark.data.registry import EMBEDDED, FAMILY, parse
 
-    return CARDS / f"{parse(dataset).family}.md"
+    family = parse(dataset).family
+    return CARDS / ("synthetic.md" if family == EMBEDDED else FAMILY[family].card)
 
 
 def export(log_: SearchLog, out: str | Path, *, suite: str, suite_version: str, mode: str,

@@ -1,8 +1,9 @@
 """Which datasets exist, how to load each, and which are present under a data root.
 
 A dataset name is ``<family>/<Category>`` (for example ``amazon2018/Gift_Cards``) or
-``synthetic``. Each family maps to a loader module with ``FILES(category)`` and
-``load(root, category, report, allow_download=...)``. ``discover`` lists the real sets found
+``synthetic``. Each family is one ``Family`` object (its loader module, with ``FILES(category)`` and
+``load(root, category, report, allow_download=...)``, the files that show it is present, what they
+carry, its card and terms). ``discover`` lists the real sets found
 under a data root, so the full suite runs on whatever the user has.
 """
 
@@ -15,14 +16,51 @@ from pathlib import Path
 
 from benchmark.data.report import DataError
 
-# family -> loader module. A plain dict: the CLI's choices come from here.
-FAMILIES: dict[str, str] = {
-    "amazon2018": "benchmark.data.amazon2018",
-    "amazon2023": "benchmark.data.amazon2023",
-    "amazon2014": "benchmark.data.amazon2014",
-    "s3rec": "benchmark.data.sequence",
-    "unisrec": "benchmark.data.atomic",
-}
+
+@dataclass(frozen=True)
+class Family:
+    """What is known of a dataset family before loading it: its loader module, the files that show a
+    category is present, what its files carry, its card and its terms. File names are templates of the
+    category (``{c}``); a ``.gz`` copy counts as the file."""
+
+    name: str
+    module: str  # the loader: FILES(category) and load(root, category, report, allow_download=...)
+    present: tuple[str, ...]  # any of these in <root>/<family>/<Category>/: the set can load offline
+    text: bool | tuple[str, ...]  # item text: always, never, or when one of these metadata files is there
+    paths: bool | tuple[str, ...] | None  # category paths (the search modes need them); None: as text
+    timestamps: bool  # False: the file order stands in for time
+    image_urls: bool  # the text metadata lists image URLs (fetched with images.fetch=true)
+    card: str  # datasets/<card>
+    terms: str  # licence / terms of use, as the card states them
+
+    def _any(self, folder: Path, category: str, names: tuple[str, ...]) -> bool:
+        return any((folder / (n.format(c=category) + gz)).exists() for n in names for gz in ("", ".gz"))
+
+    def has_text(self, folder: Path, category: str) -> bool:
+        return self.text if isinstance(self.text, bool) else self._any(folder, category, self.text)
+
+    def has_paths(self, folder: Path, category: str) -> bool:
+        if self.paths is None:
+            return self.has_text(folder, category)
+        return self.paths if isinstance(self.paths, bool) else self._any(folder, category, self.paths)
+
+
+RESEARCH_ONLY = "no formal licence; research use; do not redistribute"
+# One entry per family; the CLI's choices come from here.
+FAMILY_LIST = [
+    Family("amazon2018", "benchmark.data.amazon2018", ("{c}_5.json", "{c}.json"), ("meta_{c}.json",), None,
+           timestamps=True, image_urls=True, card="amazon2018.md", terms=RESEARCH_ONLY),
+    Family("amazon2023", "benchmark.data.amazon2023", ("{c}.jsonl", "{c}.train.csv"), True, ("meta_{c}.jsonl",),
+           timestamps=True, image_urls=True, card="amazon2023.md", terms=RESEARCH_ONLY),
+    Family("amazon2014", "benchmark.data.amazon2014", ("reviews_{c}_5.json",), ("meta_{c}.json",), None,
+           timestamps=True, image_urls=True, card="amazon2014.md", terms=RESEARCH_ONLY),
+    Family("s3rec", "benchmark.data.s3rec", ("user_sequence.txt",), False, False,
+           timestamps=False, image_urls=False, card="s3rec.md", terms=RESEARCH_ONLY + " (derived from Amazon 2014)"),
+    Family("unisrec", "benchmark.data.unisrec", ("{c}.train.inter",), True, True,
+           timestamps=False, image_urls=False, card="unisrec.md", terms=RESEARCH_ONLY + " (derived from Amazon 2018)"),
+]
+FAMILY = {f.name: f for f in FAMILY_LIST}
+FAMILIES: dict[str, str] = {f.name: f.module for f in FAMILY_LIST}  # family -> loader module
 EMBEDDED = "synthetic"
 
 
@@ -67,15 +105,8 @@ def _present(root: Path, family: str, category: str) -> bool:
     folder = root / family / category
     if not folder.is_dir():
         return False
-    files = [f.name for f in folder.iterdir() if f.is_file()]
-    stem = {
-        "amazon2018": (f"{category}_5.json", f"{category}.json"),
-        "amazon2023": (f"{category}.jsonl", f"{category}.train.csv"),
-        "amazon2014": (f"reviews_{category}_5.json",),
-        "s3rec": ("user_sequence.txt",),
-        "unisrec": (f"{category}.train.inter",),
-    }[family]
-    return any(f.removesuffix(".gz") in stem for f in files)
+    names = {f.name.removesuffix(".gz") for f in folder.iterdir() if f.is_file()}
+    return any(n.format(c=category) in names for n in FAMILY[family].present)
 
 
 def discover(root: Path) -> list[str]:
@@ -107,29 +138,22 @@ def has_images(root: Path, name: str, fetch: bool = False) -> bool:
     if spec.family == EMBEDDED:
         return True
     folder = root / spec.family / spec.category / "images"
-    return (folder.is_dir() and any(folder.iterdir())) or (fetch and has_text(root, name))
+    return (folder.is_dir() and any(folder.iterdir())) or (fetch and FAMILY[spec.family].image_urls
+                                                           and has_text(root, name))
 
 
 def has_text(root: Path, name: str) -> bool:
     """Whether the dataset has item text (LLM models need it); decided from the files, without loading."""
     spec = parse(name)
-    if spec.family == EMBEDDED or spec.family in ("unisrec", "amazon2023"):
+    if spec.family == EMBEDDED:
         return True
-    if spec.family == "s3rec":
-        return False
-    folder = root / spec.family / spec.category
-    return any((folder / f"meta_{spec.category}.json{gz}").exists() for gz in ("", ".gz"))
+    return FAMILY[spec.family].has_text(root / spec.family / spec.category, spec.category)
 
 
 def query_modes(root: Path, name: str) -> list[str]:
     """The query modes a dataset supports, decided from the files without loading: the search modes
     need item category paths (``benchmark.data.adapt.search_modes`` checks the loaded catalog too)."""
     spec = parse(name)
-    folder = root / spec.family / spec.category
-    if spec.family in (EMBEDDED, "unisrec"):
-        has_paths = True
-    elif spec.family == "amazon2023":  # the benchmark-split CSV layout's item table has no categories
-        has_paths = any((folder / f"meta_{spec.category}.jsonl{gz}").exists() for gz in ("", ".gz"))
-    else:
-        has_paths = has_text(root, name)  # the 2014 / 2018 metadata carry a category list
+    has_paths = spec.family == EMBEDDED or FAMILY[spec.family].has_paths(root / spec.family / spec.category,
+                                                                        spec.category)
     return ["none", "coarse", "hem"] if has_paths else ["none"]
