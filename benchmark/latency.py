@@ -32,6 +32,37 @@ def _time(fn, repeats: int) -> list[float]:
     return out
 
 
+def measure_latency(log, cfg, impressions: int, repeats: int) -> dict:
+    """KARMA vs the action-only LLM at inference on ``log``'s first ``impressions`` test impressions:
+    parameters, whether the scores are identical, median seconds of catalog and user embedding over
+    ``repeats`` alternating rounds, their ratios, and users/s."""
+    from benchmark.models import build
+
+    imp = log.split("test").iloc[:impressions]
+    models = {}
+    for name, variant in (("action_llm", "default"), ("karma", "karma")):
+        models[name] = build(name, variant, log, cfg.model, cache_dir=cache_root() / "models").eval()
+    models["karma"].load_state_dict(models["action_llm"].inference_state_dict(), strict=False)
+    params = {n: sum(p.numel() for k, p in m.named_parameters() if not k.startswith("heads."))
+              for n, m in models.items()}
+    train_only = sum(p.numel() for p in models["karma"].heads.parameters())
+    timings: dict[str, dict[str, list[float]]] = {n: {"items": [], "users": []} for n in models}
+    with torch.no_grad():
+        same = torch.equal(models["action_llm"].user_embeddings(log, imp), models["karma"].user_embeddings(log, imp))
+        for _ in range(repeats):  # alternate, so drift in machine load hits both
+            for name, model in models.items():
+                timings[name]["items"] += _time(lambda m=model: m.item_embeddings(log), 1)
+                timings[name]["users"] += _time(lambda m=model: m.user_embeddings(log, imp), 1)
+    median = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in timings.items()}
+    return {
+        "n_items": log.n_items, "impressions": len(imp), "repeats": repeats,
+        "inference_parameters": params, "karma_train_only_parameters": train_only, "identical_scores": same,
+        "median_seconds": median,
+        "ratio_karma_over_action_only": {k: median["karma"][k] / median["action_llm"][k] for k in ("items", "users")},
+        "users_per_second": {n: len(imp) / m["users"] for n, m in median.items()},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.latency", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="synthetic")
@@ -44,38 +75,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from hydra import compose, initialize_config_module
 
-    from benchmark.models import build
     from benchmark.runner import load_log
 
     with initialize_config_module(config_module="benchmark.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["suite=full"])
-    root = data_root(args.data_dir)
-    log = load_log(args.dataset, cfg, root)
-    imp = log.split("test").iloc[: args.impressions]
-    models = {}
-    for name, variant in (("action_llm", "default"), ("karma", "karma")):
-        model = build(name, variant, log, cfg.model, cache_dir=cache_root() / "models")
-        models[name] = model.eval()
-    models["karma"].load_state_dict(models["action_llm"].inference_state_dict(), strict=False)
-    params = {n: sum(p.numel() for k, p in m.named_parameters() if not k.startswith("heads."))
-              for n, m in models.items()}
-    train_only = sum(p.numel() for p in models["karma"].heads.parameters())
-    timings: dict[str, dict[str, list[float]]] = {n: {"items": [], "users": []} for n in models}
-    with torch.no_grad():
-        same = torch.equal(models["action_llm"].user_embeddings(log, imp), models["karma"].user_embeddings(log, imp))
-        for _ in range(args.repeats):  # alternate, so drift in machine load hits both
-            for name, model in models.items():
-                timings[name]["items"] += _time(lambda m=model: m.item_embeddings(log), 1)
-                timings[name]["users"] += _time(lambda m=model: m.user_embeddings(log, imp), 1)
-    median = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in timings.items()}
-    result = {
-        "dataset": args.dataset, "n_items": log.n_items, "impressions": len(imp), "repeats": args.repeats,
-        "inference_parameters": params, "karma_train_only_parameters": train_only, "identical_scores": same,
-        "median_seconds": median,
-        "ratio_karma_over_action_only": {k: median["karma"][k] / median["action_llm"][k] for k in ("items", "users")},
-        "users_per_second": {n: len(imp) / m["users"] for n, m in median.items()},
-        "environment": environment(),
-    }
+    log = load_log(args.dataset, cfg, data_root(args.data_dir))
+    result = {"dataset": args.dataset, **measure_latency(log, cfg, args.impressions, args.repeats),
+              "environment": environment()}
     write_text_atomic(Path(args.out), json.dumps(result, indent=1, default=str))
     print(json.dumps({k: result[k] for k in ("inference_parameters", "karma_train_only_parameters",
                                               "identical_scores", "median_seconds", "ratio_karma_over_action_only")},

@@ -26,6 +26,37 @@ from benchmark.records import environment, write_text_atomic
 DEFAULT_MODELS = ["action_llm:default", "karma:task1", "karma:task2", "karma:karma", "hllm:default"]
 
 
+def time_training_steps(model, log, train_cfg, generator: torch.Generator, steps: int) -> dict:
+    """Time ``steps`` optimiser steps (forward, backward, AdamW) on the trainer's own batches, after one
+    untimed step (one-off allocations): median seconds per step, impressions/s, and decoder tokens/s
+    for the models that count them (``tokens_seen``)."""
+    from benchmark.trainer import _loader
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    loader = _loader(model.train_dataset(log, generator), model, train_cfg, generator)
+    batches = iter(loader)
+    times, sizes, tokens = [], [], 0
+    for step in range(steps + 1):
+        batch = next(batches, None)
+        if batch is None:  # a small set: the next epoch's batches
+            batches = iter(loader)
+            batch = next(batches)
+        seen = getattr(model, "tokens_seen", 0)
+        start = time.perf_counter()
+        loss = sum(model.losses(batch, generator).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step:
+            times.append(time.perf_counter() - start)
+            sizes.append(len(batch.get("targets", batch.get("items"))))
+            tokens += getattr(model, "tokens_seen", 0) - seen
+    return {"median_s_per_step": statistics.median(times), "impressions_per_s": sum(sizes) / sum(times),
+            "tokens_per_s": tokens / sum(times) if tokens else None, "steps": steps}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.step_time", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="unisrec/Scientific")
@@ -44,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.models import build
     from benchmark.runner import load_log
     from benchmark.seed import seed_everything
-    from benchmark.trainer import TrainConfig, _loader
+    from benchmark.trainer import TrainConfig
 
     with initialize_config_module(config_module="benchmark.conf", version_base="1.3"):
         cfg = typed(compose(config_name="config", overrides=["suite=full", *args.override]))
@@ -57,25 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         name, _, variant = entry.partition(":")
         generator = seed_everything(0)
         model = build(name, variant or "default", log, cfg.model, cache_dir=cache_root() / "models")
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-        batches = iter(_loader(model.train_dataset(log, generator), model, train_cfg, generator))
-        times, sizes = [], []
-        for step in range(args.steps + 1):
-            batch = next(batches)
-            start = time.perf_counter()
-            loss = sum(model.losses(batch, generator).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if step:  # the first step pays one-off allocations
-                times.append(time.perf_counter() - start)
-                sizes.append(len(batch.get("targets", batch.get("items"))))
-        per_step = statistics.median(times)
-        rate = sum(sizes) / sum(times)
-        result["models"][entry] = {"median_s_per_step": per_step, "impressions_per_s": rate,
-                                   "projected_s_per_epoch": n_train / rate}
+        timed = time_training_steps(model, log, train_cfg, generator, args.steps)
+        per_step, rate = timed["median_s_per_step"], timed["impressions_per_s"]
+        result["models"][entry] = {**timed, "projected_s_per_epoch": n_train / rate}
         print(f"{entry:<22} {per_step:.3f} s/step  {rate:.0f} impressions/s  ~{n_train / rate:.0f} s/epoch", flush=True)
     result["environment"] = environment()
     result["load_average_at_end"] = os.getloadavg()  # > threads means the timings were contended

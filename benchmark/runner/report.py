@@ -11,6 +11,7 @@ from benchmark.config import typed
 from benchmark.data import adapt as A
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
 from benchmark.models import model_spec
+from benchmark.perf_report import render_perf
 from benchmark.runner.plan import plan, record_is_current
 from benchmark.runner.spec import mode_config
 from benchmark.tables import (
@@ -125,6 +126,9 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                                                link_base=link_base)
         if heatmaps:
             sections.append(heatmaps)
+        speed = render_perf(results, current, suite=suite, figures_dir=results / "figures", link_base=link_base)
+        if speed:
+            sections.append(speed)
     path = Path(cfg.leaderboard)
     write_leaderboard(path, "\n\n".join(sections) + "\n")
     print(f"wrote {path} ({', '.join(suites) or 'no records yet'})")
