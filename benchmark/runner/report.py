@@ -11,6 +11,7 @@ from benchmark.config import typed
 from benchmark.data import adapt as A
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
 from benchmark.models import model_spec
+from benchmark.paper_comparison import render_paper_comparison
 from benchmark.perf_report import render_perf
 from benchmark.runner.plan import plan, record_is_current
 from benchmark.runner.spec import mode_config
@@ -111,6 +112,9 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                             and r.dataset not in problems})
             sections.append(render_table1_paired(current, suite=suite, suite_version=str(suite_cfg.suite_version),
                                                  views=pairs, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1])))
+            sections.append(render_paper_comparison(current, suite=suite, suite_version=str(suite_cfg.suite_version),
+                                                    views=pairs, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1]),
+                                                    results_dir=results))
         if any(r.model == "karma_gen" for r in runs):
             sections.append(render_table2(current, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
