@@ -88,7 +88,9 @@ def render_perf(results_dir: Path, records: list[Record], *, suite: str, figures
                 link_base: Path | None) -> str:
     """The speed and memory section ('' when no perf file exists)."""
     files = [p for p in read_perf(results_dir) if p.get("suite") == suite]
-    if not files:
+    peer = Path(results_dir) / "perf" / "peer_recbole.json"
+    peer_lines = render_peer(json.loads(peer.read_text())) if peer.is_file() and suite == "full" else []
+    if not files and not peer_lines:
         return ""
     out = ["## Speed and memory", "",
            "Measured by `python -m benchmark.perf` in one process per dataset, on the machine named under each "
@@ -144,4 +146,26 @@ def render_perf(results_dir: Path, records: list[Record], *, suite: str, figures
                               f"{perf['dataset']} · {perf['mode']}: test {QUALITY} against cost", points)
                 rel = os.path.relpath(fig, link_base) if link_base is not None else fig
                 out += ["", f"![cost vs quality, {perf['dataset']}]({rel})"]
-    return "\n".join(out)
+    return "\n".join(out + peer_lines)
+
+
+def render_peer(peer: dict) -> list[str]:
+    """The peer-library comparison (``peers/recbole.sh``)."""
+    rows = []
+    for side in (peer["peer"], peer["ours"]):
+        first = side["epochs"][0]
+        reach = side.get("train_s_to_reach_peer_final_NDCG@10")
+        rows.append([f"{side['library']} {side.get('version', '')}".strip(), first["train_steps"],
+                     f"{side['median_train_s_per_epoch']:.1f}", f"{side['median_valid_s']:.1f}",
+                     " / ".join(f"{e['valid_NDCG@10']:.4f}" for e in side["epochs"][:3]),
+                     "not reached" if reach is None else f"{reach:.0f}"])
+    machine = peer.get("machine", {})
+    return ["", f"### Against the peer library: SASRec on {peer['dataset']} ({peer['mode']})", "",
+            "RecBole's SASRec and this project's, same split (leave-one-out in order), hidden size 64, feed-forward 64, "
+            "2 layers, 1 head, 50 items, dropout 0.2, full-softmax cross-entropy, batch 128, lr 2e-3, one thread each "
+            "(`bash peers/recbole.sh`; RecBole in its own venv). RecBole makes every prefix a sample, hence its many more "
+            "steps; both rank the full catalog with the user's history masked, each with its own evaluator.", "",
+            tabulate(rows, headers=["library", "steps/epoch", "s/epoch", "s/validation", "valid NDCG@10, epochs 1-3",
+                                    f"train s to NDCG@10 {peer['target_NDCG@10']:.4f}"], tablefmt="github",
+                     disable_numparse=True),
+            "", f"Machine: {machine.get('device', '?')}; revision {str(machine.get('git_revision', '?'))[:7]}."]
