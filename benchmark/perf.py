@@ -4,7 +4,8 @@
     python -m benchmark.perf --suite full --data-dir ../shared/data --dataset unisrec/Scientific@1020users
 
 For each model: training throughput (impressions/s, and decoder tokens/s for the LLM family) over a few
-optimiser steps on the trainer's own batches; evaluation: catalog and user embedding of the test split,
+optimiser steps on the trainer's own batches, each model in a process of its own (so its peak memory is
+its own); evaluation: catalog and user embedding of the test split,
 then the project's exact full-catalog ranking (``benchmark.evaluate``) against a plain batched
 matrix-product top-K over the same embeddings (``torch.topk``; the ratio is the figure of merit: the
 harness's ranking costs this many plain top-Ks); peak resident memory. Then KARMA vs the action-only
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,23 @@ def plain_topk_seconds(items: np.ndarray, users: np.ndarray, k: int, batch: int 
             torch.topk(user_t[s:s + batch] @ item_t.T, k, dim=1)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _measure_in_child(entry: str, dataset: str, suite: str, mode: str, overrides: list[str], steps: int,
+                      repeats: int, threads: int) -> dict:
+    """``measure_model`` in a process of its own (spawned): its peak memory is that model's alone, and
+    nothing one model allocated stays for the next."""
+    from benchmark.run import compose_config
+    from benchmark.runner import load_log
+    from benchmark.runner.execute import attach_images
+    from benchmark.runner.spec import mode_config
+
+    torch.set_num_threads(threads)
+    cfg = mode_config(compose_config(suite, overrides), mode)
+    root = data_root(cfg.data_dir)
+    log = load_log(dataset, cfg, root)  # a cache hit: the parent adapted it
+    attach_images(log, cfg, root)
+    return measure_model(entry, log, cfg, steps, repeats)
 
 
 def measure_model(entry: str, log, cfg, steps: int, repeats: int) -> dict:
@@ -140,10 +160,15 @@ def main(argv: list[str] | None = None) -> int:
               "n_items": log.n_items, "threads": args.threads, "steps": args.steps, "repeats": args.repeats,
               "command": " ".join(["python -m benchmark.perf", *(argv if argv is not None else sys.argv[1:])]),
               "models": {}}
+    overrides = [*args.overrides, *([f"data_dir={args.data_dir}"] if args.data_dir else [])]
+    spawn = multiprocessing.get_context("spawn")
     for entry in args.models:
         print(f"{entry} ...", flush=True)
         try:
-            result["models"][entry] = m = measure_model(entry, log, cfg, args.steps, args.repeats)
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                m = pool.submit(_measure_in_child, entry, args.dataset, args.suite, args.mode, overrides, args.steps,
+                                args.repeats, args.threads).result()
+            result["models"][entry] = m
         except Exception as err:  # e.g. a query model on a log without queries: the others are still measured
             result["models"][entry] = {"error": f"{type(err).__name__}: {err}"}
             print(f"  failed: {type(err).__name__}: {err}", flush=True)

@@ -98,8 +98,7 @@ def render_perf(results_dir: Path, records: list[Record], *, suite: str, figures
            "steps on the trainer's batches; evaluation: embedding the test split, then the exact full-catalog "
            "ranking, against a plain batched matrix-product top-K over the same embeddings (their ratio is the "
            "cost of the harness's ranking); ms/request = (embedding + ranking) / test impressions; peak = the "
-           "process's resident memory while that model was measured (a lifetime high: later rows include what "
-           "earlier ones left allocated)."]
+           "resident memory of the process that measured that model alone (one process per model)."]
     for perf in files:
         rows = []
         for name, m in perf["models"].items():
