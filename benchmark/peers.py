@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="s3rec/Beauty")
     parser.add_argument("--data-dir")
     parser.add_argument("--recbole", help="compare: the JSON peers/recbole_sasrec.py wrote")
-    parser.add_argument("--epochs", type=int, default=15, help="compare: epochs of the project's SASRec")
+    parser.add_argument("--epochs", type=int, default=10, help="compare: epochs of the project's SASRec")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     log, cfg = _log(args.dataset, args.data_dir)
