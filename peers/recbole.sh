@@ -15,7 +15,9 @@ fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 python -m benchmark.peers export --data-dir "$DATA" --out "$WORK/atomic"
-OMP_NUM_THREADS=1 .venv-recbole/bin/python peers/recbole_sasrec.py --atomic "$WORK/atomic" --name beauty \
-  --epochs "$EPOCHS" --out "$WORK/recbole.json"
+# from inside the scratch folder: RecBole writes its logs and tensorboard files into the working directory
+ROOT=$(pwd)
+(cd "$WORK" && OMP_NUM_THREADS=1 "$ROOT/.venv-recbole/bin/python" "$ROOT/peers/recbole_sasrec.py" --atomic "$WORK/atomic" \
+  --name beauty --epochs "$EPOCHS" --out "$WORK/recbole.json")
 OMP_NUM_THREADS=1 python -m benchmark.peers compare --data-dir "$DATA" --recbole "$WORK/recbole.json" \
   --out results/perf/peer_recbole.json
