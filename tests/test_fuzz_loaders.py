@@ -134,3 +134,57 @@ def test_a_2023_split_with_a_bad_header_is_a_clear_error(tmp_path, header):
     _write(path, [header, b"u1,i1,5,1600000000000,"])
     report = DataReport("fuzz")
     _clear_error_or_read(lambda: amazon2023.read_split(path, "train", report, Events()), path)
+
+
+WANTED = {"A1", "A2"}
+META_IDS = st.one_of(st.sampled_from(["A1", "A2", "B9", ""]), VALUES)
+
+
+def _meta_lines(id_key: str, fields: list[str]) -> st.SearchStrategy[bytes]:
+    """Metadata records: an id that is often a wanted one, other fields of any type; or raw bytes."""
+    records = st.fixed_dictionaries({id_key: META_IDS}, optional={f: VALUES for f in fields}).map(
+        lambda d: json.dumps(d).encode())
+    return st.one_of(records, NO_NEWLINE)
+
+
+def _check_catalog_rows(meta: dict, lines: list[bytes], report: DataReport, id_key: str) -> None:
+    assert set(meta) <= WANTED
+    for item, row in meta.items():
+        assert row["item_id"] == item and isinstance(row["title"], str) and isinstance(row["brand"], str)
+        assert isinstance(row["category"], list) and all(isinstance(level, str) for level in row["category"])
+    # every wanted id that appears in a well-formed record is a row or a counted repeat, never dropped
+    firsts = set()
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and str(rec.get(id_key) or "").strip() in WANTED:
+            firsts.add(str(rec[id_key]).strip())
+    assert set(meta) == firsts or report.counts  # a wanted record is lost only with a counted reason
+
+
+@FUZZ
+@given(lines=st.lists(_meta_lines("asin", ["title", "brand", "category", "description", "feature",
+                                           "imageURLHighRes", "image"]), max_size=10))
+def test_2018_metadata_lines_give_catalog_rows_or_counted_skips(tmp_path, lines):
+    from benchmark.data import amazon2018
+
+    path = tmp_path / "meta.json"
+    _write(path, lines)
+    report = DataReport("fuzz")
+    meta = {}
+    if _clear_error_or_read(lambda: meta.update(amazon2018.read_meta(path, report, WANTED)), path):
+        _check_catalog_rows(meta, lines, report, "asin")
+
+
+@FUZZ
+@given(lines=st.lists(_meta_lines("parent_asin", ["title", "store", "details", "categories", "description",
+                                                  "features", "images"]), max_size=10))
+def test_2023_metadata_lines_give_catalog_rows_or_counted_skips(tmp_path, lines):
+    path = tmp_path / "meta.jsonl"
+    _write(path, lines)
+    report = DataReport("fuzz")
+    meta = {}
+    if _clear_error_or_read(lambda: meta.update(amazon2023.read_meta_jsonl(path, report, WANTED)), path):
+        _check_catalog_rows(meta, lines, report, "parent_asin")

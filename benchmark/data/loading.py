@@ -135,6 +135,10 @@ def clean_category(levels, report: DataReport | None = None, file: Path | str = 
         return []
     if isinstance(levels, str):
         levels = [levels]
+    if not isinstance(levels, (list, tuple)):  # a number or a mapping where a path belongs: counted, not a path
+        if report is not None:
+            report.issue("bad_field", file, line, f"category path is a {type(levels).__name__}")
+        return []
     out: list[str] = []
     for level in levels:
         if isinstance(level, (list, tuple)):  # 2014 nests paths: [["Beauty", "Makeup"], ...]
