@@ -28,13 +28,14 @@ SETTINGS = ["model.sasrec.hidden=64", "model.sasrec.inner_size=64", "model.sasre
             "model.sasrec.max_len=50", "model.sasrec.dropout=0.2", "model.sasrec.lr=2e-3", "train.batch_size=128"]
 
 
-def _log(dataset: str, data_dir: str | None, mode: str = "none"):
+def _log(dataset: str, data_dir: str | None, mode: str = "none", overrides: list[str] = ()):
     from benchmark.data.download import data_root
     from benchmark.run import compose_config
     from benchmark.runner import load_log
     from benchmark.runner.spec import mode_config
 
-    cfg = mode_config(compose_config("full", [*SETTINGS, *([f"data_dir={data_dir}"] if data_dir else [])]), mode)
+    cfg = mode_config(compose_config("full", [*SETTINGS, *overrides, *([f"data_dir={data_dir}"] if data_dir else [])]),
+                      mode)
     return load_log(dataset, cfg, data_root(cfg.data_dir)), cfg
 
 
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recbole", help="compare: the JSON peers/recbole_sasrec.py wrote")
     parser.add_argument("--epochs", type=int, default=10, help="compare: epochs of the project's SASRec")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    log, cfg = _log(args.dataset, args.data_dir)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for benchmark.run")
+    args = parser.parse_intermixed_args(argv)
+    log, cfg = _log(args.dataset, args.data_dir, overrides=args.overrides)
     if args.command == "export":
         print(f"wrote {export_atomic(log, Path(args.out))}")
         return 0
