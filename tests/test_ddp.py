@@ -51,7 +51,7 @@ def test_two_processes_follow_the_one_process_loss_curve(tmp_path):
     assert (tmp_path / "two" / "leaderboard.md").exists()
     # rank 0 alone wrote: one record per run, and no checkpoint left behind
     assert len(list((tmp_path / "two" / "records").rglob("*.json"))) == 2
-    assert not list((tmp_path / "two").rglob("checkpoints/**/*.pt"))
+    assert not list((tmp_path / "cache" / "checkpoints").rglob("*.pt"))
 
 
 @pytest.mark.parametrize("world, batch, expect", [(2, [0, 1, 2, 3, 4], [[0, 2, 4], [1, 3]]), (2, [7], [[7], [7]])])

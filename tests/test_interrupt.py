@@ -41,7 +41,7 @@ def _run_killed_when(root: Path, pattern: str, timeout: float = 300) -> bool:
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            if any((root / "results").glob(pattern)):
+            if any(root.glob(pattern)):
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return True
@@ -60,10 +60,10 @@ def uninterrupted(tmp_path_factory) -> dict[str, dict]:
     return _records(root)
 
 
-@pytest.mark.parametrize("kill_at", ["checkpoints/**/*.pt", "records/**/popularity__default__seed0.json"])
+@pytest.mark.parametrize("kill_at", ["cache/checkpoints/**/*.pt", "results/records/**/popularity__default__seed0.json"])
 def test_a_suite_killed_and_run_again_ends_with_the_uninterrupted_records(tmp_path, uninterrupted, kill_at):
     interrupted = tmp_path / "interrupted"
     assert _run_killed_when(interrupted, kill_at), f"the suite ended before {kill_at} appeared"
     subprocess.run(_command(interrupted), env=_env(interrupted), check=True, capture_output=True)
     assert uninterrupted and _records(interrupted) == uninterrupted
-    assert not list((interrupted / "results" / "checkpoints").rglob("*.pt"))  # finished runs leave none
+    assert not list((interrupted / "cache" / "checkpoints").rglob("*.pt"))  # finished runs leave none

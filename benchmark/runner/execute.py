@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -91,6 +92,14 @@ def evaluate_split(model, search_log: SearchLog, split: str, cfg, item_terms, wi
                     item_terms=item_terms if with_lists else None, topk_lists=with_lists), imp
 
 
+def checkpoint_dir(cfg) -> Path:
+    """Where interrupted runs keep their per-epoch state: in the cache, outside the checkout (a fresh
+    checkout of the same results dir on a machine that kept its cache resumes mid-run), one folder per
+    results dir (its absolute path's hash), so suites on different results dirs never share a file."""
+    key = hashlib.sha256(str(Path(cfg.results_dir).resolve()).encode()).hexdigest()[:12]
+    return cache_root() / "checkpoints" / key
+
+
 def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     """Build, prepare and train one (model, variant, seed); selection on the validation split only."""
     torch.set_num_threads(cfg.threads)
@@ -110,7 +119,7 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
                 "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
                 "data": search_log.fingerprint}
     identity = R.config_hash(json.loads(json.dumps(settings, default=str)))
-    checkpoint = (Path(cfg.results_dir) / "checkpoints" / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
+    checkpoint = (checkpoint_dir(cfg) / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
                   / f"{run.model}__{run.variant}__seed{run.seed}__{identity[:12]}.pt")
     trained = train(model, search_log, train_cfg, generator, validate,
                     lr=getattr(getattr(model, "config", None), "lr", 1e-3), desc=desc,
