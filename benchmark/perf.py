@@ -1,4 +1,4 @@
-"""Speed and memory of every model family on one dataset, measured in one process.
+"""Speed and memory of every model family on one dataset, measured by one command.
 
     python -m benchmark.perf --dataset synthetic                  # the embedded catalog, full-suite models
     python -m benchmark.perf --suite full --data-dir ../shared/data --dataset unisrec/Scientific@1020users
@@ -53,20 +53,26 @@ def plain_topk_seconds(items: np.ndarray, users: np.ndarray, k: int, batch: int 
     return statistics.median(times)
 
 
-def _measure_in_child(entry: str, dataset: str, suite: str, mode: str, overrides: list[str], steps: int,
-                      repeats: int, threads: int) -> dict:
-    """``measure_model`` in a process of its own (spawned): its peak memory is that model's alone, and
-    nothing one model allocated stays for the next."""
+def _load(dataset: str, suite: str, mode: str, overrides: list[str]):
+    """The suite's config in ``mode`` and the dataset's log with its images resolved."""
     from benchmark.run import compose_config
     from benchmark.runner import load_log
     from benchmark.runner.execute import attach_images
     from benchmark.runner.spec import mode_config
 
-    torch.set_num_threads(threads)
     cfg = mode_config(compose_config(suite, overrides), mode)
     root = data_root(cfg.data_dir)
-    log = load_log(dataset, cfg, root)  # a cache hit: the parent adapted it
+    log = load_log(dataset, cfg, root)
     attach_images(log, cfg, root)
+    return log, cfg
+
+
+def _measure_in_child(entry: str, dataset: str, suite: str, mode: str, overrides: list[str], steps: int,
+                      repeats: int, threads: int) -> dict:
+    """``measure_model`` in a process of its own (spawned): its peak memory is that model's alone, and
+    nothing one model allocated stays for the next."""
+    torch.set_num_threads(threads)
+    log, cfg = _load(dataset, suite, mode, overrides)  # a cache hit: the parent adapted it
     return measure_model(entry, log, cfg, steps, repeats)
 
 
@@ -145,22 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from benchmark.latency import measure_latency
-    from benchmark.run import compose_config
-    from benchmark.runner import load_log
-    from benchmark.runner.execute import attach_images
-    from benchmark.runner.spec import mode_config
 
-    cfg = mode_config(compose_config(args.suite, [*args.overrides, *([f"data_dir={args.data_dir}"]
-                                                                     if args.data_dir else [])]), args.mode)
+    overrides = [*args.overrides, *([f"data_dir={args.data_dir}"] if args.data_dir else [])]
     load_before = os.getloadavg()
-    root = data_root(cfg.data_dir)
-    log = load_log(args.dataset, cfg, root)
-    attach_images(log, cfg, root)
+    log, cfg = _load(args.dataset, args.suite, args.mode, overrides)
     result = {"dataset": args.dataset, "mode": args.mode, "suite": cfg.suite, "suite_version": str(cfg.suite_version),
               "n_items": log.n_items, "threads": args.threads, "steps": args.steps, "repeats": args.repeats,
               "command": " ".join(["python -m benchmark.perf", *(argv if argv is not None else sys.argv[1:])]),
               "models": {}}
-    overrides = [*args.overrides, *([f"data_dir={args.data_dir}"] if args.data_dir else [])]
     spawn = multiprocessing.get_context("spawn")
     for entry in args.models:
         print(f"{entry} ...", flush=True)

@@ -164,27 +164,27 @@ def _check_catalog_rows(meta: dict, lines: list[bytes], report: DataReport, id_k
     assert set(meta) == firsts or report.counts  # a wanted record is lost only with a counted reason
 
 
+def _read_and_check(tmp_path, name: str, read, lines: list[bytes], id_key: str) -> None:
+    """Write the lines, read them with ``read(path, report, WANTED)``, check the catalog rows."""
+    path = tmp_path / name
+    _write(path, lines)
+    report = DataReport("fuzz")
+    meta = {}
+    if _clear_error_or_read(lambda: meta.update(read(path, report, WANTED)), path):
+        _check_catalog_rows(meta, lines, report, id_key)
+
+
 @FUZZ
 @given(lines=st.lists(_meta_lines("asin", ["title", "brand", "category", "description", "feature",
                                            "imageURLHighRes", "image"]), max_size=10))
 def test_2018_metadata_lines_give_catalog_rows_or_counted_skips(tmp_path, lines):
     from benchmark.data import amazon2018
 
-    path = tmp_path / "meta.json"
-    _write(path, lines)
-    report = DataReport("fuzz")
-    meta = {}
-    if _clear_error_or_read(lambda: meta.update(amazon2018.read_meta(path, report, WANTED)), path):
-        _check_catalog_rows(meta, lines, report, "asin")
+    _read_and_check(tmp_path, "meta.json", amazon2018.read_meta, lines, "asin")
 
 
 @FUZZ
 @given(lines=st.lists(_meta_lines("parent_asin", ["title", "store", "details", "categories", "description",
                                                   "features", "images"]), max_size=10))
 def test_2023_metadata_lines_give_catalog_rows_or_counted_skips(tmp_path, lines):
-    path = tmp_path / "meta.jsonl"
-    _write(path, lines)
-    report = DataReport("fuzz")
-    meta = {}
-    if _clear_error_or_read(lambda: meta.update(amazon2023.read_meta_jsonl(path, report, WANTED)), path):
-        _check_catalog_rows(meta, lines, report, "parent_asin")
+    _read_and_check(tmp_path, "meta.jsonl", amazon2023.read_meta_jsonl, lines, "parent_asin")
