@@ -118,6 +118,12 @@ class KarmaConfig(UserLLMConfig):
     def decodes_text(self) -> bool:
         return self.w_task1 > 0 or self.w_task2 > 0 or self.warmup_epochs > 0
 
+    def inert_fields(self) -> set[str]:
+        """Settings that cannot change this config's result, so a record does not go stale when they
+        change: without Task 1 and Task 2 the decoded share of a batch is never read (its random draw
+        is made either way, so the random streams do not depend on it)."""
+        return {"decode_fraction", "decode_budget"} if self.w_task1 == 0 and self.w_task2 == 0 else set()
+
 
 def semantic_text(title: str, brand: str, category) -> str:
     """What the decodability losses decode: the category path (most general first), the brand, then

@@ -250,3 +250,16 @@ def test_bad_settings_fail_when_the_config_is_composed_with_the_valid_choices(tm
     with pytest.raises(SystemExit) as exit_info:
         main(["--suite", "smoke", "--dry-run", *_args(tmp_path), override])
     assert message in str(exit_info.value.code)  # exits with the message, before any run
+
+
+def test_a_setting_a_variant_never_reads_does_not_make_its_records_stale():
+    from benchmark.run import compose_config
+    from benchmark.runner.plan import settings_agree, untuned_settings
+
+    cfg = compose_config("full", ["model.karma.decode_budget=300"])
+    for model, variant, reads in (("action_llm", "default", False), ("action_llm", "warmup", False),
+                                  ("karma", "task1", True), ("karma", "karma", True)):
+        want = untuned_settings(cfg, model, variant)
+        recorded = {**want, "model_config": {**want["model_config"], "decode_budget": 1000}}  # a record made at 1000
+        assert ("decode_budget" in want["model_config"]) is reads
+        assert settings_agree(want, recorded) is not reads  # stale only where Task 1 / Task 2 read the budget

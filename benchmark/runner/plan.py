@@ -73,6 +73,7 @@ def untuned_settings(cfg, model: str, variant: str) -> dict:
     source = tuned_source(model, variant) or (model, variant)
     skip = NOT_RESULT_SETTINGS | {key.rsplit(".", 1)[-1] for trial in grid_for(cfg, *source) for key in trial}
     model_cfg = model_config(model, variant, cfg.model)
+    skip |= model_cfg.inert_fields() if hasattr(model_cfg, "inert_fields") else set()  # e.g. action-only's decode budget
     resolved = dataclasses.asdict(cfg)
     settings = {"model_config": dataclasses.asdict(model_cfg),
                 "train": dataclasses.asdict(train_config(cfg, model_cfg)),
