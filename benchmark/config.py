@@ -42,10 +42,11 @@ class EvalConfig:
 
 @dataclass
 class FunnelConfig:
-    enabled: bool = True  # CTR feature, pre-rank fusion and recall channel for every run (text data)
-    ctr_max_train_impressions: int = 5000  # CTR model trained on at most this many train impressions
+    enabled: bool = True  # the funnel pass (benchmark.funnel.runs) after a suite's runs (text data)
+    ctr_folds: int = 2  # CTR feature cross-fitted over this many folds of users
     ctr_epochs: int = 10  # CTR model epochs (early-stopped on validation AUC)
     n_boot: int = 2000  # bootstrap resamples for the paired deltas
+    recall_max_lexical_hr: float = 0.5  # recall depth: the lexical channel alone recalls at most this on valid
     attention_items: int = 256  # catalog items (the first, by index) whose item-encoder attention is analysed
     generator_updates: int = 3000  # Table 2: optimizer updates (batches of 256) fitting the generators on the
     # frozen (h, v_target) pairs; a fixed count, not epochs (a small catalog's epoch is a few batches)

@@ -154,7 +154,7 @@ def run_jobs(cfg, suite: str, overrides: list[str], jobs: int, launcher_override
                   file=sys.stderr if failed else sys.stdout)
         else:
             shutil.rmtree(sweep, ignore_errors=True)
-    runner.regenerate_leaderboard(cfg, {cfg.suite: problems})
+    runner.finish(cfg, problems)
     if skipped:
         print("\n".join(["runs that failed or were skipped:", *skipped]), file=sys.stderr)
     if failed:

@@ -265,10 +265,13 @@ def _diff(run: Record, base: Record, metric: str) -> float | None:
     return None if a is None or b is None else a - b
 
 
-FUNNEL_COLUMNS = {  # column -> path in a record; points (x100) for rates, raw for ranks and shares
-    "CTR ΔAUC": "funnel.ctr.delta_AUC", "CTR ΔgAUC": "funnel.ctr.delta_gAUC",
-    "pre-rank HR": "funnel.prerank.HR_pre", "fused HR": "funnel.prerank.HR_fused", "w": "funnel.prerank.w",
-    "lexical recall HR": "funnel.recall.HR_lexical", "merged recall HR": "funnel.recall.HR_merged",
+FUNNEL_COLUMNS = {  # column -> path in a funnel result (benchmark.funnel.runs)
+    "CTR ΔgAUC lex+pop": "ctr.lexical_popularity.delta_gAUC", "CTR ΔAUC lex+pop": "ctr.lexical_popularity.delta_AUC",
+    "CTR ΔgAUC pop": "ctr.popularity.delta_gAUC",
+    "pre K": "prerank.K", "query_pop HR": "prerank.HR_query_pop", "pre-rank HR": "prerank.HR_pre",
+    "fused HR": "prerank.HR_fused", "Δ pre-rank": "prerank.delta.delta",
+    "recall K": "recall.K", "lexical HR": "recall.HR_lexical", "embedding HR": "recall.HR_embedding",
+    "merged HR": "recall.HR_merged", "Δ recall": "recall.delta.delta",
 }
 COLLAPSE_COLUMNS = {
     "eff. rank before": "diagnostics.item_embeddings.effective_rank_before",
@@ -287,42 +290,60 @@ ATTENTION_PAIR = (("action_llm", "default"), ("karma", "karma"))
 ATTENTION_SOURCES = {"item encoder": "item_encoder_attention", "decoder": "decoder_attention"}
 
 
-def render_funnel(records: list[Record], *, suite: str, suite_version: str, seeds: list[int]) -> str:
-    """Funnel evaluations and collapse diagnostics per dataset and model (mean ± 95% over seeds)."""
-    index = _view_index(records, suite, suite_version)
+def _dig(data: dict, path: str):
+    for part in path.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data if isinstance(data, (int, float)) and not isinstance(data, bool) else None
+
+
+def _mean_cell(values: list) -> str:
+    if not values or any(v is None for v in values):
+        return "n/a"
+    mean, half = mean_ci(values)
+    return f"{mean:.4f}" if half is None else f"{mean:.4f} ± {half:.4f}"
+
+
+def render_funnel(records: list[Record], funnel_results: list[dict], *, suite: str, suite_version: str,
+                  seeds: list[int]) -> str:
+    """The funnel stages per view and model (from the funnel pass's results), then the collapse
+    diagnostics per view and model (from the run records); mean ± 95% half-width over the seeds present."""
     out = ["## Funnel evaluations and semantic-collapse diagnostics", "",
-           "Per model, mean ± 95% half-width over seeds. CTR: AUC deltas of a DIN-style CTR model with vs without "
-           "the history–candidate cosine of the model's item embeddings. Pre-rank: HR@K (K = max(10, 1% of the "
-           "catalog), the paper's HR@500 scaled) of BM25 + popularity alone vs fused with the model's score at the "
-           "weight w chosen on validation. Recall: HR@K (K = max(10, 10% of the catalog), the paper's HR@5000 "
-           "scaled) of the lexical channel alone vs lexical + embedding channels at a fixed 50/50 quota. "
-           "Collapse: effective rank of the item embeddings before and after training, and the item encoder's "
-           "attention (share on the first token, on the top-3 tokens, normalised entropy, barcode score) on the "
-           "first 256 catalog items; the same statistics for the decoder (mean over layers, causal mask, up to 256 "
-           "test impressions with a full window of history). Under the `cpu` preset the item encoder (MiniLM) is "
-           "frozen and only its attention-pooling queries train, so the item-encoder columns describe that pooling "
-           "(normalised entropy 1.0 = it stayed uniform); the attention sinks the paper reports form inside the "
-           "encoder's own layers, which that preset does not train, so there only the decoder columns can show "
-           "collapse. Runs recorded before these evaluations existed show `n/a`.", ""]
-    datasets = sorted({key[0] for key in index})
-    for dataset in datasets:
-        for title, columns in (("funnel", FUNNEL_COLUMNS), ("collapse", COLLAPSE_COLUMNS)):
-            rows = []
-            for (ds, model, variant), runs in sorted(index.items()):
-                if ds != dataset or not all(s in runs for s in seeds):
-                    continue
-                cells = []
-                for path in columns.values():
-                    values = [runs[s].number(path) for s in seeds]
-                    if any(v is None for v in values):
-                        cells.append("n/a")
-                        continue
-                    mean, half = mean_ci(values)
-                    cells.append(f"{mean:.4f}" if half is None else f"{mean:.4f} ± {half:.4f}")
-                if any(c != "n/a" for c in cells):
-                    rows.append([f"{model}:{variant}", *cells])
-            if rows:
-                out += [f"### {dataset}: {title}", "", tabulate(rows, headers=["model", *columns], tablefmt="github"), ""]
+           "Funnel (paper §3.5), from each run's stored embeddings (`benchmark.funnel.runs`; "
+           "query-blind models in every search mode). **CTR**: a DIN-style CTR model with vs without the "
+           "history–candidate cosine of the model's item embeddings, cross-fitted: its rows are validation and "
+           "test impressions (the embedding model trained on neither), and each test row is scored by a CTR "
+           "model trained on the other fold of users (2 folds); `lex+pop` has the BM25 and popularity features "
+           "(the exposures are BM25's top results, so BM25 is anti-correlated with the click by construction), "
+           "`pop` only popularity. **Pre-rank**: HR@K (K = max(10, 1% of the catalog), the paper's HR@500 "
+           "scaled) of a pre-ranker built on the `query_pop` rule (query-match tiers by popularity, plus a BM25 "
+           "term whose weight is chosen on validation, so it is at least `query_pop` on validation) alone and "
+           "fused with the model's score at the weight chosen on validation; Δ = fused − pre-rank. **Recall**: "
+           "channels see only the request (the mode's visible query, the history); K is the largest 10·2^j at "
+           "which the lexical channel alone recalls at most half of the validation targets; merged = fixed "
+           "50/50 quotas; Δ = merged − lexical.", ""]
+    wanted = {(r["dataset"], r["mode"]) for r in funnel_results if r.get("suite_version") == suite_version}
+    for dataset, mode in sorted(wanted):
+        groups: dict[tuple[str, str], dict[int, dict]] = {}
+        for r in funnel_results:
+            if (r["dataset"], r["mode"]) == (dataset, mode) and r.get("suite_version") == suite_version:
+                groups.setdefault((r["model"], r["variant"]), {})[r["seed"]] = r
+        rows = [[f"{model}:{variant}", len(runs), *(_mean_cell([_dig(x, path) for x in runs.values()])
+                                                   for path in FUNNEL_COLUMNS.values())]
+                for (model, variant), runs in sorted(groups.items())]
+        out += [f"### {dataset} · {mode}: funnel", "",
+                tabulate(rows, headers=["model", "seeds", *FUNNEL_COLUMNS], tablefmt="github"), ""]
+    index = _view_index(records, suite, suite_version)
+    for dataset in sorted({key[0] for key in index}):
+        rows = []
+        for (ds, model, variant), runs in sorted(index.items()):
+            if ds != dataset:
+                continue
+            cells = [_mean_cell([runs[s].number(path) for s in seeds if s in runs]) for path in COLLAPSE_COLUMNS.values()]
+            if any(c != "n/a" for c in cells):
+                rows.append([f"{model}:{variant}", sum(s in runs for s in seeds), *cells])
+        if rows:
+            out += [f"### {dataset}: collapse", "",
+                    tabulate(rows, headers=["model", "seeds", *COLLAPSE_COLUMNS], tablefmt="github"), ""]
     return "\n".join(out)
 
 

@@ -20,7 +20,9 @@ def _tiny_log() -> SearchLog:
     texts = ["red running shoe", "blue running shoe", "red wool hat", "green wool hat", "black phone case",
              "red phone case"]
     catalog = pd.DataFrame({"item": range(6), "item_id": [f"i{i}" for i in range(6)], "title": texts,
-                            "text": texts, "category": [[]] * 6, "image": [None] * 6})
+                            "text": texts, "category": [[]] * 6, "image": [None] * 6,
+                            "query": ["running shoe"] * 2 + ["wool hat"] * 2 + ["phone case"] * 2,
+                            "train_count": [2, 0, 0, 1, 0, 0]})  # the train clicks below
     a = lambda *x: np.asarray(x, dtype=np.int64)  # noqa: E731
     rows = [  # user, query, history, target, exposures, split
         (0, "running shoe", a(), 0, a(1, 2), "train"),
@@ -124,10 +126,10 @@ def test_preranker_alone_gives_the_hand_computed_hr():
     emb = np.random.default_rng(1).normal(size=pre.shape)
     assert F.hr_at_k_fused(pre, emb, targets, 0.0, 1, valid).tolist() == [0.0, 0.0]
     assert F.hr_at_k_fused(pre, emb, targets, 0.0, 2, valid).tolist() == [1.0, 1.0]
-    # the pre-ranker itself: z(BM25) + z(log-popularity)
-    s = F.preranker_scores(np.array([[2.0, 0.0, 0.0]]), np.log1p([0.0, 3.0, 0.0]))
-    r2, rh = math.sqrt(2), math.sqrt(0.5)
-    assert s[0] == pytest.approx([r2 - rh, r2 - rh, -2 * rh])
+    # the pre-ranker itself: query_pop + lambda * BM25 / max BM25 (lambda = 0: query_pop exactly)
+    qp, b25 = np.array([[2.0, 0.0, 0.0]]), np.array([[0.0, 3.0, 1.0]])
+    assert F.preranker_scores(qp, b25, 1.0)[0] == pytest.approx([2.0, 1.0, 1 / 3])
+    assert (F.preranker_scores(qp, b25, 0.0) == qp).all()
 
 
 def test_a_perfect_embedding_scorer_gives_hr_1_after_fusion():
@@ -171,9 +173,12 @@ def test_funnel_drivers_on_a_tiny_log():
     # the blocked driver agrees with the dense functions (weight chosen on valid only)
     bm, vt = F.BM25Scorer(log.catalog["text"].tolist()), val["target"].to_numpy()
     v = F.candidate_mask(list(val["history"]), vt, 6)
-    pre = F.preranker_scores(bm.scores(val["query"].tolist()), np.log1p(F.train_popularity(log)), v)
+    pre = F.preranker_scores(F.query_pop_scores(log, val), bm.scores(val["query"].tolist()), res["lexical_weight"])
     w, hr = F.choose_weight(pre, eye[vt] @ eye.T, vt, 1, valid=v)
     assert res["w"] == w and res["valid_hr_by_w"] == pytest.approx(hr)
+    # the pre-ranker is chosen on validation with the query_pop rule (weight 0) among its candidates
+    by_weight = res["valid_hr_by_lexical_weight"]
+    assert by_weight[str(res["lexical_weight"])] >= by_weight["0.0"]
     one = F.prerank_funnel(log, eye, eye[vt], eye[te["target"].to_numpy()], k=1, n_boot=200, block=1)
     assert one["valid_hr_by_w"] == res["valid_hr_by_w"] and one["HR_pre"] == res["HR_pre"]
     rec = F.recall_funnel(log, eye, eye[te["target"].to_numpy()], k=2, n_boot=200)
@@ -181,6 +186,46 @@ def test_funnel_drivers_on_a_tiny_log():
     # lexical alone at K=2: "phone case" -> items 4, 5 (hits 5 and 4); "red" -> 0, 2 masked for user 2? no:
     # user 2's history is (3, 1), so "red" retrieves {0, 2} (ties by index) and misses target 5
     assert rec["HR_lexical"] == pytest.approx(2 / 3)
+
+
+def test_a_channel_that_returns_the_target_raises_recall_by_the_expected_amount():
+    log = _tiny_log()
+    te = log.split("test")
+    eye = np.eye(6, dtype=np.float32)
+    lexical = F.recall_funnel(log, eye, eye[te["target"].to_numpy()], k=2, emb_share=0.0, n_boot=50)
+    oracle = F.recall_funnel(log, eye, eye[te["target"].to_numpy()], k=2, emb_share=0.5, n_boot=50)
+    # with its quota of 1 the oracle channel recalls every target; the lexical channel alone at K=2
+    # misses exactly the rows it does not recall, so the gain is 1 - HR_lexical(K=2)
+    assert oracle["HR_merged"] == 1.0 and oracle["HR_lexical"] == lexical["HR_lexical"] == lexical["HR_merged"]
+    assert oracle["delta"]["delta"] == pytest.approx(1.0 - lexical["HR_lexical"])
+
+
+def test_the_recall_depth_leaves_the_lexical_channel_below_saturation():
+    log = _tiny_log()
+    k, by_k = F.unsaturated_k(log, F.BM25Scorer(log.catalog["text"].tolist()), max_hr=0.5)
+    assert by_k[k] <= 0.5 or k == min(by_k)
+    assert all(hr > 0.5 for kk, hr in by_k.items() if kk > k) or k == max(by_k)
+    rec = F.recall_funnel(log, np.eye(6), np.eye(6)[log.split("test")["target"].to_numpy()], n_boot=50)
+    assert rec["K"] == k and rec["lexical_valid_hr_by_k"] == by_k
+
+
+def test_a_cross_fitted_feature_cannot_see_its_own_label():
+    rng = np.random.default_rng(0)
+    valid, test = _ctr_table(60, 3, rng), _ctr_table(60, 3, rng)
+    test["row"] = np.arange(len(test))
+
+    def memorise(train, early):  # a "model" that returns each row's label if it trained on that row
+        seen = {(u, i, tuple(h)): y for u, i, h, y in zip(train["user"], train["item"], train["history"],
+                                                          train["label"], strict=True)}
+        return lambda rows: np.array([seen.get((u, i, tuple(h)), 0.5) for u, i, h in
+                                      zip(rows["user"], rows["item"], rows["history"], strict=True)])
+
+    scores = F.cross_fit_predict(memorise, valid, test, folds=2)
+    own_user_rows = {u for u in test["user"]} & {u for u in valid["user"]}
+    assert len(own_user_rows) > 0 and not np.isnan(scores).any()
+    assert (scores == 0.5).all()  # no test row was ever in the training rows of the model that scored it
+    folds = F.cross_fit_folds(test["user"].to_numpy(), 2)
+    assert set(folds) == {0, 1}
 
 
 # ---------------------------------------------------------------- diagnostics

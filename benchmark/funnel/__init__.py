@@ -48,18 +48,29 @@ from benchmark.funnel.prerank import (
     hr_at_k_fused,
     prerank_funnel,
     preranker_scores,
+    query_pop_scores,
     zscore_rows,
 )
 from benchmark.funnel.ranking import (
     CTRModel,
     compare_ctr,
+    compare_ctr_cross_fitted,
+    cross_fit_folds,
+    cross_fit_predict,
     ctr_examples,
     ctr_feature_similarity,
     ctr_metrics,
     global_auc,
     train_ctr,
 )
-from benchmark.funnel.recall import merge_channels, recall_funnel, recall_hr, topk_from_scores
+from benchmark.funnel.recall import (
+    k_ladder,
+    merge_channels,
+    recall_funnel,
+    recall_hr,
+    topk_from_scores,
+    unsaturated_k,
+)
 from benchmark.lexical import BM25Scorer
 from benchmark.stats import paired_delta_over_users, per_user_mean
 
@@ -79,9 +90,13 @@ __all__ = [
     "train_ctr",
     "ctr_metrics",
     "compare_ctr",
+    "compare_ctr_cross_fitted",
+    "cross_fit_folds",
+    "cross_fit_predict",
     "DEFAULT_GRID",
     "zscore_rows",
     "preranker_scores",
+    "query_pop_scores",
     "fuse",
     "hr_at_k_fused",
     "choose_weight",
@@ -91,4 +106,6 @@ __all__ = [
     "merge_channels",
     "recall_hr",
     "recall_funnel",
+    "k_ladder",
+    "unsaturated_k",
 ]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark import metrics as M
-from benchmark.data.schema import SearchLog, train_popularity
+from benchmark.data.schema import SearchLog
 from benchmark.funnel.common import (
     candidate_mask,
     pessimistic_ranks,
@@ -39,11 +39,22 @@ def zscore_rows(scores: np.ndarray, valid: np.ndarray | None = None) -> np.ndarr
     return np.where(v, z, -np.inf)
 
 
-def preranker_scores(bm25_rows: np.ndarray, log_pop: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """The stand-in pre-ranker: ``pre_j = z(BM25(q, j)) + z(log(1 + pop_j))``, both z-scored per row
-    over the candidate set (``zscore_rows``), equal weights. (B, N), -inf off the candidate set."""
-    lp = np.broadcast_to(np.asarray(log_pop, dtype=np.float64)[None], np.shape(bm25_rows))
-    return zscore_rows(bm25_rows, valid) + zscore_rows(lp, valid)
+def query_pop_scores(log: SearchLog, rows: pd.DataFrame) -> np.ndarray:
+    """The ``query_pop`` rule's scores, (len(rows), N) float64: the items matching the row's visible
+    query in tiers (same query, path, text), each tier by training popularity (``baselines.query_pop``)."""
+    from baselines.query_pop import QueryPop, QueryPopConfig  # a stand-in component, not a model under test
+
+    rule = QueryPop(log.n_items, QueryPopConfig())
+    return (rule.user_embeddings(log, rows).double() @ rule.item_embeddings(log).double().T).numpy()
+
+
+def preranker_scores(query_pop: np.ndarray, bm25_rows: np.ndarray, lexical_weight: float) -> np.ndarray:
+    """The pre-ranker: ``pre_j = query_pop_j + lambda * BM25_j / max_C BM25``; the BM25 term (at most
+    ``lambda``, in units of log training clicks) reorders items within a query-match tier and never
+    across tiers. ``lambda = 0`` is the ``query_pop`` rule exactly."""
+    b = np.asarray(bm25_rows, dtype=np.float64)
+    top = b.max(axis=1, keepdims=True) if b.size else np.ones((len(b), 1))
+    return np.asarray(query_pop, dtype=np.float64) + lexical_weight * b / np.where(top > 0, top, 1.0)
 
 
 def fuse(pre: np.ndarray, emb: np.ndarray, w: float, valid: np.ndarray | None = None) -> np.ndarray:
@@ -90,9 +101,12 @@ def choose_weight_blocks(blocks, k: int, *, grid: Sequence[float] = DEFAULT_GRID
     return min(w for w, v in hr.items() if v == best), hr
 
 
+LEXICAL_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+
+
 def _blocks(log: SearchLog, rows: pd.DataFrame, user_emb: np.ndarray, item_emb: np.ndarray,
-            bm25: BM25Scorer | None, log_pop: np.ndarray, block: int):
-    """Yield (slice, targets, valid, pre, emb) per block of impression rows.
+            bm25: BM25Scorer | None, block: int):
+    """Yield (slice, targets, valid, query_pop, bm25, emb) per block of impression rows.
 
     Rows per block are capped so one (rows, N) float64 array stays under ~64 MB.
     """
@@ -104,37 +118,50 @@ def _blocks(log: SearchLog, rows: pd.DataFrame, user_emb: np.ndarray, item_emb: 
         sl = slice(s, min(len(rows), s + block))
         valid = candidate_mask(hist[sl], targets[sl], log.n_items)
         b25 = bm25.scores(queries[sl]) if bm25 is not None else np.zeros(valid.shape, np.float32)
-        pre = preranker_scores(b25, log_pop, valid)
+        qp = query_pop_scores(log, rows.iloc[sl])
         emb = np.asarray(user_emb[sl], dtype=np.float32) @ np.asarray(item_emb, dtype=np.float32).T
-        yield sl, targets[sl], valid, pre, emb
+        yield sl, targets[sl], valid, qp, b25, emb
 
 
 def prerank_funnel(log: SearchLog, item_emb: np.ndarray, user_emb_valid: np.ndarray, user_emb_test: np.ndarray,
-                   *, k: int | None = None, grid: Sequence[float] = DEFAULT_GRID, bm25: BM25Scorer | None = None,
+                   *, k: int | None = None, grid: Sequence[float] = DEFAULT_GRID,
+                   lexical_weights: Sequence[float] = LEXICAL_WEIGHTS, bm25: BM25Scorer | None = None,
                    block: int = 256, n_boot: int = 10_000, seed: int = 0) -> dict:
     """Pre-ranking stage: HR@K of the pre-ranker alone vs fused with the model's score.
 
+    The pre-ranker is ``preranker_scores``: the ``query_pop`` rule plus a BM25 term whose weight
+    (``lexical_weights``, 0 = the rule itself) is chosen on validation first, so the pre-ranker is
+    at least as strong as ``query_pop`` on validation by construction. Then the fusion weight w is
+    chosen on validation (``choose_weight``, same ranks) and applied once to test.
     ``user_emb_valid`` / ``user_emb_test``: one row per impression of ``log.split("valid")`` /
-    ``log.split("test")`` (their order). The weight is chosen on valid (``choose_weight``, same
-    ranks), then applied once to test. K defaults to ``prerank_k(N)``. Returns
-    ``{"K", "w", "valid_hr_by_w", "HR_pre", "HR_fused", "HR_emb", "delta": paired_delta_over_users(fused, pre)}``.
+    ``log.split("test")`` (their order). K defaults to ``prerank_k(N)``. Returns ``{"K",
+    "lexical_weight", "w", "valid_hr_by_w", "HR_query_pop", "HR_pre", "HR_fused", "HR_emb",
+    "delta": paired_delta_over_users(fused, pre)}``.
     """
     k = prerank_k(log.n_items) if k is None else int(k)
     if bm25 is None and log.has_text:
         bm25 = BM25Scorer(log.catalog["text"].fillna("").astype(str).tolist())
-    log_pop = np.log1p(train_popularity(log)).astype(np.float64)
     vrows = log.split("valid")
-    w_star, hr_by_w = choose_weight_blocks(
-        ((pre, emb, t, v) for _, t, v, pre, emb in _blocks(log, vrows, user_emb_valid, item_emb, bm25, log_pop,
-                                                            block)), k, grid=grid)
+    hits = dict.fromkeys(lexical_weights, 0.0)
+    for _, t, v, qp, b25, emb in _blocks(log, vrows, user_emb_valid, item_emb, bm25, block):
+        for lam in hits:
+            hits[lam] += hr_at_k_fused(preranker_scores(qp, b25, lam), emb, t, 0.0, k, v).sum()
+    lam_star = min(lam for lam, h in hits.items() if h == max(hits.values()))  # ties: the plainer pre-ranker
+    w_star, hr_by_w = choose_weight_blocks(  # a second pass over the blocks (they need not fit in memory)
+        ((preranker_scores(qp, b25, lam_star), emb, t, v)
+         for _, t, v, qp, b25, emb in _blocks(log, vrows, user_emb_valid, item_emb, bm25, block)), k, grid=grid)
     trows = log.split("test")
-    per = {name: np.zeros(len(trows)) for name in ("pre", "fused", "emb")}
-    for sl, t, v, pre, emb in _blocks(log, trows, user_emb_test, item_emb, bm25, log_pop, block):
+    per = {name: np.zeros(len(trows)) for name in ("query_pop", "pre", "fused", "emb")}
+    for sl, t, v, qp, b25, emb in _blocks(log, trows, user_emb_test, item_emb, bm25, block):
+        pre = preranker_scores(qp, b25, lam_star)
+        per["query_pop"][sl] = hr_at_k_fused(qp, emb, t, 0.0, k, v)
         for name, w in (("pre", 0.0), ("fused", w_star), ("emb", 1.0)):
             per[name][sl] = hr_at_k_fused(pre, emb, t, w, k, v)
     users = trows["user"].to_numpy()
-    return {"K": k, "w": w_star, "valid_hr_by_w": hr_by_w,
-            "HR_pre": float(per["pre"].mean()), "HR_fused": float(per["fused"].mean()),
-            "HR_emb": float(per["emb"].mean()),
+    return {"K": k, "lexical_weight": lam_star, "valid_hr_by_lexical_weight": {
+                str(lam): h / max(1, len(vrows)) for lam, h in hits.items()},
+            "w": w_star, "valid_hr_by_w": hr_by_w,
+            "HR_query_pop": float(per["query_pop"].mean()), "HR_pre": float(per["pre"].mean()),
+            "HR_fused": float(per["fused"].mean()), "HR_emb": float(per["emb"].mean()),
             "delta": paired_delta_over_users(per["fused"], per["pre"], users, n_boot=n_boot, seed=seed),
             "per_impression": per, "users": users}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -136,7 +136,7 @@ class CTRModel(nn.Module):
             h = h[h < self.n_items]
             if h.size:
                 hist[r, t - h.size:] = h
-        dense = (torch.as_tensor(ex[self.dense_names].to_numpy(np.float32)) if self.dense_names
+        dense = (torch.tensor(ex[self.dense_names].to_numpy(np.float32)) if self.dense_names
                  else torch.zeros(len(ex), 0))
         return user, item, torch.as_tensor(hist), dense
 
@@ -164,17 +164,22 @@ def global_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((r[y].sum() - p * (p + 1) / 2.0) / (p * n))
 
 
+LEXICAL_FEATURES = ("lexical", "log_popularity")
+
+
 def train_ctr(examples_train: pd.DataFrame, examples_valid: pd.DataFrame, *, extra_feature: str | None,
-              seed: int, epochs: int = 10, n_users: int | None = None, n_items: int | None = None,
+              seed: int, features: Sequence[str] = LEXICAL_FEATURES, epochs: int = 10,
+              n_users: int | None = None, n_items: int | None = None,
               dim: int = 16, lr: float = 3e-3, weight_decay: float = 1e-6, batch_size: int = 512,
               patience: int = 2, max_history: int = 20) -> CTRModel:
     """Train ``CTRModel`` with BCE, early-stopped on the pooled validation AUC (``global_auc``).
 
-    Dense features: ``lexical``, ``log_popularity`` and, when given, ``extra_feature`` (a column of
-    the example tables). Training stops after ``patience`` epochs without a better validation AUC
+    Dense features: ``features`` (default ``lexical``, ``log_popularity``) and, when given,
+    ``extra_feature`` (columns of the example tables). ``n_users=0`` gives every user the one shared
+    "unknown user" embedding (for scoring users the CTR model never trained on). Training stops after ``patience`` epochs without a better validation AUC
     and the best epoch's weights are restored. Deterministic given ``seed`` (own generators).
     """
-    dense = ["lexical", "log_popularity"] + ([extra_feature] if extra_feature else [])
+    dense = list(features) + ([extra_feature] if extra_feature else [])
     for col in dense:
         if col not in examples_train or col not in examples_valid:
             raise KeyError(f"feature column {col!r} missing from the example tables")
@@ -254,4 +259,55 @@ def compare_ctr(examples_train: pd.DataFrame, examples_valid: pd.DataFrame, exam
     out["delta_gAUC"] = res["with"]["gAUC"] - res["without"]["gAUC"]
     out["delta_gAUC_ci"] = paired_delta_over_users(res["with"]["auc_per_impression"], res["without"]["auc_per_impression"],
                                         res["with"]["users"], n_boot=n_boot, seed=seed)
+    return out
+
+
+# ============================================================================ ranking: cross-fitted
+def cross_fit_folds(users: np.ndarray, folds: int) -> np.ndarray:
+    """The fold of each row: ``user mod folds`` (user ids are the log's indices, assigned before any
+    model exists), so every impression of a user lands in one fold."""
+    return np.asarray(users, dtype=np.int64) % int(folds)
+
+
+def cross_fit_predict(fit: Callable[[pd.DataFrame, pd.DataFrame], Callable[[pd.DataFrame], np.ndarray]],
+                      examples_valid: pd.DataFrame, examples_test: pd.DataFrame, folds: int = 2) -> np.ndarray:
+    """Test scores of which none comes from a model that saw its row: for each fold f of users,
+    ``fit(train, early_stop)`` trains on the validation and test rows of the other folds' users,
+    early-stops on fold f's validation rows, and scores fold f's test rows. One score per test row."""
+    valid_fold = cross_fit_folds(examples_valid["user"].to_numpy(), folds)
+    test_fold = cross_fit_folds(examples_test["user"].to_numpy(), folds)
+    out = np.full(len(examples_test), np.nan)
+    for f in range(folds):
+        train = pd.concat([examples_valid[valid_fold != f], examples_test[test_fold != f]], ignore_index=True)
+        early, held = examples_valid[valid_fold == f], test_fold == f
+        if held.any():
+            out[held] = fit(train, early)(examples_test[held])
+    return out
+
+
+def compare_ctr_cross_fitted(examples_valid: pd.DataFrame, examples_test: pd.DataFrame, *, extra_feature: str,
+                             seed: int, feature_sets: dict[str, Sequence[str]], folds: int = 2, n_boot: int = 10_000,
+                             **train_kw) -> dict:
+    """The CTR comparison with ``extra_feature`` cross-fitted (``cross_fit_predict``).
+
+    The rows are validation and test impressions only: the embedding model that made
+    ``extra_feature`` never trained on them (validation chose its epoch; no gradient saw it), and
+    the CTR model that scores a test row never trained on that row or on any row of its user.
+    Users are unknown to the CTR model (one shared user embedding). Per feature set (name ->
+    dense columns), without vs with ``extra_feature``, same seed and folds: ``{"without": {AUC,
+    gAUC}, "with": {...}, "delta_AUC", "delta_gAUC", "delta_gAUC_ci"}`` on the test rows."""
+    out = {"folds": folds, "rows": {"valid": len(examples_valid), "test": len(examples_test)}}
+    for name, features in feature_sets.items():
+        res = {}
+        for arm, extra in (("without", None), ("with", extra_feature)):
+            def fit(train, early, extra=extra, features=features):
+                return train_ctr(train, early, extra_feature=extra, features=features, seed=seed, n_users=0,
+                                 **train_kw).predict
+            res[arm] = ctr_metrics(examples_test, cross_fit_predict(fit, examples_valid, examples_test, folds))
+        out[name] = {arm: {m: res[arm][m] for m in ("AUC", "gAUC")} for arm in res}
+        out[name]["delta_AUC"] = res["with"]["AUC"] - res["without"]["AUC"]
+        out[name]["delta_gAUC"] = res["with"]["gAUC"] - res["without"]["gAUC"]
+        out[name]["delta_gAUC_ci"] = paired_delta_over_users(
+            res["with"]["auc_per_impression"], res["without"]["auc_per_impression"], res["with"]["users"],
+            n_boot=n_boot, seed=seed)
     return out

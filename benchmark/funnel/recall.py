@@ -6,11 +6,7 @@ import numpy as np
 
 from benchmark.data.schema import SearchLog
 from benchmark.evaluate import retrieve_topk
-from benchmark.funnel.common import (
-    _arrays,
-    candidate_mask,
-    recall_k,
-)
+from benchmark.funnel.common import _arrays, candidate_mask
 from benchmark.lexical import BM25Scorer
 from benchmark.stats import paired_delta_over_users
 
@@ -72,23 +68,64 @@ def recall_hr(ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (ids == np.asarray(targets, dtype=np.int64)[:, None]).any(axis=1).astype(np.float64)
 
 
+def k_ladder(n_items: int) -> list[int]:
+    """Recall depths tried: 10 * 2^j below the catalog size."""
+    out, k = [], 10
+    while k < n_items:
+        out.append(k)
+        k *= 2
+    return out or [max(1, n_items)]
+
+
+def _lexical_ids(bm25: BM25Scorer | None, queries: list[str], valid: np.ndarray, k: int) -> np.ndarray:
+    b25 = bm25.scores(queries) if bm25 is not None else np.zeros(valid.shape, np.float32)
+    return topk_from_scores(b25, k, valid, positive_only=True)
+
+
+def unsaturated_k(log: SearchLog, bm25: BM25Scorer | None, *, max_hr: float = 0.5, split: str = "valid",
+                  block: int = 256) -> tuple[int, dict[int, float]]:
+    """The recall depth: the largest ``k_ladder`` K at which the lexical channel alone recalls at
+    most ``max_hr`` of the ``split`` targets (the smallest K when none does), so the channel is
+    clearly below saturation and an embedding channel has room to add. Decided from the data and
+    the visible queries alone, before any model. Returns ``(K, {K: lexical HR})``."""
+    ladder = k_ladder(log.n_items)
+    rows = log.split(split)
+    targets = rows["target"].to_numpy().astype(np.int64)
+    hist, queries = _arrays(rows["history"]), rows["query"].astype(str).tolist()
+    block = max(1, min(block, (1 << 23) // max(1, log.n_items)))
+    hits = np.zeros(len(ladder))
+    for s in range(0, len(rows), block):
+        sl = slice(s, min(len(rows), s + block))
+        lex = _lexical_ids(bm25, queries[sl], candidate_mask(hist[sl], targets[sl], log.n_items), ladder[-1])
+        hits += [recall_hr(lex[:, :k], targets[sl]).sum() for k in ladder]
+    hr = dict(zip(ladder, (hits / max(1, len(rows))).tolist(), strict=True))
+    below = [k for k in ladder if hr[k] <= max_hr]
+    return (max(below) if below else ladder[0]), hr
+
+
 def recall_funnel(log: SearchLog, item_emb: np.ndarray, user_emb: np.ndarray, *, split: str = "test",
                   k: int | None = None, emb_share: float = 0.5, bm25: BM25Scorer | None = None,
-                  block: int = 256, n_boot: int = 10_000, seed: int = 0) -> dict:
+                  max_lexical_hr: float = 0.5, block: int = 256, n_boot: int = 10_000, seed: int = 0) -> dict:
     """Recall stage: HR@K of the lexical channel alone vs lexical + embedding channels, same total K.
 
-    Lexical channel: items with BM25(query, text) > 0 (an inverted index only returns matching
-    documents), history masked (target never), ordered by (BM25 desc, item index). Embedding channel:
-    ``evaluate.retrieve_topk`` (exact inner product, same masking). Merged:
-    ``merge_channels(lexical, embedding, (K - q_emb, q_emb))`` with ``q_emb = round(emb_share * K)``.
-    K defaults to ``recall_k(N)``. ``user_emb``: one row per impression of ``log.split(split)``.
-    Returns ``{"K", "quota", "HR_lexical", "HR_embedding", "HR_merged", "delta": paired_delta_over_users(merged, lexical)}``.
+    Both channels see only what a request carries: the impression's visible query (the mode's; in
+    mode ``none`` the lexical channel is empty) and the user's history. Lexical channel: items with
+    BM25(query, text) > 0 (an inverted index only returns matching documents), history masked
+    (target never), ordered by (BM25 desc, item index). Embedding channel: ``evaluate.retrieve_topk``
+    (exact inner product, same masking). Merged: ``merge_channels(lexical, embedding, (K - q_emb,
+    q_emb))`` with ``q_emb = round(emb_share * K)``. K defaults to ``unsaturated_k`` (lexical
+    validation HR at most ``max_lexical_hr``). ``user_emb``: one row per impression of ``log.split(split)``.
+    Returns ``{"K", "quota", "lexical_valid_hr_by_k", "HR_lexical", "HR_embedding", "HR_merged",
+    "delta": paired_delta_over_users(merged, lexical)}``.
     """
-    k = recall_k(log.n_items) if k is None else int(k)
-    q_emb = int(round(emb_share * k))
-    quota = (k - q_emb, q_emb)
     if bm25 is None and log.has_text:
         bm25 = BM25Scorer(log.catalog["text"].fillna("").astype(str).tolist())
+    by_k = None
+    if k is None:
+        k, by_k = unsaturated_k(log, bm25, max_hr=max_lexical_hr, block=block)
+    k = int(k)
+    q_emb = int(round(emb_share * k))
+    quota = (k - q_emb, q_emb)
     rows = log.split(split)
     targets = rows["target"].to_numpy().astype(np.int64)
     hist = _arrays(rows["history"])
@@ -99,14 +136,12 @@ def recall_funnel(log: SearchLog, item_emb: np.ndarray, user_emb: np.ndarray, *,
     hr = {name: np.zeros(len(rows)) for name in ("lexical", "embedding", "merged")}
     for s in range(0, len(rows), block):
         sl = slice(s, min(len(rows), s + block))
-        valid = candidate_mask(hist[sl], targets[sl], log.n_items)
-        b25 = bm25.scores(queries[sl]) if bm25 is not None else np.zeros(valid.shape, np.float32)
-        lex = topk_from_scores(b25, k, valid, positive_only=True)
+        lex = _lexical_ids(bm25, queries[sl], candidate_mask(hist[sl], targets[sl], log.n_items), k)
         hr["lexical"][sl] = recall_hr(lex, targets[sl])
         hr["embedding"][sl] = recall_hr(emb_ids[sl, :k], targets[sl])
         hr["merged"][sl] = recall_hr(merge_channels(lex[:, :quota[0]], emb_ids[sl], quota), targets[sl])
     users = rows["user"].to_numpy()
-    return {"K": k, "quota": quota,
+    return {"K": k, "quota": quota, "lexical_valid_hr_by_k": by_k,
             "HR_lexical": float(hr["lexical"].mean()), "HR_embedding": float(hr["embedding"].mean()),
             "HR_merged": float(hr["merged"].mean()),
             "delta": paired_delta_over_users(hr["merged"], hr["lexical"], users, n_boot=n_boot, seed=seed),

@@ -22,7 +22,8 @@ from benchmark.data.report import DataReport
 from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
 from benchmark.evaluate import evaluate, summarize
-from benchmark.funnel_eval import collapse_diagnostics, funnel_metrics
+from benchmark.funnel.runs import embeddings_path, keeps_embeddings, save_embeddings
+from benchmark.funnel_eval import collapse_diagnostics
 from benchmark.generators_eval import table2_metrics
 from benchmark.model import Describes
 from benchmark.models import build, model_spec
@@ -148,8 +149,6 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
         test_emb = embed(model, search_log, "test")
         test, test_imp = evaluate_split(model, search_log, "test", cfg, item_terms, with_lists=True, embedded=test_emb)
         eval_s = time.perf_counter() - start
-        funnel = (funnel_metrics(search_log, test_emb[0], valid_emb[1], test_emb[1], cfg.funnel, run.seed)
-                  if cfg.funnel.enabled and search_log.has_text else None)
         diagnostics = collapse_diagnostics(model, search_log, test_emb[0], cfg.funnel, run,
                                            Path(cfg.results_dir) / "figures")
         table2 = table2_metrics(model, search_log, test_imp, test_emb[0], item_terms, cfg, run,
@@ -187,7 +186,6 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
         "per_impression": npz.name, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data_stats": A.data_stats(search_log),
         "search": search_summary,
-        "funnel": funnel,
         "diagnostics": diagnostics,
     }
     if table2 is not None:
@@ -202,6 +200,8 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
     if getattr(model, "visual_info", None):
         record["visual_features"] = model.visual_info  # which frozen encoder produced the features
     save_artifacts(run, cfg, model, valid_emb, test_emb)
+    if keeps_embeddings(test_emb[0]):  # the funnel pass reads these (benchmark.funnel.runs), not the model
+        save_embeddings(embeddings_path(run.record, cfg.results_dir), test_emb[0], valid_emb[1], test_emb[1])
     R.write_record(run.record, record)
     return record
 

@@ -10,6 +10,7 @@ from benchmark import records as R
 from benchmark.data import adapt as A
 from benchmark.data import registry
 from benchmark.data.download import data_root
+from benchmark.funnel.runs import PASS_FIELDS as FUNNEL_PASS_FIELDS
 from benchmark.models import MODELS, expand, model_config, model_spec, tuned_source
 from benchmark.runner.grids import grid_for
 from benchmark.runner.spec import RunSpec, mode_config
@@ -74,6 +75,7 @@ def untuned_settings(cfg, model: str, variant: str) -> dict:
     skip = NOT_RESULT_SETTINGS | {key.rsplit(".", 1)[-1] for trial in grid_for(cfg, *source) for key in trial}
     model_cfg = model_config(model, variant, cfg.model)
     skip |= model_cfg.inert_fields() if hasattr(model_cfg, "inert_fields") else set()  # e.g. action-only's decode budget
+    skip |= set(FUNNEL_PASS_FIELDS)  # the funnel pass reads them, after the run, from its stored embeddings
     resolved = dataclasses.asdict(cfg)
     settings = {"model_config": dataclasses.asdict(model_cfg),
                 "train": dataclasses.asdict(train_config(cfg, model_cfg)),

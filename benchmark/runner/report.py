@@ -9,6 +9,7 @@ from pathlib import Path
 from benchmark import records as R
 from benchmark.config import typed
 from benchmark.data import adapt as A
+from benchmark.funnel.runs import read_funnel_results
 from benchmark.leaderboard import render_leaderboard, write_leaderboard
 from benchmark.models import model_spec
 from benchmark.paper_comparison import render_paper_comparison
@@ -120,8 +121,8 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
                                           ks=(ks[0], ks[-1]), datasets=llm_views,
                                           link_base=link_base))
-        funnel = render_funnel(current, suite=suite, suite_version=str(suite_cfg.suite_version),
-                               seeds=list(suite_cfg.seeds))
+        funnel = render_funnel(current, read_funnel_results(results, suite), suite=suite,
+                               suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds))
         if "### " in funnel:
             sections.append(funnel)
         heatmaps = render_attention_comparison(current, suite=suite,

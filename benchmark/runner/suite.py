@@ -15,6 +15,7 @@ from benchmark import records as R
 from benchmark.data.download import cache_root, data_root
 from benchmark.data.report import DataError
 from benchmark.data.schema import SearchLog
+from benchmark.funnel.runs import run_funnel_pass
 from benchmark.models import MODELS
 from benchmark.runner.execute import attach_images, load_log, run_one
 from benchmark.runner.plan import format_plan, plan, plan_units, record_is_current, unit_key
@@ -117,6 +118,13 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
     return problems, failures
 
 
+def finish(cfg, problems: dict[str, str]) -> None:
+    """After the runs: the funnel pass over the stored embeddings, then the leaderboard."""
+    if cfg.funnel.enabled:
+        run_funnel_pass(cfg)
+    regenerate_leaderboard(cfg, {cfg.suite: problems})
+
+
 def run_suite(cfg) -> list[str]:
     """Run what is missing, then regenerate the leaderboard from the records. Returns the runs that
     failed or were skipped (bad data, a crash), one line each: the caller exits non-zero when there
@@ -124,7 +132,7 @@ def run_suite(cfg) -> list[str]:
     runs, and the leaderboard is left to the parent, which regenerates it once after every job ended."""
     problems, failures = run_planned(cfg)
     if cfg.unit is None and D.is_main():
-        regenerate_leaderboard(cfg, {cfg.suite: problems})
+        finish(cfg, problems)
     if failures:
         print("\n".join(["runs that failed or were skipped:", *failures]), file=sys.stderr)
     return failures
