@@ -65,8 +65,10 @@ MODELS: dict[str, ModelSpec] = {
     "karma_visual": ModelSpec(ContinuousTokenModel, "karma", {"visual": MULTIMODAL_VARIANTS["visual"]},
                               needs_text=True, needs_images=True, reads_catalog=True, tuned_like=ACTION_ONLY),
     # Table 2: KARMA with generator readouts of h (its main path is KARMA's), evaluated with the
-    # discriminative u and with each generated embedding.
-    "karma_gen": ModelSpec(ContinuousTokenModel, "karma", {"generators": MULTIMODAL_VARIANTS["generators"]},
+    # discriminative u and with each generated embedding ("generators"); and KARMA trained with a
+    # generator of its retrieval embedding as an objective, which retrieves with it ("objective_*").
+    "karma_gen": ModelSpec(ContinuousTokenModel, "karma",
+                           {k: v for k, v in MULTIMODAL_VARIANTS.items() if k == "generators" or k.startswith("objective_")},
                            needs_text=True, tuned_like=ACTION_ONLY, reads_catalog=True),
 }
 

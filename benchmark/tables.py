@@ -136,6 +136,36 @@ def render_table1_paired(records: list[Record], *, suite: str, suite_version: st
     return "\n".join(out)
 
 
+OBJECTIVE_ROWS = {("karma_gen", f"objective_{name}"): label for name, label in (
+    ("mse", "AR + MSE generates u"), ("diffusion", "diffusion (ε) generates u"),
+    ("diffusion_x0", "diffusion (x0) generates u"), ("flow", "flow matching generates u"))}
+
+
+def render_table2_objectives(records: list[Record], *, suite: str, suite_version: str,
+                             views: list[tuple[str, str]], seeds: list[int], ks: tuple[int, int]) -> str:
+    """Table 2 as training objectives: each generator variant − discriminative KARMA, paired over the
+    test impressions (seeds pooled), Holm over each view's table."""
+    index, _ = index_records(records, suite, suite_version)
+    metrics = ["gAUC", f"HR@{ks[0]}", f"HR@{ks[1]}"]
+    out = ["## Table 2, as training objectives: generated retrieval embedding − discriminative KARMA", "",
+           "KARMA trained with a generator head of its retrieval embedding (from h; target: the clicked item's "
+           "embedding, a stop-gradient target; its gradient reaches the LLM) beside its losses, and retrieving "
+           "with the generated embedding instead of u (one sample from a fixed noise stream for the sampled "
+           "heads); same tuning selection (the action-only LLM's), stopping rule and seeds as KARMA. Paired "
+           "t intervals over test impressions, Holm over the view's table; points (×100). The paper: diffusion "
+           "underperforms, AR + MSE does better.", ""]
+    cache: dict = {}
+    for dataset, mode in views:
+        base = (dataset, mode, *REFERENCE)
+        keys = [(dataset, mode, *row) for row in OBJECTIVE_ROWS]
+        rows = paired_rows(index, keys, {key: list(seeds) for key in [base, *keys]}, [base], metrics, cache)
+        rows = [[OBJECTIVE_ROWS[(r[0], r[1])], *r[2:]] for r in rows]
+        out += [f"### {dataset} · {mode}", "",
+                tabulate(rows, headers=["objective", *[f"Δ{m}" for m in metrics]], tablefmt="github",
+                         disable_numparse=True) if rows else "No objective has every seed (and KARMA) yet.", ""]
+    return "\n".join(out)
+
+
 def _main_curve(record: Record) -> list[float]:
     """Validation value after each joint-training ("main") epoch, from the record's selection history."""
     return [h["valid"] for h in record.history if h.get("stage", "main") == "main" and h.get("valid") is not None]

@@ -62,6 +62,8 @@ from karma.user_llm import UserLLM, UserLLMConfig, autocast, history_window, len
 from karma.visual import extract_features
 from karma.visual_heads import DiffusionHead, FlowMatchingHead, masked_mean
 
+RETRIEVAL_OBJECTIVES = ("discriminative", "mse", "diffusion", "diffusion_x0", "flow")
+
 
 @dataclass
 class KarmaConfig(UserLLMConfig):
@@ -92,8 +94,16 @@ class KarmaConfig(UserLLMConfig):
     visual_condition: str = "embedding"  # embedding: h (Task 2 side) | history: mean history state (Task 1 side)
     visual_encoder: str = "efficientnet-lite0"  # karma.visual encoder (open_clip:<model>/<tag> with network)
     head_hidden: int = 256  # width of the visual and generator heads' denoiser / MLP
-    # Table 2: generators of the retrieval embedding, fitted on the trained model's frozen h.
+    # Table 2: generators of the retrieval embedding, fitted on the trained model's frozen h (a readout).
     generators: bool = False
+    # Table 2 as a training objective: the user's retrieval embedding is produced from h by a generator
+    # head (mse: an MLP regressed onto the target item's embedding, the paper's AR + MSE; diffusion /
+    # diffusion_x0: a conditional DDPM head predicting the noise / the clean embedding, DDIM-sampled;
+    # flow: rectified flow, Euler-sampled), trained jointly with KARMA's losses (weight w_generator, its
+    # gradient reaching the LLM through h; the target item's embedding is a stop-gradient target), and
+    # used instead of the discriminative u for validation, selection and test.
+    retrieval_objective: str = "discriminative"
+    w_generator: float = 1.0
     generator_steps: int = 50  # DDIM steps when sampling the diffusion generator
     restrict_vocab: bool = True  # text softmax over the catalog's tokens only
 
@@ -103,6 +113,11 @@ class KarmaConfig(UserLLMConfig):
             raise ValueError(f"action_loss must be 'pairwise' or 'infonce', got {self.action_loss!r}")
         if self.visual_head not in ("flow", "diffusion"):
             raise ValueError(f"visual_head must be 'flow' or 'diffusion', got {self.visual_head!r}")
+        if self.retrieval_objective not in RETRIEVAL_OBJECTIVES:
+            raise ValueError(f"retrieval_objective must be one of {', '.join(RETRIEVAL_OBJECTIVES)}, "
+                             f"got {self.retrieval_objective!r}")
+        if self.w_generator < 0:
+            raise ValueError(f"w_generator must be >= 0, got {self.w_generator}")
         if self.visual_condition not in ("embedding", "history"):
             raise ValueError(f"visual_condition must be 'embedding' or 'history', got {self.visual_condition!r}")
         if min(self.w_action, self.w_task1, self.w_task2, self.w_visual, self.decodability_scale) < 0:
@@ -152,6 +167,9 @@ VARIANTS: dict[str, dict] = {
 MULTIMODAL_VARIANTS: dict[str, dict] = {
     "visual": {**VARIANTS["karma"], "w_visual": 0.1},
     "generators": {**VARIANTS["karma"], "generators": True},
+    # Table 2 as training objectives: KARMA whose retrieval embedding is generated (see KarmaConfig)
+    **{f"objective_{name}": {**VARIANTS["karma"], "retrieval_objective": name}
+       for name in ("mse", "diffusion", "diffusion_x0", "flow")},
 }
 GENERATOR_HEADS = ("gen_diffusion", "gen_diffusion_x0", "gen_flow", "gen_mse")  # Table 2's, fitted after training
 # name in results -> head. Diffusion twice: the DDPM default (the network predicts the noise) and
@@ -159,6 +177,16 @@ GENERATOR_HEADS = ("gen_diffusion", "gen_diffusion_x0", "gen_flow", "gen_mse")  
 # compares with AR + MSE here (measured on Gift_Cards; see the issue notes).
 SAMPLED_GENERATORS = {"diffusion": "gen_diffusion", "diffusion_x0": "gen_diffusion_x0", "flow": "gen_flow"}
 GENERATOR_SEED_OFFSET = 7919  # the generator heads draw noise from their own stream (main path unchanged)
+
+
+def _generator_head(objective: str, cfg: KarmaConfig, hidden: int) -> nn.Module:
+    """The head that generates the retrieval embedding (R) from h (``hidden``) for ``objective``."""
+    if objective == "mse":
+        return nn.Sequential(nn.Linear(hidden, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, cfg.retrieval_dim))
+    if objective == "flow":
+        return FlowMatchingHead(cfg.retrieval_dim, hidden, hidden=cfg.head_hidden)
+    return DiffusionHead(cfg.retrieval_dim, hidden, hidden=cfg.head_hidden,
+                         **({"prediction": "sample"} if objective == "diffusion_x0" else {}))
 
 
 class _Impressions(Dataset):
@@ -229,6 +257,8 @@ class ContinuousTokenModel(nn.Module):
             self.heads["task2_prefix"] = nn.Linear(cfg.retrieval_dim, hidden)
         if cfg.w_visual > 0:
             self._prepare_visual(log, cache_dir, hidden)
+        if cfg.retrieval_objective != "discriminative":  # Table 2 as a training objective: used at inference
+            self.retrieval_generator = _generator_head(cfg.retrieval_objective, cfg, hidden)
         if cfg.generators:  # Table 2: u generated from h by diffusion, or regressed by AR + MSE
             self.heads["gen_diffusion"] = DiffusionHead(cfg.retrieval_dim, hidden, hidden=cfg.head_hidden)
             self.heads["gen_diffusion_x0"] = DiffusionHead(cfg.retrieval_dim, hidden, hidden=cfg.head_hidden,
@@ -370,6 +400,8 @@ class ContinuousTokenModel(nn.Module):
         else:
             action = infonce(pos, neg, neg_mask, cfg.temperature)
         out = {"action": cfg.w_action * action}
+        if cfg.retrieval_objective != "discriminative":
+            out["generator"] = cfg.w_generator * self._generator_loss(v_pos.detach(), h)
         if cfg.w_task1 > 0:
             out["task1"] = cfg.decodability_scale * cfg.w_task1 * self._text_loss(text_states, target_text)
         if cfg.w_task2 > 0:
@@ -419,6 +451,20 @@ class ContinuousTokenModel(nn.Module):
                 step += 1
         self.eval()
         return {k: float(np.mean([r[k] for r in recent])) for k in GENERATOR_HEADS}
+
+    def _generator_loss(self, target: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        head = self.retrieval_generator
+        if self.config.retrieval_objective == "mse":  # per coordinate x R: the scale of one squared distance
+            return F.mse_loss(head(h), target) * self.config.retrieval_dim
+        return head.loss(target, h, generator=self._head_generator())
+
+    @torch.no_grad()
+    def _generate(self, h: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+        """The retrieval embedding a generator objective produces from h (normalised, as u is)."""
+        head = self.retrieval_generator
+        if self.config.retrieval_objective == "mse":
+            return F.normalize(head(h), dim=-1)
+        return F.normalize(head.sample(h, steps=self.config.generator_steps, generator=noise), dim=-1)
 
     def _head_generator(self) -> torch.Generator:
         """Noise for the visual / generator heads from a stream of its own, so adding a head does not
@@ -472,6 +518,9 @@ class ContinuousTokenModel(nn.Module):
             batch = self.user_llm.batch(impressions.iloc[rows])
             u_b, _, h_b, _ = self.user_vectors(batch["histories"], batch["query"], return_states=True)
             u[torch.from_numpy(rows)], h[torch.from_numpy(rows)] = u_b, h_b
+        if self.config.retrieval_objective != "discriminative":
+            # one sample per impression from a fixed noise stream: the same embeddings on every call
+            u = self._generate(h, torch.Generator().manual_seed(GENERATOR_SEED_OFFSET))
         return u, h
 
     @torch.no_grad()

@@ -187,7 +187,7 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
 
 
 def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
-    models = "models=[karma:karma,karma_visual,karma_gen]"
+    models = "models=[karma:karma,karma_visual,karma_gen:generators,karma_gen:objective_mse]"
     grid = ["search.enabled=true", "search.trials=2", "+search.grids.action_llm={model.karma.lr:[0.001,0.003]}",
             "model.karma.head_hidden=16",
             "model.karma.generator_steps=3", "funnel.generator_samples=3", "funnel.generator_impressions=20",
@@ -217,6 +217,12 @@ def test_multimodal_row_and_table_2_come_from_the_suite(tmp_path):
     board = (tmp_path / "leaderboard.md").read_text()
     assert "+ visual reconstruction" in board and "## Table 2" in board and "Mode-seeking vs mean-seeking" in board
     assert "diffusion (x0 pred.) generator (1 sample)" in board and "diffusion (x0 pred.), mean of 3" in board
+    # Table 2 as a training objective: KARMA whose retrieval embedding the MSE generator produces
+    mse = json.loads((folder / "karma_gen__objective_mse__seed0.json").read_text())
+    assert mse["config"]["model_config"]["retrieval_objective"] == "mse" and "generator" in mse["selection"]["history"][-1]
+    assert mse["metrics"]["test"] != karma["metrics"]["test"]  # it retrieves with the generated embedding
+    objectives = board.split("## Table 2, as training objectives")[1].split("\n## ")[0]
+    assert "| AR + MSE generates u " in objectives and "p=" in objectives
 
 
 def test_a_failed_run_lets_the_rest_finish_then_the_suite_exits_non_zero(tmp_path, monkeypatch, capsys):

@@ -407,3 +407,51 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_bits(tm
     other = train(model, log, cfg, torch.Generator().manual_seed(0), lambda m: 0.0, lr=1e-3,
                   checkpoint=path, identity="other settings")
     assert other.epochs_run == 4 and other.history[0]["stage"] == "warmup"
+
+
+@pytest.mark.parametrize("objective", ["mse", "diffusion", "diffusion_x0", "flow"])
+def test_a_generator_objective_trains_with_karma_and_produces_the_retrieval_embedding(objective):
+    model = _model("karma", retrieval_objective=objective)
+    log = _log()
+    terms = model.losses(_batch(model, log), torch.Generator().manual_seed(0))
+    assert set(terms) == {"action", "task1", "task2", "generator"} and torch.isfinite(terms["generator"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(2):  # a zero-initialised denoiser output passes no gradient at step 0; after a step it does
+        opt.zero_grad()
+        model.losses(_batch(model, log), torch.Generator().manual_seed(0))["generator"].backward()
+        opt.step()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.user_llm.parameters() if p.requires_grad)
+    imp = log.split("test")
+    u = model.user_embeddings(log, imp)
+    assert u.shape == (len(imp), 16) and torch.allclose(u.norm(dim=-1), torch.ones(len(imp)), atol=1e-5)
+    assert torch.equal(u, model.user_embeddings(log, imp))  # a fixed noise stream: the same sample every call
+    assert not torch.allclose(u, _model("karma").user_embeddings(log, imp))  # not the discriminative u
+    with pytest.raises(ValueError, match="retrieval_objective must be one of"):
+        KarmaConfig(retrieval_objective="gan")
+
+
+def test_a_generator_that_outputs_the_discriminative_embedding_recovers_its_hr():
+    from benchmark.evaluate import evaluate
+
+    log = _log()
+    imp = log.split("test")
+    plain, gen = _model("karma"), _model("karma", retrieval_objective="mse")
+    gen.load_state_dict(plain.state_dict(), strict=False)  # the same network, a generator on top
+    gen.retrieval_generator = plain.user_head  # an exact generator: it outputs the discriminative u
+    a, b = (evaluate(m.item_embeddings(log).numpy(), m.user_embeddings(log, imp).numpy(), imp, ks=(1, 5)).metrics
+            for m in (plain, gen))
+    assert a["HR@5"] == b["HR@5"] and a["NDCG@5"] == pytest.approx(b["NDCG@5"])
+    # and the MSE objective learns the target embedding it regresses onto
+    rows = log.split("train")
+    model = _model("karma", retrieval_objective="mse")
+    h = model._user_states(rows)[1]
+    target = model.item_vectors(torch.tensor(rows["target"].to_numpy())).detach()
+    opt = torch.optim.Adam(model.retrieval_generator.parameters(), lr=1e-2)
+    first = float(model._generator_loss(target, h).detach())
+    for _ in range(200):
+        loss = model._generator_loss(target, h)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.2 * first

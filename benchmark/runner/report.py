@@ -22,6 +22,7 @@ from benchmark.tables import (
     render_table1,
     render_table1_paired,
     render_table2,
+    render_table2_objectives,
 )
 
 LEADERBOARD_METRICS = ["NDCG@10", "HR@10", "HR@50", "MRR", "gAUC", "JS@50", "test_tail/NDCG@10", "test_tail/HR@50"]
@@ -116,6 +117,10 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
             sections.append(render_paper_comparison(current, suite=suite, suite_version=str(suite_cfg.suite_version),
                                                     views=pairs, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1]),
                                                     results_dir=results))
+        if any(r.model == "karma_gen" and r.variant.startswith("objective_") for r in runs):
+            views = sorted({(r.dataset, r.mode) for r in runs if r.model == "karma_gen" and r.dataset not in problems})
+            sections.append(render_table2_objectives(current, suite=suite, suite_version=str(suite_cfg.suite_version),
+                                                     views=views, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1])))
         if any(r.model == "karma_gen" for r in runs):
             sections.append(render_table2(current, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
