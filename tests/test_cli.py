@@ -165,6 +165,8 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert {"ctr", "prerank", "recall"} <= set(funnel) and funnel["source"]["record"].endswith("karma__karma__seed0.json")
     assert 0 <= funnel["prerank"]["HR_fused"] <= 1 and "delta_gAUC" in funnel["ctr"]["popularity"]
     assert funnel["recall"]["lexical_valid_hr_by_k"][str(funnel["recall"]["K"])] <= 0.5
+    before = karma["diagnostics"]["before_training"]  # the same statistics on the untrained model
+    assert 0 < before["item_encoder_attention"]["norm_entropy"] <= 1 and before["decoder_attention"]["layers"]
     attention = karma["diagnostics"]["item_encoder_attention"]
     assert 0 < attention["norm_entropy"] <= 1 and Path(attention["heatmap"]).exists()
     assert "Funnel evaluations" in board and "synthetic · coarse: collapse" in board

@@ -455,3 +455,16 @@ def test_a_generator_that_outputs_the_discriminative_embedding_recovers_its_hr()
         loss.backward()
         opt.step()
     assert float(loss) < 0.2 * first
+
+
+def test_attention_before_training_changes_nothing_about_the_training_that_follows():
+    from benchmark.collapse_eval import attention_before_training
+    from benchmark.config import FunnelConfig
+
+    model = _model("karma")
+    model.train()
+    state = torch.get_rng_state()
+    before = attention_before_training(model, _log(), FunnelConfig(attention_items=8))
+    assert torch.equal(state, torch.get_rng_state()) and model.training  # random streams and mode restored
+    assert 0 < before["item_encoder_attention"]["norm_entropy"] <= 1 and "heatmap" not in before["item_encoder_attention"]
+    assert before["decoder_attention"]["layers"] and "heatmap" not in before["decoder_attention"]

@@ -14,6 +14,7 @@ import torch
 
 from benchmark import distributed as D
 from benchmark import records as R
+from benchmark.collapse_eval import attention_before_training, collapse_diagnostics
 from benchmark.data import adapt as A
 from benchmark.data import registry, synthetic
 from benchmark.data.download import cache_root
@@ -23,7 +24,6 @@ from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
 from benchmark.evaluate import evaluate, summarize
 from benchmark.funnel.runs import embeddings_path, keeps_embeddings, save_embeddings
-from benchmark.funnel_eval import collapse_diagnostics
 from benchmark.generators_eval import table2_metrics
 from benchmark.model import Describes
 from benchmark.models import build, model_spec
@@ -116,6 +116,7 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     train_cfg = train_config(cfg, getattr(model, "config", None))
     with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
         model.initial_item_embeddings = model.item_embeddings(search_log).float().numpy()
+    model.initial_attention = attention_before_training(model, search_log, cfg.funnel)
     settings = {"run": run.label, "tuned": run.tuned, "train": dataclasses.asdict(train_cfg),
                 "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
                 "data": search_log.fingerprint}

@@ -1,8 +1,10 @@
-"""Per-run funnel evaluations and collapse diagnostics, computed while the trained model is in memory.
+"""Per-run collapse diagnostics, computed while the trained model is in memory: the embeddings'
+effective rank before and after training, and the attention statistics of the layers that train (the
+item encoder's trainable block, every decoder layer), before and after training.
 
-The building blocks live in ``benchmark.funnel`` (CTR feature, pre-rank fusion, recall channel) and
-``benchmark.diagnostics`` (attention and representation statistics); this module runs them for one
-trained model and returns JSON-ready summaries for its run record (per-impression arrays dropped).
+The statistics live in ``benchmark.diagnostics``; this module runs them for one model and returns
+JSON-ready summaries for its run record. (The funnel stages are a pass of their own over the stored
+embeddings: ``benchmark.funnel.runs``.)
 """
 
 from __future__ import annotations
@@ -13,38 +15,32 @@ import numpy as np
 import torch
 
 from benchmark import diagnostics as D
-from benchmark import funnel as F
 from benchmark.data.schema import SearchLog
 from benchmark.model import DecoderAttentionProbe, ItemAttentionProbe
 
 
-def _summary(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k not in ("per_impression", "users")}
-
-
-def funnel_metrics(log: SearchLog, item_emb: np.ndarray, user_valid: np.ndarray, user_test: np.ndarray,
-                   cfg, seed: int) -> dict:
-    """The paper's three funnel stages for one model's embeddings (DESIGN.md §4)."""
-    bm25 = F.BM25Scorer(log.catalog["text"].fillna("").astype(str).tolist())
-    popularity = F.train_popularity(log)
-    examples = {}
-    for split in ("train", "valid", "test"):
-        ex = F.ctr_examples(log, split, bm25=bm25, popularity=popularity)
-        if split == "train":  # a fixed, seed-independent subsample keeps the CTR model cheap on CPU
-            keep = np.sort(np.unique(ex["impression"]))[: cfg.ctr_max_train_impressions]
-            ex = ex[ex["impression"].isin(keep)]
-        ex = ex.assign(sim=F.ctr_feature_similarity(item_emb, ex["history"].tolist(), ex["item"].to_numpy()))
-        examples[split] = ex
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the small CTR model is faster on one thread
+def attention_before_training(model, log: SearchLog, cfg) -> dict:
+    """The attention statistics of the untrained model (no heat maps), in eval mode and with the random
+    streams restored, so taking them changes nothing about the training that follows."""
+    if not isinstance(model, (ItemAttentionProbe, DecoderAttentionProbe)):
+        return {}
+    was_training = model.training
+    model.eval()
     try:
-        ctr = F.compare_ctr(examples["train"], examples["valid"], examples["test"], extra_feature="sim", seed=seed,
-                            n_boot=cfg.n_boot, epochs=cfg.ctr_epochs, n_users=log.n_users, n_items=log.n_items)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            return attention_diagnostics(model, log, cfg)
     finally:
-        torch.set_num_threads(threads)
-    prerank = F.prerank_funnel(log, item_emb, user_valid, user_test, bm25=bm25, n_boot=cfg.n_boot, seed=seed)
-    recall = F.recall_funnel(log, item_emb, user_test, bm25=bm25, n_boot=cfg.n_boot, seed=seed)
-    return {"ctr": ctr, "prerank": _summary(prerank), "recall": _summary(recall)}
+        model.train(was_training)
+
+
+def attention_diagnostics(model, log: SearchLog, cfg, run=None, figures_dir: Path | None = None) -> dict:
+    """Item-encoder and decoder attention statistics; heat maps are saved when ``run`` is given."""
+    out = {}
+    if isinstance(model, ItemAttentionProbe):
+        out["item_encoder_attention"] = _item_encoder_diagnostics(model, log, cfg, run, figures_dir)
+    if isinstance(model, DecoderAttentionProbe):
+        out.update(_decoder_diagnostics(model, log, cfg, run, figures_dir))
+    return out
 
 
 def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run, figures_dir: Path) -> dict:
@@ -56,10 +52,10 @@ def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run, 
     if before is not None:
         out["item_embeddings"]["effective_rank_before"] = D.effective_rank(before)
         out["item_embeddings"]["mean_pairwise_cosine_before"] = D.mean_pairwise_cosine(before, seed=0)
-    if isinstance(model, ItemAttentionProbe):
-        out["item_encoder_attention"] = _item_encoder_diagnostics(model, log, cfg, run, figures_dir)
-    if isinstance(model, DecoderAttentionProbe):
-        out.update(_decoder_diagnostics(model, log, cfg, run, figures_dir))
+    out.update(attention_diagnostics(model, log, cfg, run, figures_dir))
+    before = getattr(model, "initial_attention", None)
+    if before:
+        out["before_training"] = before
     return out
 
 
@@ -76,8 +72,9 @@ def _item_encoder_diagnostics(model, log: SearchLog, cfg, run, figures_dir: Path
     summary["heads"] = per_head
     counts = mask.sum(1, keepdims=True).clip(min=1)
     per_item = (attn.mean(1) * mask[:, :, None]).sum(1) / counts  # (N, L): mean over real query rows and heads
-    summary["heatmap"] = _save_heatmap(per_item[:32], Path(figures_dir) / "attention", log, run,
-                                       "item-encoder attention, last trained block (items x token positions)")
+    if run is not None:
+        summary["heatmap"] = _save_heatmap(per_item[:32], Path(figures_dir) / "attention", log, run,
+                                           "item-encoder attention, last trained block (items x token positions)")
     return summary
 
 
@@ -100,8 +97,9 @@ def _decoder_diagnostics(model, log: SearchLog, cfg, run, figures_dir: Path) -> 
     summary = {k: float(np.mean([s[k] for s in per_layer])) for k in per_layer[0] if k != "rows"}
     summary.update(window=window, impressions=n_rows, layers=per_layer)
     last_row = layers[-1][:, :, -1, :].mean(1)  # (B, L)
-    summary["heatmap"] = _save_heatmap(last_row[:32], Path(figures_dir) / "decoder_attention", log, run,
-                                       "decoder attention, last layer, final position (impressions x positions)")
+    if run is not None:
+        summary["heatmap"] = _save_heatmap(last_row[:32], Path(figures_dir) / "decoder_attention", log, run,
+                                           "decoder attention, last layer, final position (impressions x positions)")
     return {"decoder_attention": summary}
 
 
