@@ -296,8 +296,7 @@ def _diff(run: Record, base: Record, metric: str) -> float | None:
 
 
 FUNNEL_COLUMNS = {  # column -> path in a funnel result (benchmark.funnel.runs)
-    "CTR ΔgAUC lex+pop": "ctr.lexical_popularity.delta_gAUC", "CTR ΔAUC lex+pop": "ctr.lexical_popularity.delta_AUC",
-    "CTR ΔgAUC pop": "ctr.popularity.delta_gAUC",
+    "CTR ΔgAUC lex+pop": "ctr.lexical_popularity.delta_gAUC", "CTR ΔgAUC pop": "ctr.popularity.delta_gAUC",
     "pre K": "prerank.K", "query_pop HR": "prerank.HR_query_pop", "pre-rank HR": "prerank.HR_pre",
     "fused HR": "prerank.HR_fused", "Δ pre-rank": "prerank.delta.delta",
     "recall K": "recall.K", "lexical HR": "recall.HR_lexical", "embedding HR": "recall.HR_embedding",
@@ -328,11 +327,13 @@ def _dig(data: dict, path: str):
     return data if isinstance(data, (int, float)) and not isinstance(data, bool) else None
 
 
-def _mean_cell(values: list) -> str:
+def _mean_cell(values: list, integer: bool = False) -> str:
     if not values or any(v is None for v in values):
         return "n/a"
     mean, half = mean_ci(values)
-    return f"{mean:.4f}" if half is None else f"{mean:.4f} ± {half:.4f}"
+    if integer and len(set(values)) == 1:
+        return str(int(values[0]))
+    return f"{mean:.4f}" if not half else f"{mean:.4f} ± {half:.4f}"
 
 
 def render_funnel(records: list[Record], funnel_results: list[dict], *, suite: str, suite_version: str,
@@ -359,19 +360,25 @@ def render_funnel(records: list[Record], funnel_results: list[dict], *, suite: s
         for r in funnel_results:
             if (r["dataset"], r["mode"]) == (dataset, mode) and r.get("suite_version") == suite_version:
                 groups.setdefault((r["model"], r["variant"]), {})[r["seed"]] = r
-        rows = [[f"{model}:{variant}", len(runs), *(_mean_cell([_dig(x, path) for x in runs.values()])
+        rows = [[f"{model}:{variant}", len(runs), *(_mean_cell([_dig(x, path) for x in runs.values()], path.endswith(".K"))
                                                    for path in FUNNEL_COLUMNS.values())]
                 for (model, variant), runs in sorted(groups.items())]
         out += [f"### {dataset} · {mode}: funnel", "",
                 tabulate(rows, headers=["model", "seeds", *FUNNEL_COLUMNS], tablefmt="github"), ""]
     index = _view_index(records, suite, suite_version)
+    out += ["Collapse (paper §3.3), from each run record, on the layers that train: the item encoder's trainable "
+            "top block (first 256 catalog items, per head then averaged) and every decoder layer (up to 256 test "
+            "impressions with a full window of history, causal mask, averaged over layers), on the untrained model "
+            "(`before`) and after training: the share of attention on the first position, on the top-3 positions, "
+            "the normalised entropy (1 = uniform) and the barcode score (the same columns for every query); and the "
+            "effective rank of the item embeddings. Runs recorded before a statistic existed show `n/a`.", ""]
     for dataset in sorted({key[0] for key in index}):
         rows = []
         for (ds, model, variant), runs in sorted(index.items()):
             if ds != dataset:
                 continue
             cells = [_mean_cell([runs[s].number(path) for s in seeds if s in runs]) for path in COLLAPSE_COLUMNS.values()]
-            if any(c != "n/a" for c in cells):
+            if any(c != "n/a" for c in cells[3:]):  # models with attention to read (the LLM family)
                 rows.append([f"{model}:{variant}", sum(s in runs for s in seeds), *cells])
         if rows:
             out += [f"### {dataset}: collapse", "",
