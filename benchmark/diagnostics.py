@@ -181,3 +181,23 @@ def compare_heatmaps(a: np.ndarray, b: np.ndarray, labels: Sequence[str], path: 
         fig.suptitle(title)
     fig.savefig(path, format="png")
     return path
+
+
+def layer_profiles(curves: dict[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str,
+                   title: str = "") -> Path:
+    """Save one line per named curve (e.g. a statistic per decoder layer: before training, action-only,
+    KARMA) on shared axes as a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = _figure(1, width=6.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, values in curves.items():
+        ax.plot(np.arange(len(values)), np.asarray(values, dtype=np.float64), marker="o", ms=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path

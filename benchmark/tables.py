@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
+from benchmark import diagnostics as D
 from benchmark.diagnostics import compare_heatmaps
 from benchmark.generators_eval import GENERATOR_LABELS
 from benchmark.leaderboard import index_records, paired_rows
@@ -384,6 +385,44 @@ def render_funnel(records: list[Record], funnel_results: list[dict], *, suite: s
             out += [f"### {dataset}: collapse", "",
                     tabulate(rows, headers=["model", "seeds", *COLLAPSE_COLUMNS], tablefmt="github"), ""]
     return "\n".join(out)
+
+
+LAYER_STATISTICS = {"first": "attention on the first position", "norm_entropy": "normalised entropy"}
+
+
+def _per_layer(records: list[Record], path: str, stat: str) -> list[float] | None:
+    """The mean over ``records`` of ``stat`` per layer (or head) at ``path`` (a list of per-layer dicts)."""
+    rows = [r.get(path) for r in records]
+    if not rows or any(not isinstance(x, list) or not x for x in rows) or len({len(x) for x in rows}) != 1:
+        return None
+    return [float(np.mean([x[i][stat] for x in rows])) for i in range(len(rows[0]))]
+
+
+def render_collapse_profiles(records: list[Record], *, suite: str, suite_version: str, figures_dir: Path,
+                             link_base: Path) -> str:
+    """Per decoder layer and per item-encoder head: attention statistics before training, after action-only
+    training and after KARMA training (means over the seeds each has), one figure per view and statistic."""
+    index = _view_index(records, suite, suite_version)
+    lines = []
+    for dataset in sorted({key[0] for key in index}):
+        action, karma = (list(index.get((dataset, *key), {}).values()) for key in ATTENTION_PAIR)
+        if not action or not karma:
+            continue
+        for source, unit, path in (("decoder_attention", "decoder layer", "layers"),
+                                   ("item_encoder_attention", "item-encoder head (top block)", "heads")):
+            for stat, label in LAYER_STATISTICS.items():
+                curves = {"before training": _per_layer(action + karma, f"diagnostics.before_training.{source}.{path}", stat),
+                          f"action-only ({len(action)} seeds)": _per_layer(action, f"diagnostics.{source}.{path}", stat),
+                          f"KARMA ({len(karma)} seeds)": _per_layer(karma, f"diagnostics.{source}.{path}", stat)}
+                if any(v is None for v in curves.values()):
+                    continue
+                out = (Path(figures_dir) / "collapse" /
+                       f"{dataset.replace(' · ', '__').replace('/', '__')}__{source}__{stat}.png")
+                D.layer_profiles(curves, out, unit, label, title=f"{dataset}: {label} per {unit}")
+                lines += [f"![{dataset} {unit} {label}]({os.path.relpath(out.resolve(), Path(link_base).resolve())})", ""]
+    if not lines:
+        return ""
+    return "\n".join(["### Collapse per layer and head: before training, action-only, KARMA", "", *lines])
 
 
 def render_attention_comparison(records: list[Record], *, suite: str, suite_version: str, figures_dir: Path,

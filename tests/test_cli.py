@@ -170,6 +170,7 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     attention = karma["diagnostics"]["item_encoder_attention"]
     assert 0 < attention["norm_entropy"] <= 1 and Path(attention["heatmap"]).exists()
     assert "Funnel evaluations" in board and "synthetic · coarse: collapse" in board
+    assert "Collapse per layer and head" in board  # before training, action-only and KARMA per decoder layer
     decoder = karma["diagnostics"]["decoder_attention"]
     assert decoder["layers"] and all(0 < layer["norm_entropy"] <= 1 for layer in decoder["layers"])
     assert 0 < decoder["norm_entropy"] <= 1 and 0 < decoder["first"] <= 1 and Path(decoder["heatmap"]).exists()

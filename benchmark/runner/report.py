@@ -18,6 +18,7 @@ from benchmark.runner.plan import plan, record_is_current
 from benchmark.runner.spec import mode_config
 from benchmark.tables import (
     render_attention_comparison,
+    render_collapse_profiles,
     render_funnel,
     render_table1,
     render_table1_paired,
@@ -136,6 +137,10 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                                                link_base=link_base)
         if heatmaps:
             sections.append(heatmaps)
+        profiles = render_collapse_profiles(current, suite=suite, suite_version=str(suite_cfg.suite_version),
+                                            figures_dir=results / "figures", link_base=link_base)
+        if profiles:
+            sections.append(profiles)
         speed = render_perf(results, current, suite=suite, figures_dir=results / "figures", link_base=link_base)
         if speed:
             sections.append(speed)
