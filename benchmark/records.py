@@ -91,6 +91,17 @@ def record_path(results_dir: str | Path, suite: str, dataset: str, mode: str, mo
             / f"{model}__{variant}__seed{int(seed)}.json")
 
 
+def beside_record(record_file: str | Path, results_dir: str | Path, folder: str, suffix: str) -> Path:
+    """A file that mirrors a record's place under ``records/`` in ``<results>/<folder>/`` (e.g. a run's
+    embeddings or its trained state), with ``suffix``."""
+    record_file, results_dir = Path(record_file), Path(results_dir)
+    try:
+        relative = record_file.relative_to(results_dir / "records")
+    except ValueError:
+        relative = Path(record_file.name)
+    return results_dir / folder / relative.with_suffix(suffix)
+
+
 def per_impression_path(record_file: str | Path) -> Path:
     """The npz file that sits beside a record (same stem)."""
     return Path(record_file).with_suffix(".npz")

@@ -124,17 +124,23 @@ def render_table1_paired(records: list[Record], *, suite: str, suite_version: st
            "Each model's per-impression values averaged over its seeds, then a paired t interval and p-value "
            "(`benchmark.stats`); gAUC's unit is the impression's AUC against its exposures. `*`: significant "
            "at 0.05 after Holm's correction over the view's table. Points (×100).", ""]
-    cache: dict = {}
+    return "\n".join(out + _paired_views(index, views, BASELINE, ROWS, seeds, metrics, "variant",
+                                          "No variant has every seed (and action-only) yet."))
+
+
+def _paired_views(index: dict, views: list[tuple[str, str]], reference: tuple[str, str], labels: dict,
+                  seeds: list[int], metrics: list[str], header: str, empty: str) -> list[str]:
+    """Per view, the paired-test table of each labelled (model, variant) against ``reference``."""
+    out, cache = [], {}
     for dataset, mode in views:
-        base = (dataset, mode, *BASELINE)
-        keys = [(dataset, mode, *row) for row in ROWS]
-        seeds_of = {key: list(seeds) for key in [base, *keys]}
-        rows = paired_rows(index, keys, seeds_of, [base], metrics, cache)
-        rows = [[ROWS[(r[0], r[1])], *r[2:]] for r in rows]
+        base = (dataset, mode, *reference)
+        keys = [(dataset, mode, *row) for row in labels]
+        rows = paired_rows(index, keys, {key: list(seeds) for key in [base, *keys]}, [base], metrics, cache)
+        rows = [[labels[(r[0], r[1])], *r[2:]] for r in rows]
         out += [f"### {dataset} · {mode}", "",
-                tabulate(rows, headers=["variant", *[f"Δ{m}" for m in metrics]], tablefmt="github",
-                         disable_numparse=True) if rows else "No variant has every seed (and action-only) yet.", ""]
-    return "\n".join(out)
+                tabulate(rows, headers=[header, *[f"Δ{m}" for m in metrics]], tablefmt="github",
+                         disable_numparse=True) if rows else empty, ""]
+    return out
 
 
 OBJECTIVE_ROWS = {("karma_gen", f"objective_{name}"): label for name, label in (
@@ -155,16 +161,8 @@ def render_table2_objectives(records: list[Record], *, suite: str, suite_version
            "heads); same tuning selection (the action-only LLM's), stopping rule and seeds as KARMA. Paired "
            "t intervals over test impressions, Holm over the view's table; points (×100). The paper: diffusion "
            "underperforms, AR + MSE does better.", ""]
-    cache: dict = {}
-    for dataset, mode in views:
-        base = (dataset, mode, *REFERENCE)
-        keys = [(dataset, mode, *row) for row in OBJECTIVE_ROWS]
-        rows = paired_rows(index, keys, {key: list(seeds) for key in [base, *keys]}, [base], metrics, cache)
-        rows = [[OBJECTIVE_ROWS[(r[0], r[1])], *r[2:]] for r in rows]
-        out += [f"### {dataset} · {mode}", "",
-                tabulate(rows, headers=["objective", *[f"Δ{m}" for m in metrics]], tablefmt="github",
-                         disable_numparse=True) if rows else "No objective has every seed (and KARMA) yet.", ""]
-    return "\n".join(out)
+    return "\n".join(out + _paired_views(index, views, REFERENCE, OBJECTIVE_ROWS, seeds, metrics, "objective",
+                                          "No objective has every seed (and KARMA) yet."))
 
 
 def _main_curve(record: Record) -> list[float]:

@@ -46,12 +46,7 @@ PASS_FIELDS = ("ctr_folds", "ctr_epochs", "n_boot", "recall_max_lexical_hr")  # 
 
 def embeddings_path(record_file: str | Path, results_dir: str | Path) -> Path:
     """``<results>/embeddings/`` mirrors ``records/``: one npz per run (committed, a few MB)."""
-    record_file, results_dir = Path(record_file), Path(results_dir)
-    try:
-        relative = record_file.relative_to(results_dir / "records")
-    except ValueError:
-        relative = Path(record_file.name)
-    return results_dir / "embeddings" / relative.with_suffix(".npz")
+    return R.beside_record(record_file, results_dir, "embeddings", ".npz")
 
 
 MAX_STORED_DIM = 1024  # wider embeddings (BM25's vocabulary-sized vectors) are not committed

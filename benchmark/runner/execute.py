@@ -210,12 +210,7 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
 def artifact_path(record_file: str | Path, results_dir: str | Path) -> Path:
     """Where a run's trained state and embeddings go: ``<results>/artifacts/`` mirrors ``records/``
     (not committed: about 25 MB per LLM run)."""
-    record_file, results_dir = Path(record_file), Path(results_dir)
-    try:
-        relative = record_file.relative_to(results_dir / "records")
-    except ValueError:
-        relative = Path(record_file.name)
-    return results_dir / "artifacts" / relative.with_suffix(".pt")
+    return R.beside_record(record_file, results_dir, "artifacts", ".pt")
 
 
 def save_artifacts(run: RunSpec, cfg, model, valid_emb, test_emb) -> Path:
