@@ -283,13 +283,9 @@ def evaluate(
         hrows, hcols = _flat(histories[s0:s1])
         keep = hcols != tgt[hrows]
         hrows, hcols = hrows[keep], hcols[keep]
-        S[hrows, hcols] = -np.inf
-        n_masked = np.bincount(np.unique(hrows * n_items + hcols) // n_items, minlength=b)
-        n_cand = n_items - n_masked
-        # pessimistic rank = #{candidates j (target included) : s_j >= s_t}
-        r = np.count_nonzero(S >= st[:, None], axis=1)
-        r = np.where(np.isnan(st), n_cand, r)
-        rank[s0:s1] = r
+        candidates = np.ones((b, n_items), dtype=bool)
+        candidates[hrows, hcols] = False
+        rank[s0:s1] = M.pessimistic_ranks(S, tgt, candidates)  # the one tie rule (NaN target: |C|)
 
     js = np.full(n, np.nan, dtype=np.float64)
     topk = None

@@ -35,11 +35,30 @@ __all__ = [
     "hit_rate",
     "ndcg",
     "mrr",
+    "pessimistic_ranks",
     "auc_vs_negatives",
     "gauc",
     "jaccard",
     "jaccard_at_k",
 ]
+
+
+def pessimistic_ranks(scores: np.ndarray, targets: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Target rank under the project's one tie rule: ``#{j in C : s_j >= s_t}`` (pessimistic: a
+    tie with the target counts against it).
+
+    ``scores`` (B, N); ``valid`` (B, N) marks the candidate set C (None = all items; the target is
+    always a candidate). A NaN target score gets the worst rank ``|C|``. Returns int64 (B,), 1-based.
+    """
+    s = np.asarray(scores)  # float32 stays float32: the evaluator's hot loop
+    b, n = s.shape
+    t = np.asarray(targets, dtype=np.int64)
+    v = np.ones((b, n), dtype=bool) if valid is None else np.array(valid, dtype=bool, copy=True)
+    v[np.arange(b), t] = True
+    st = s[np.arange(b), t]
+    with np.errstate(invalid="ignore"):
+        r = np.count_nonzero(v & (s >= st[:, None]), axis=1)
+    return np.where(np.isnan(st), v.sum(axis=1), r).astype(np.int64)
 
 
 def _ranks(ranks: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from benchmark.metrics import pessimistic_ranks  # noqa: F401  (the one tie rule, re-exported for the stages)
+
 
 # ============================================================================ shared pieces
 def prerank_k(n_items: int) -> int:
@@ -32,19 +34,3 @@ def candidate_mask(histories: Sequence, targets: np.ndarray, n_items: int) -> np
         valid[r, h[h != targets[r]]] = False
     return valid
 
-
-def pessimistic_ranks(scores: np.ndarray, targets: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Target rank under the one tie rule of ``benchmark.metrics``: ``#{j in C : s_j >= s_t}``.
-
-    ``scores`` (B, N); ``valid`` (B, N) marks the candidate set C (None = all items; the target is
-    always a candidate). A NaN target score gets the worst rank ``|C|``. Returns int64 (B,), 1-based.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    b, n = s.shape
-    t = np.asarray(targets, dtype=np.int64)
-    v = np.ones((b, n), dtype=bool) if valid is None else np.array(valid, dtype=bool, copy=True)
-    v[np.arange(b), t] = True
-    st = s[np.arange(b), t]
-    with np.errstate(invalid="ignore"):
-        r = np.count_nonzero(v & (s >= st[:, None]), axis=1)
-    return np.where(np.isnan(st), v.sum(axis=1), r).astype(np.int64)
