@@ -390,8 +390,8 @@ LAYER_STATISTICS = {"first": "attention on the first position", "norm_entropy": 
 
 def _per_layer(records: list[Record], path: str, stat: str) -> list[float] | None:
     """The mean over ``records`` of ``stat`` per layer (or head) at ``path`` (a list of per-layer dicts)."""
-    rows = [r.get(path) for r in records]
-    if not rows or any(not isinstance(x, list) or not x for x in rows) or len({len(x) for x in rows}) != 1:
+    rows = [x for x in (r.get(path) for r in records) if isinstance(x, list) and x]  # runs that recorded it
+    if not rows or len({len(x) for x in rows}) != 1:
         return None
     return [float(np.mean([x[i][stat] for x in rows])) for i in range(len(rows[0]))]
 
