@@ -12,7 +12,7 @@ import pytest
 from benchmark.run import main
 
 CHEAP = ["synthetic.n_items=120", "synthetic.n_users=80", "synthetic.image_size=16", "train.max_epochs=3",
-         "model.sasrec.hidden=8", "train.progress=false", "funnel.ctr_epochs=1", "funnel.ctr_max_train_impressions=200",
+         "model.sasrec.hidden=8", "train.progress=false", "funnel.ctr_epochs=1",
          "funnel.n_boot=50", "threads=1", "models=[sasrec,action_llm:default]", "modes=[coarse]", "seeds=[0]"]
 # The stated tolerance: the largest per-epoch gap in mean training loss, relative to the one-process
 # curve. Under DDP a batch-mean loss becomes the mean of the two shards' means, and the LLM's in-batch

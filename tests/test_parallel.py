@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 # trial); one thread per run in both suites (torch's float reductions depend on the thread count)
 CHEAP = ["synthetic.n_items=120", "synthetic.n_users=80", "synthetic.image_size=16", "train.max_epochs=2",
          "model.sasrec.hidden=8", "train.progress=false", "funnel.ctr_epochs=1",
-         "funnel.ctr_max_train_impressions=200", "funnel.n_boot=50", "seeds=[0,1]", "threads=1",
+         "funnel.n_boot=50", "seeds=[0,1]", "threads=1",
          "search.enabled=true", "search.trials=2", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.001]}"]
 NOT_RESULTS = ("timing", "created", "environment")  # how long, when and where: not what
 
