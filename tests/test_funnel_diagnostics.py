@@ -272,3 +272,22 @@ def test_heatmaps_write_pngs(tmp_path):
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     p2 = D.compare_heatmaps(a, np.full((8, 12), 1 / 12), ["action-only", "KARMA"], tmp_path / "two.png")
     assert p2.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_embeddings_are_stored_from_an_artifact_and_wide_ones_are_not(tmp_path):
+    from benchmark.funnel.runs import embeddings_from_artifacts, embeddings_path
+
+    record = tmp_path / "records" / "full" / "d" / "coarse" / "m__default__seed0.json"
+    art = tmp_path / "artifacts" / "full" / "d" / "coarse" / "m__default__seed0.pt"
+    wide = art.with_name("bm25__default__seed0.pt")
+    art.parent.mkdir(parents=True)
+    item, valid, test = torch.randn(6, 4), torch.randn(3, 4), torch.randn(3, 4)
+    torch.save({"item_embeddings": item.numpy(), "user_embeddings_valid": valid.numpy(),
+                "user_embeddings_test": test.numpy(), "state": {}}, art)
+    torch.save({"item_embeddings": np.zeros((6, 5000), np.float32), "user_embeddings_valid": np.zeros((3, 5000)),
+                "user_embeddings_test": np.zeros((3, 5000))}, wide)
+    written = embeddings_from_artifacts(tmp_path)
+    assert written == [embeddings_path(record, tmp_path)]
+    stored = np.load(written[0])
+    assert np.array_equal(stored["item"], item.numpy()) and np.array_equal(stored["user_test"], test.numpy())
+    assert embeddings_from_artifacts(tmp_path) == []  # already stored: nothing rewritten
