@@ -9,6 +9,7 @@ embeddings: ``benchmark.funnel.runs``.)
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,27 @@ def attention_before_training(model, log: SearchLog, cfg) -> dict:
             return attention_diagnostics(model, log, cfg)
     finally:
         model.train(was_training)
+
+
+def epoch_probe(log: SearchLog, cfg):
+    """A per-epoch probe for the trainer (``train(probe=...)``): the item encoder's attention summary
+    (first-position and top-3 mass, normalised entropy, barcode; mean over heads) on the first
+    ``cfg.probe_items`` catalog items, taken like ``attention_before_training`` (eval mode, random
+    streams restored), so action-only and KARMA can be compared at equal epochs. None for models
+    without an item-encoder attention."""
+    def probe(model) -> dict | None:
+        if not isinstance(model, ItemAttentionProbe):
+            return None
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                small = dataclasses.replace(cfg, attention_items=cfg.probe_items)
+                summary = _item_encoder_diagnostics(model, log, small, None, None)
+        finally:
+            model.train(was_training)
+        return {k: v for k, v in summary.items() if k != "heads"}
+    return probe
 
 
 def attention_diagnostics(model, log: SearchLog, cfg, run=None, figures_dir: Path | None = None) -> dict:

@@ -48,6 +48,7 @@ class FunnelConfig:
     n_boot: int = 2000  # bootstrap resamples for the paired deltas
     recall_max_lexical_hr: float = 0.5  # recall depth: the lexical channel alone recalls at most this on valid
     attention_items: int = 256  # catalog items (the first, by index) whose item-encoder attention is analysed
+    probe_items: int = 64  # the same items' first ones, probed after every epoch (collapse at equal epochs)
     generator_updates: int = 3000  # Table 2: optimizer updates (batches of 256) fitting the generators on the
     # frozen (h, v_target) pairs; a fixed count, not epochs (a small catalog's epoch is a few batches)
     generator_samples: int = 8  # Table 2 mode/mean analysis: diffusion samples drawn per test impression

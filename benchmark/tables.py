@@ -418,9 +418,33 @@ def render_collapse_profiles(records: list[Record], *, suite: str, suite_version
                        f"{dataset.replace(' · ', '__').replace('/', '__')}__{source}__{stat}.png")
                 D.layer_profiles(curves, out, unit, label, title=f"{dataset}: {label} per {unit}")
                 lines += [f"![{dataset} {unit} {label}]({os.path.relpath(out.resolve(), Path(link_base).resolve())})", ""]
+        lines += _collapse_at_equal_epochs(index, dataset)
     if not lines:
         return ""
     return "\n".join(["### Collapse per layer and head: before training, action-only, KARMA", "", *lines])
+
+
+def _probes(record: Record) -> list[dict]:
+    return [h.get("probe") for h in record.history if h.get("stage", "main") == "main"]
+
+
+def _collapse_at_equal_epochs(index: dict, dataset: str) -> list[str]:
+    """The item encoder's per-epoch attention probe, action-only vs KARMA after the last epoch both
+    runs of a seed reached (runs stop on patience at different epochs)."""
+    action, karma = (index.get((dataset, *key), {}) for key in ATTENTION_PAIR)
+    rows = []
+    for seed in sorted(set(action) & set(karma)):
+        a, k = _probes(action[seed]), _probes(karma[seed])
+        e = min(len(a), len(k))
+        if e == 0 or not a[e - 1] or not k[e - 1]:
+            continue
+        rows.append([seed, e, *(f"{a[e - 1][stat]:.4f} / {k[e - 1][stat]:.4f}"
+                                for stat in ("first", "top3", "norm_entropy", "barcode"))])
+    if not rows:
+        return []
+    return [f"**{dataset}, item encoder at equal epochs** (action-only / KARMA, the first 64 catalog items):", "",
+            tabulate(rows, headers=["seed", "epoch", "first", "top-3", "norm. entropy", "barcode"],
+                     tablefmt="github", disable_numparse=True), ""]
 
 
 def render_attention_comparison(records: list[Record], *, suite: str, suite_version: str, figures_dir: Path,

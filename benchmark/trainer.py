@@ -83,7 +83,8 @@ def _load_checkpoint(path: Path | None, identity: str) -> dict | None:
 
 def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Generator,
           validate: Callable[[RankingModel], float], lr: float, desc: str = "",
-          checkpoint: Path | None = None, identity: str = "") -> TrainResult:
+          checkpoint: Path | None = None, identity: str = "",
+          probe: Callable[[RankingModel], dict | None] | None = None) -> TrainResult:
     """Train ``model`` in place with AdamW at ``lr`` (the model config's own, which its tuning search
     chooses); on return it holds the best-validation weights.
 
@@ -91,7 +92,9 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     history, and the random streams: the shuffling generator and torch's global one) is saved there,
     and a run interrupted at any point resumes from its last finished epoch to the same result as an
     uninterrupted one; ``identity`` (the run's settings) must match, and the file is deleted when
-    training ends. (A model's own private generators, e.g. KARMA's visual-head noise, are not saved.)"""
+    training ends. (A model's own private generators, e.g. KARMA's visual-head noise, are not saved.)
+    ``probe`` (optional) measures the model after each epoch's validation; what it returns is kept in
+    that epoch's history entry under "probe"."""
     result = TrainResult()
     dataset = model.train_dataset(log_, generator)
     if dataset is None or len(dataset) == 0 or not any(p.requires_grad for p in model.parameters()):
@@ -155,6 +158,9 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         model.eval()
         value = float(validate(model))
         result.history.append({"stage": "main", "epoch": epoch, **sums, "valid": value})
+        measured = probe(model) if probe is not None else None  # a diagnostic: it must not touch training
+        if measured:
+            result.history[-1]["probe"] = measured
         line = f"{desc} epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in sums.items()) + f" valid={value:.5f}"
         log.info(line)
         if not config.progress:  # without bars, one line per epoch shows a long run moving

@@ -171,6 +171,9 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert 0 < attention["norm_entropy"] <= 1 and Path(attention["heatmap"]).exists()
     assert "Funnel evaluations" in board and "synthetic · coarse: collapse" in board
     assert "Collapse per layer and head" in board  # before training, action-only and KARMA per decoder layer
+    probes = [h["probe"] for h in karma["selection"]["history"] if h["stage"] == "main"]
+    assert probes and all(0 < p["norm_entropy"] <= 1 for p in probes)  # the item encoder after every epoch
+    assert "item encoder at equal epochs" in board
     decoder = karma["diagnostics"]["decoder_attention"]
     assert decoder["layers"] and all(0 < layer["norm_entropy"] <= 1 for layer in decoder["layers"])
     assert 0 < decoder["norm_entropy"] <= 1 and 0 < decoder["first"] <= 1 and Path(decoder["heatmap"]).exists()

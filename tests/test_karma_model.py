@@ -468,3 +468,18 @@ def test_attention_before_training_changes_nothing_about_the_training_that_follo
     assert torch.equal(state, torch.get_rng_state()) and model.training  # random streams and mode restored
     assert 0 < before["item_encoder_attention"]["norm_entropy"] <= 1 and "heatmap" not in before["item_encoder_attention"]
     assert before["decoder_attention"]["layers"] and "heatmap" not in before["decoder_attention"]
+
+
+def test_the_per_epoch_attention_probe_leaves_training_bit_identical():
+    from benchmark.collapse_eval import epoch_probe
+    from benchmark.config import FunnelConfig
+
+    log, cfg = _log(), TrainConfig(max_epochs=2, batch_size=4, patience=5, progress=False)
+    runs = []
+    for probe in (None, epoch_probe(log, FunnelConfig(probe_items=6))):
+        model = _model("karma")
+        result = train(model, log, cfg, torch.Generator().manual_seed(0), validate=lambda m: 0.0, lr=1e-3, probe=probe)
+        runs.append((result.history, model.item_embeddings(log)))
+    (plain, emb_plain), (probed, emb_probed) = runs
+    assert [{k: v for k, v in h.items() if k != "probe"} for h in probed] == plain
+    assert torch.equal(emb_plain, emb_probed) and all(0 < h["probe"]["norm_entropy"] <= 1 for h in probed[-2:])

@@ -14,7 +14,7 @@ import torch
 
 from benchmark import distributed as D
 from benchmark import records as R
-from benchmark.collapse_eval import attention_before_training, collapse_diagnostics
+from benchmark.collapse_eval import attention_before_training, collapse_diagnostics, epoch_probe
 from benchmark.data import adapt as A
 from benchmark.data import registry, synthetic
 from benchmark.data.download import cache_root
@@ -125,7 +125,7 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
                   / f"{run.model}__{run.variant}__seed{run.seed}__{identity[:12]}.pt")
     trained = train(model, search_log, train_cfg, generator, validate,
                     lr=getattr(getattr(model, "config", None), "lr", 1e-3), desc=desc,
-                    checkpoint=checkpoint, identity=identity)
+                    checkpoint=checkpoint, identity=identity, probe=epoch_probe(search_log, cfg.funnel))
     return model, trained, train_cfg
 
 
