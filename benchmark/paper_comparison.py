@@ -16,12 +16,12 @@ from benchmark.tables import BASELINE, PAPER_TABLE1, PAPER_VISUAL_ROW, REFERENCE
 PAPER_SETTING = ("Taobao search logs (anonymised, chronological split; exposed-but-unclicked items as hard "
                  "negatives), Qwen3-family backbone, deltas over an action-only model trained with Pairwise-CE")
 # (claim, paper's number with its setting, what we compare it with)
+# (claim, paper, path of our delta in a funnel result of benchmark.funnel.runs)
 FUNNEL_CLAIMS = [
-    ("Ranking: history–target similarity as a CTR feature", "+0.25 CTR AUC", "funnel.ctr.delta_AUC", None),
-    ("Pre-ranking: fusion with the pre-ranker's score", "+1.86 HR@500", "funnel.prerank.HR_fused",
-     "funnel.prerank.HR_pre"),
-    ("Recall: embedding-based retrieval merged with the existing channel", "+2.51 HR@5000", "funnel.recall.HR_merged",
-     "funnel.recall.HR_lexical"),
+    ("Ranking: history–target similarity as a CTR feature (cross-fitted)", "+0.25 CTR AUC",
+     "ctr.lexical_popularity.delta_AUC"),
+    ("Pre-ranking: fusion with the pre-ranker's score", "+1.86 HR@500", "prerank.delta.delta"),
+    ("Recall: embedding-based retrieval merged with the lexical channel", "+2.51 HR@5000", "recall.delta.delta"),
 ]
 
 
@@ -40,19 +40,27 @@ def _delta(runs: dict, base: dict, seeds: list[int], metric: str) -> str:
                     else runs[s].metric(metric) - base[s].metric(metric) for s in seeds])
 
 
-def _funnel(runs: dict, seeds: list[int], path: str, minus: str | None) -> str:
+def _funnel(runs: dict, seeds: list[int], path: str) -> str:
+    """Mean ± half-width over seeds of a funnel result's number at ``path``; ``runs``: seed -> result."""
     if not runs or not all(s in runs for s in seeds):
         return "pending"
     values = []
     for s in seeds:
-        a, b = runs[s].number(path), runs[s].number(minus) if minus else 0.0
-        values.append(None if a is None or b is None else a - b)
+        value = runs[s]
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        values.append(value if isinstance(value, (int, float)) else None)
     return _points(values)
 
 
 def render_paper_comparison(records: list[Record], *, suite: str, suite_version: str, views: list[tuple[str, str]],
-                            seeds: list[int], ks: tuple[int, int], results_dir: Path) -> str:
+                            seeds: list[int], ks: tuple[int, int], results_dir: Path,
+                            funnel_results: list[dict] = ()) -> str:
     index = _view_index(records, suite, suite_version)
+    funnels: dict[tuple, dict[int, dict]] = {}
+    for r in funnel_results:
+        if r.get("suite_version") == suite_version:
+            funnels.setdefault((f"{r['dataset']} · {r['mode']}", r["model"], r["variant"]), {})[r["seed"]] = r
     k1, k2 = ks
     out = ["## The paper vs this benchmark", "",
            f"Each number the KARMA paper reports, in its setting ({PAPER_SETTING}), beside this benchmark's "
@@ -80,13 +88,12 @@ def render_paper_comparison(records: list[Record], *, suite: str, suite_version:
                      f"{PAPER_VISUAL_ROW[0]} gAUC, {PAPER_VISUAL_ROW[1]} HR@200",
                      f"{_delta(visual, reference, seeds, 'gAUC')} gAUC, {_delta(visual, reference, seeds, f'HR@{k1}')} "
                      f"HR@{k1}" if visual else "not run in this view"])
-        generators = index.get((view, "karma_gen", "generators"), {})
+        table2 = [v for v in ("generators", "objective_mse", "objective_diffusion") if index.get((view, "karma_gen", v))]
         rows.append(["Table 2: diffusion as the retrieval-embedding generator", "underperforms; AR + MSE does better",
-                     "see Table 2" if generators else "not run in this view"])
-        karma = index.get((view, *REFERENCE), {})
-        for claim, paper, path, minus in FUNNEL_CLAIMS:
-            rows.append([claim, paper, f"KARMA {_funnel(karma, seeds, path, minus)}, action-only "
-                                       f"{_funnel(base, seeds, path, minus)}"])
+                     "see Table 2" if table2 else "not run in this view"])
+        for claim, paper, path in FUNNEL_CLAIMS:
+            rows.append([claim, paper, f"KARMA {_funnel(funnels.get((view, *REFERENCE), {}), seeds, path)}, "
+                                       f"action-only {_funnel(funnels.get((view, *BASELINE), {}), seeds, path)}"])
         rows.append(["Attention sinks in the item encoder (Figure 2)", "barcode-like under action-only, spread "
                      "under KARMA (qualitative)", "see the collapse columns and heat maps"])
         rows.append(["Online A/B test, 14 days", "+0.5% item clicks", "no counterpart (offline benchmark)"])

@@ -4,19 +4,24 @@ from benchmark.paper_comparison import render_paper_comparison
 from benchmark.records import Record
 
 
-def _record(model, variant, seed, gauc, hr, funnel=None):
+def _record(model, variant, seed, gauc, hr):
     return Record({"suite": "full", "suite_version": "2", "dataset": "d", "mode": "coarse", "model": model,
                    "variant": variant, "seed": seed, "metrics": {"test": {"gAUC": gauc, "HR@10": hr}},
-                   "timing": {}, "funnel": funnel})
+                   "timing": {}})
+
+
+def _funnel(model, variant, seed):  # a funnel result (benchmark.funnel.runs) of the KARMA runs
+    return {"suite_version": "2", "dataset": "d", "mode": "coarse", "model": model, "variant": variant, "seed": seed,
+            "ctr": {"lexical_popularity": {"delta_AUC": 0.002}}, "prerank": {"delta": {"delta": 0.03}},
+            "recall": {"delta": {"delta": 0.01}}}
 
 
 def test_our_deltas_are_computed_per_seed_beside_the_papers(tmp_path):
-    funnel = {"ctr": {"delta_AUC": 0.002}, "prerank": {"HR_pre": 0.5, "HR_fused": 0.53},
-              "recall": {"HR_lexical": 0.6, "HR_merged": 0.61}}
     records = [_record("action_llm", "default", s, 0.70, 0.10) for s in (0, 1)]
-    records += [_record("karma", "karma", s, 0.71, 0.12 + 0.02 * s, funnel) for s in (0, 1)]
+    records += [_record("karma", "karma", s, 0.71, 0.12 + 0.02 * s) for s in (0, 1)]
     text = render_paper_comparison(records, suite="full", suite_version="2", views=[("d", "coarse"), ("e", "coarse")],
-                                   seeds=[0, 1], ks=(10, 50), results_dir=tmp_path)
+                                   seeds=[0, 1], ks=(10, 50), results_dir=tmp_path,
+                                   funnel_results=[_funnel("karma", "karma", s) for s in (0, 1)])
     assert "### d · coarse" in text and "### e · coarse" not in text  # a view without LLM records is left out
     karma = next(line for line in text.splitlines() if line.startswith("| Table 1: KARMA"))
     assert "+0.97 gAUC, +22.57 HR@200" in karma  # the paper's, as printed

@@ -93,6 +93,7 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
             if r.dataset in problems:
                 entries[key]["status"] = f"dataset missing: {problems[r.dataset]}"
         records = R.read_run_records(results, suite)  # read once, rendered into every table
+        funnel_results = read_funnel_results(results, suite)
         memo = {}
         current = [r for r in records if r.suite != suite
                    or (r.mode in A.QUERY_MODES and record_is_current(r.data, mode_config(suite_cfg, r.mode), memo))]
@@ -117,7 +118,7 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                                                  views=pairs, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1])))
             sections.append(render_paper_comparison(current, suite=suite, suite_version=str(suite_cfg.suite_version),
                                                     views=pairs, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1]),
-                                                    results_dir=results))
+                                                    results_dir=results, funnel_results=funnel_results))
         if any(r.model == "karma_gen" and r.variant.startswith("objective_") for r in runs):
             views = sorted({(r.dataset, r.mode) for r in runs if r.model == "karma_gen" and r.dataset not in problems})
             sections.append(render_table2_objectives(current, suite=suite, suite_version=str(suite_cfg.suite_version),
@@ -127,7 +128,7 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),
                                           ks=(ks[0], ks[-1]), datasets=llm_views,
                                           link_base=link_base))
-        funnel = render_funnel(current, read_funnel_results(results, suite), suite=suite,
+        funnel = render_funnel(current, funnel_results, suite=suite,
                                suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds))
         if "### " in funnel:
             sections.append(funnel)
