@@ -9,6 +9,7 @@ embeddings: ``benchmark.funnel.runs``.)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -25,11 +26,18 @@ def attention_before_training(model, log: SearchLog, cfg) -> dict:
     streams restored, so taking them changes nothing about the training that follows."""
     if not isinstance(model, (ItemAttentionProbe, DecoderAttentionProbe)):
         return {}
+    with _untouched(model):
+        return attention_diagnostics(model, log, cfg)
+
+
+@contextlib.contextmanager
+def _untouched(model):
+    """Measure ``model`` in eval mode without gradients and give back its mode and the random streams."""
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            return attention_diagnostics(model, log, cfg)
+            yield
     finally:
         model.train(was_training)
 
@@ -43,14 +51,9 @@ def epoch_probe(log: SearchLog, cfg):
     def probe(model) -> dict | None:
         if not isinstance(model, ItemAttentionProbe):
             return None
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                small = dataclasses.replace(cfg, attention_items=cfg.probe_items)
-                summary = _item_encoder_diagnostics(model, log, small, None, None)
-        finally:
-            model.train(was_training)
+        with _untouched(model):
+            summary = _item_encoder_diagnostics(model, log, dataclasses.replace(cfg, attention_items=cfg.probe_items),
+                                                None, None)
         return {k: v for k, v in summary.items() if k != "heads"}
     return probe
 

@@ -11,7 +11,16 @@ from tabulate import tabulate
 
 from benchmark.records import Record
 from benchmark.stats import mean_ci
-from benchmark.tables import BASELINE, PAPER_TABLE1, PAPER_VISUAL_ROW, REFERENCE, SCALE, VISUAL, _view_index
+from benchmark.tables import (
+    BASELINE,
+    PAPER_TABLE1,
+    PAPER_VISUAL_ROW,
+    REFERENCE,
+    SCALE,
+    VISUAL,
+    _dig,
+    _view_index,
+)
 
 PAPER_SETTING = ("Taobao search logs (anonymised, chronological split; exposed-but-unclicked items as hard "
                  "negatives), Qwen3-family backbone, deltas over an action-only model trained with Pairwise-CE")
@@ -44,13 +53,7 @@ def _funnel(runs: dict, seeds: list[int], path: str) -> str:
     """Mean ± half-width over seeds of a funnel result's number at ``path``; ``runs``: seed -> result."""
     if not runs or not all(s in runs for s in seeds):
         return "pending"
-    values = []
-    for s in seeds:
-        value = runs[s]
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        values.append(value if isinstance(value, (int, float)) else None)
-    return _points(values)
+    return _points([_dig(runs[s], path) for s in seeds])
 
 
 def render_paper_comparison(records: list[Record], *, suite: str, suite_version: str, views: list[tuple[str, str]],

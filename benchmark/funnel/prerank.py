@@ -39,13 +39,20 @@ def zscore_rows(scores: np.ndarray, valid: np.ndarray | None = None) -> np.ndarr
     return np.where(v, z, -np.inf)
 
 
-def query_pop_scores(log: SearchLog, rows: pd.DataFrame) -> np.ndarray:
+def query_pop_scores(log: SearchLog, rows: pd.DataFrame, rule=None) -> np.ndarray:
     """The ``query_pop`` rule's scores, (len(rows), N) float64: the items matching the row's visible
-    query in tiers (same query, path, text), each tier by training popularity (``baselines.query_pop``)."""
+    query in tiers (same query, path, text), each tier by training popularity (``baselines.query_pop``).
+    Pass one ``(rule, item embeddings)`` pair (``query_pop_rule``) when scoring many blocks of one log."""
+    rule, items = query_pop_rule(log) if rule is None else rule
+    return (rule.user_embeddings(log, rows).double() @ items.T).numpy()
+
+
+def query_pop_rule(log: SearchLog):
+    """The ``query_pop`` rule for ``log`` and its item embeddings (float64), built once."""
     from baselines.query_pop import QueryPop, QueryPopConfig  # a stand-in component, not a model under test
 
     rule = QueryPop(log.n_items, QueryPopConfig())
-    return (rule.user_embeddings(log, rows).double() @ rule.item_embeddings(log).double().T).numpy()
+    return rule, rule.item_embeddings(log).double()
 
 
 def preranker_scores(query_pop: np.ndarray, bm25_rows: np.ndarray, lexical_weight: float) -> np.ndarray:
@@ -105,7 +112,7 @@ LEXICAL_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 
 
 def _blocks(log: SearchLog, rows: pd.DataFrame, user_emb: np.ndarray, item_emb: np.ndarray,
-            bm25: BM25Scorer | None, block: int):
+            bm25: BM25Scorer | None, block: int, rule):
     """Yield (slice, targets, valid, query_pop, bm25, emb) per block of impression rows.
 
     Rows per block are capped so one (rows, N) float64 array stays under ~64 MB.
@@ -118,7 +125,7 @@ def _blocks(log: SearchLog, rows: pd.DataFrame, user_emb: np.ndarray, item_emb: 
         sl = slice(s, min(len(rows), s + block))
         valid = candidate_mask(hist[sl], targets[sl], log.n_items)
         b25 = bm25.scores(queries[sl]) if bm25 is not None else np.zeros(valid.shape, np.float32)
-        qp = query_pop_scores(log, rows.iloc[sl])
+        qp = query_pop_scores(log, rows.iloc[sl], rule)
         emb = np.asarray(user_emb[sl], dtype=np.float32) @ np.asarray(item_emb, dtype=np.float32).T
         yield sl, targets[sl], valid, qp, b25, emb
 
@@ -141,18 +148,18 @@ def prerank_funnel(log: SearchLog, item_emb: np.ndarray, user_emb_valid: np.ndar
     k = prerank_k(log.n_items) if k is None else int(k)
     if bm25 is None and log.has_text:
         bm25 = BM25Scorer(log.catalog["text"].fillna("").astype(str).tolist())
-    vrows = log.split("valid")
+    vrows, rule = log.split("valid"), query_pop_rule(log)
     hits = dict.fromkeys(lexical_weights, 0.0)
-    for _, t, v, qp, b25, emb in _blocks(log, vrows, user_emb_valid, item_emb, bm25, block):
+    for _, t, v, qp, b25, emb in _blocks(log, vrows, user_emb_valid, item_emb, bm25, block, rule):
         for lam in hits:
             hits[lam] += hr_at_k_fused(preranker_scores(qp, b25, lam), emb, t, 0.0, k, v).sum()
     lam_star = min(lam for lam, h in hits.items() if h == max(hits.values()))  # ties: the plainer pre-ranker
     w_star, hr_by_w = choose_weight_blocks(  # a second pass over the blocks (they need not fit in memory)
         ((preranker_scores(qp, b25, lam_star), emb, t, v)
-         for _, t, v, qp, b25, emb in _blocks(log, vrows, user_emb_valid, item_emb, bm25, block)), k, grid=grid)
+         for _, t, v, qp, b25, emb in _blocks(log, vrows, user_emb_valid, item_emb, bm25, block, rule)), k, grid=grid)
     trows = log.split("test")
     per = {name: np.zeros(len(trows)) for name in ("query_pop", "pre", "fused", "emb")}
-    for sl, t, v, qp, b25, emb in _blocks(log, trows, user_emb_test, item_emb, bm25, block):
+    for sl, t, v, qp, b25, emb in _blocks(log, trows, user_emb_test, item_emb, bm25, block, rule):
         pre = preranker_scores(qp, b25, lam_star)
         per["query_pop"][sl] = hr_at_k_fused(qp, emb, t, 0.0, k, v)
         for name, w in (("pre", 0.0), ("fused", w_star), ("emb", 1.0)):

@@ -141,12 +141,12 @@ def run_funnel_pass(cfg) -> list[Path]:
         emb_file = embeddings_path(record.path, results)
         if not emb_file.exists():
             continue
+        source = {"record": str(record.path.relative_to(results)), "record_created": data.get("created"),
+                  "embeddings_sha256": _file_digest(emb_file)}
         for mode in ([data["mode"]] if data["mode"] != "none" else search_modes):
             if mode == "none":
                 continue
             out = funnel_path(results, cfg.suite, data["dataset"], mode, data["model"], data["variant"], data["seed"])
-            source = {"record": str(record.path.relative_to(results)), "record_created": data.get("created"),
-                      "embeddings_sha256": _file_digest(emb_file)}
             if out.exists():
                 old = json.loads(out.read_text())
                 if old.get("settings") == settings and old.get("source") == source:
