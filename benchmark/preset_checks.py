@@ -3,6 +3,7 @@
     python -m benchmark.preset_checks fidelity --dataset unisrec/Scientific --data-dir ../shared/data
     python -m benchmark.preset_checks precision --dataset synthetic --users 300 --epochs 2
     python -m benchmark.preset_checks gradients --dataset synthetic
+    python -m benchmark.preset_checks bf16_speed
 
 ``fidelity``: the next-token loss (nats/token) of the catalog's item texts at initialisation for the
 whole pretrained decoder and for cut stacks (the first N layers, and the whole stack minus middle
@@ -12,7 +13,10 @@ in fp32 and under bf16 autocast: the per-epoch loss curve, the validation metric
 the largest relative difference. ``gradients``: one batch of the same model at its initial weights,
 its loss and every gradient in fp32 and under bf16 autocast with the first 0, 1, 2 and 4 decoder
 blocks kept in fp32: the cosine of each parameter group's bf16 gradient to the fp32 one (a check of
-the numerics alone, free of the training trajectory's sensitivity to any perturbation). Each writes a JSON file under ``results/``; run them on a quiet core.
+the numerics alone, free of the training trajectory's sensitivity to any perturbation). ``bf16_speed``:
+one linear layer of the decoder's MLP shape (1,024 tokens, 576 -> 1,536) forward and backward, in fp32
+and under bf16 autocast, on this CPU; whether it computes bf16 natively decides what ``autocast=auto``
+picks (``karma.user_llm.native_bf16``). Each writes a JSON file under ``results/``; run them on a quiet core.
 """
 
 from __future__ import annotations
@@ -165,6 +169,30 @@ def gradients(args) -> dict:
     return out
 
 
+def bf16_speed(args) -> dict:
+    """Steps per second of one decoder-shaped linear layer (forward + backward) in fp32 and in bf16."""
+    from karma.user_llm import native_bf16
+
+    torch.manual_seed(0)
+    x = torch.randn(1024, 576, requires_grad=True)
+    layer = nn.Linear(576, 1536)
+    out = {"native_bf16": native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "steps_per_s": {}}
+    for dtype in ("fp32", "bf16"):
+        rates = []
+        for _ in range(args.repeats):
+            start, steps = time.perf_counter(), 0
+            while time.perf_counter() - start < args.seconds:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                    y = layer(x)
+                y.float().sum().backward()
+                steps += 1
+            rates.append(steps / (time.perf_counter() - start))
+        out["steps_per_s"][dtype] = max(rates)  # the best repeat: the least disturbed by anything else
+        print(dtype, f"{out['steps_per_s'][dtype]:.2f} steps/s", flush=True)
+    out["bf16_over_fp32"] = out["steps_per_s"]["bf16"] / out["steps_per_s"]["fp32"]
+    return out
+
+
 def _relative_noise(module, args, kwargs):
     """Forward pre-hook: the block's hidden states times (1 + 2^-9 N(0, 1)), from a fixed stream."""
     x = args[0] if args else kwargs["hidden_states"]
@@ -176,7 +204,7 @@ def _relative_noise(module, args, kwargs):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.preset_checks", description=__doc__.splitlines()[0])
-    parser.add_argument("check", choices=["fidelity", "precision", "gradients"])
+    parser.add_argument("check", choices=["fidelity", "precision", "gradients", "bf16_speed"])
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--data-dir")
     parser.add_argument("--users", type=int, default=300, help="precision: the first N users")
@@ -185,13 +213,18 @@ def main(argv: list[str] | None = None) -> int:
                         "is the tolerance a precision's difference is read against)")
     parser.add_argument("--dtypes", nargs="+", choices=["none", "bfloat16"], default=["none", "bfloat16"],
                         help="precision: the autocast settings to run (none = fp32)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="bf16_speed: timed seconds per repeat")
+    parser.add_argument("--repeats", type=int, default=2, help="bf16_speed: repeats per dtype (the best is kept)")
     parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = {"fidelity": fidelity, "precision": precision, "gradients": gradients}[args.check](args)
+    checks = {"fidelity": fidelity, "precision": precision, "gradients": gradients, "bf16_speed": bf16_speed}
+    result = checks[args.check](args)
     result["environment"] = environment()
-    out = Path(args.out or f"results/preset_{args.check}_{args.dataset.replace('/', '__')}.json")
+    name = (("native" if result["native_bf16"] else "emulated") if args.check == "bf16_speed"
+            else args.dataset.replace("/", "__"))
+    out = Path(args.out or f"results/preset_{args.check}_{name}.json")
     write_text_atomic(out, json.dumps(result, indent=1, default=str))
     print(f"wrote {out}")
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,11 @@ from benchmark.data.schema import SearchLog
 from benchmark.records import write_text_atomic
 from karma import backbones
 
+logger = logging.getLogger(__name__)
+
 FIDELITY_TEXTS = 200  # catalog texts whose next-token loss checks the decoder at initialisation
 FIDELITY_TOKENS = 32
+AUTOCAST_CHOICES = ("bfloat16", "none", "auto")
 
 
 @dataclass
@@ -52,7 +56,8 @@ class UserLLMConfig:
     fidelity_floor: float = 0.10  # a cut decoder's init next-token loss may exceed the whole one's by this share
     lora_rank: int = 16  # LoRA rank on every projection of the decoder (0 = fine-tune the whole decoder)
     lora_alpha: float = 32.0
-    autocast: str = "bfloat16"  # bfloat16 | none: mixed precision of the backbones' matmuls (weights stay fp32)
+    autocast: str = "bfloat16"  # bfloat16 | none | auto: mixed precision of the backbones' matmuls (weights stay
+    # fp32); auto = bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else none (see native_bf16)
     fp32_blocks: int = 1  # the first decoder blocks that compute in fp32 under autocast (module doc: why 1)
     item_encoder: str = "minilm"  # also encodes the queries (frozen, mean-pooled)
     item_tokens: int = 32  # item-encoder input tokens per item
@@ -67,15 +72,40 @@ class UserLLMConfig:
     def __post_init__(self):
         if self.preset not in ("cpu", "gpu"):
             raise ValueError(f"preset must be 'cpu' or 'gpu', got {self.preset!r}")
-        if self.autocast not in ("bfloat16", "none"):
-            raise ValueError(f"autocast must be 'bfloat16' or 'none', got {self.autocast!r}")
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise ValueError(f"autocast must be one of {', '.join(map(repr, AUTOCAST_CHOICES))}, got {self.autocast!r}")
         if self.decoder_layers < 0 or self.lora_rank < 0 or self.fp32_blocks < 0 or self.max_history < 1:
             raise ValueError("decoder_layers, lora_rank and fp32_blocks must be >= 0 and max_history >= 1")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX). Without it PyTorch emulates
+    them: on an AVX2-only AMD EPYC (2026-12-02), one decoder-shaped linear layer's forward and backward ran
+    10x slower under bf16 autocast than in fp32 (0.75 against 7.5 steps/s, one thread on a quiet core;
+    ``python -m benchmark.preset_checks bf16_speed``, ``results/preset_bf16_speed_emulated.json``)."""
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolved_autocast(cfg: UserLLMConfig) -> str:
+    """``bfloat16`` or ``none``: what ``cfg.autocast`` means on this machine."""
+    if cfg.autocast == "auto":
+        return "bfloat16" if native_bf16() else "none"
+    return cfg.autocast
+
+
+def slow_bf16_warning(cfg: UserLLMConfig) -> str | None:
+    """A line for the user when ``cfg`` asks for bf16 on a CPU that only emulates it, else None."""
+    if cfg.autocast != "bfloat16" or native_bf16():
+        return None
+    return ("bf16 autocast on a CPU without AVX512-BF16 or AMX: PyTorch emulates it, about 10x slower than fp32 "
+            "(karma.user_llm.native_bf16); autocast=auto or none runs fp32 here, but its "
+            "records are then fp32 ones, not comparable bit for bit with a bf16 table")
+
+
 def autocast(cfg: UserLLMConfig, device: torch.device | str = "cpu"):
-    """The mixed-precision context the backbones run under (a no-op with ``autocast: none``)."""
-    if cfg.autocast == "none":
+    """The mixed-precision context the backbones run under (a no-op when it resolves to ``none``)."""
+    if resolved_autocast(cfg) == "none":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
@@ -181,9 +211,14 @@ class UserLLM(nn.Module):
             raise ValueError(f"fp32_blocks={cfg.fp32_blocks} but the decoder has {len(decoder.model.layers)} blocks")
         for block in decoder.model.layers[:cfg.fp32_blocks]:
             backbones.compute_in_fp32(block)
-        dtype = "fp32" if cfg.autocast == "none" else "fp32 weights, bf16 autocast"
-        if cfg.autocast != "none" and cfg.fp32_blocks:
+        precision = resolved_autocast(cfg)
+        dtype = "fp32" if precision == "none" else "fp32 weights, bf16 autocast"
+        if precision != "none" and cfg.fp32_blocks:
             dtype += f" (first {cfg.fp32_blocks} of {len(decoder.model.layers)} decoder blocks in fp32)"
+        if cfg.autocast == "auto":
+            dtype += ", chosen by autocast=auto on this CPU"
+        if (warning := slow_bf16_warning(cfg)) is not None:
+            logger.warning(warning)
         self.info["dtype"] = dtype
         self.decoder = decoder
         queries = sorted(set(log.impressions["query"].astype(str)))

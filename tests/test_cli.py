@@ -257,7 +257,7 @@ def test_a_failed_run_lets_the_rest_finish_then_the_suite_exits_non_zero(tmp_pat
     ("model.sasrec.heads=3", "heads must divide hidden"),
     ("eval.selection_metric=HR@7", "K in eval.ks"),
     ("model.karma.w_task1=-1", "loss weights"),
-    ("model.karma.autocast=fp8", "'bfloat16' or 'none'"),
+    ("model.karma.autocast=fp8", "'bfloat16', 'none', 'auto'"),
     ("model.hllm.init_logit_scale=1000", "init_logit_scale in"),
     ("train.max_epochs=-3", "must be >= 1"),
 ])

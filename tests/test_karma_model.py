@@ -134,6 +134,28 @@ def test_lora_adapters_sit_only_where_configured():
     assert any("embed_tokens" in n for n in frozen)  # token embeddings (tied LM head) stay frozen
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_autocast_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+    """auto follows the CPU (the smoke suite's setting); an explicit bfloat16 never changes, and it warns
+    (in the suite's plan too) where bf16 is only emulated; the record names the precision that ran."""
+    import karma.user_llm as U
+    from benchmark.config import ModelsConfig
+    from benchmark.runner.plan import precision_warnings
+    from benchmark.runner.spec import RunSpec
+
+    monkeypatch.setattr(U, "native_bf16", lambda: native)
+    auto = _model("action_only", autocast="auto")
+    assert auto.describe()["dtype"].startswith("fp32 weights, bf16 autocast" if native else "fp32,")
+    assert "autocast=auto" in auto.describe()["dtype"]
+    assert isinstance(U.autocast(auto.config), torch.autocast) is native
+    assert isinstance(U.autocast(dataclasses.replace(auto.config, autocast="bfloat16")), torch.autocast)
+    assert (U.slow_bf16_warning(KarmaConfig(autocast="bfloat16")) is None) is native
+    assert U.slow_bf16_warning(KarmaConfig(autocast="auto")) is None  # auto never runs emulated bf16
+    runs = [RunSpec(dataset="d", mode="coarse", model="action_llm", variant="default", seed=0, record="r.json")]
+    cfg = type("Cfg", (), {"model": ModelsConfig(), "overwrite": False})()
+    assert set(precision_warnings(cfg, runs)) == (set() if native else {"karma"})
+
+
 def test_first_decoder_blocks_compute_in_fp32_as_configured_and_the_record_says_so():
     model = _model("karma", fp32_blocks=1)
     blocks = model.user_llm.decoder.model.layers

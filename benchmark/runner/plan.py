@@ -15,6 +15,7 @@ from benchmark.models import MODELS, expand, model_config, model_spec, tuned_sou
 from benchmark.runner.grids import grid_for
 from benchmark.runner.spec import RunSpec, mode_config
 from benchmark.trainer import TrainConfig
+from karma.user_llm import UserLLMConfig, slow_bf16_warning
 
 
 def plan(cfg) -> tuple[list[RunSpec], dict[str, str]]:
@@ -128,7 +129,19 @@ def format_plan(cfg) -> str:
                  else "stale: the suite changed since it ran; to re-run" if r.stale else "to run")
         lines.append(f"  {r.dataset:<30} {r.mode:<7} {r.model:<12} {r.variant:<8} seed {r.seed}  [{state}]")
     lines += [f"  ! {name}: {why}" for name, why in problems.items()]
+    lines += [f"  ! model.{node}: {why}" for node, why in precision_warnings(cfg, runs).items()]
     return "\n".join(lines)
+
+
+def precision_warnings(cfg, runs) -> dict[str, str]:
+    """Per model config node that runs still to do read: why its precision will be slow on this machine."""
+    nodes = {model_spec(r.model).config for r in runs if not r.done or cfg.overwrite}
+    out = {}
+    for node in sorted(nodes):
+        model_cfg = getattr(cfg.model, node, None)
+        if isinstance(model_cfg, UserLLMConfig) and (why := slow_bf16_warning(model_cfg)):
+            out[node] = why
+    return out
 
 
 def unit_key(run: RunSpec) -> tuple[str, str, str, str]:
