@@ -15,6 +15,7 @@ pyplot global state).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -197,7 +198,7 @@ def layer_profiles(curves: dict[str, Sequence[float]], path: str | Path, xlabel:
     ax.set_ylabel(ylabel)
     ax.legend()
     if title:
-        ax.set_title(title)
+        ax.set_title(textwrap.fill(title, 60), fontsize=10)  # long view names must not run off the figure
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
