@@ -84,6 +84,10 @@ def test_smoke_suite_writes_records_and_leaderboard_then_skips_done_runs(tmp_pat
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY[:-1], "models=[popularity]", "--leaderboard-only"]) == 0
     row = next(line for line in (tmp_path / "leaderboard.md").read_text().splitlines() if line.startswith("| sasrec"))
     assert "1/1" in row and "missing" not in row
+    # ... and one restricted to another query mode keeps the suite's own modes' views
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY, "modes=[hem]", "--leaderboard-only"]) == 0
+    headings = [line for line in (tmp_path / "leaderboard.md").read_text().splitlines() if line.startswith("### ")]
+    assert {"### synthetic · coarse", "### synthetic · hem"} <= set(headings)
 
 
 def test_module_entry_point_help():

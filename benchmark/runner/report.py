@@ -77,9 +77,9 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
         file_cfg = typed(compose(config_name="config", overrides=[f"suite={suite}"]))
         suite_cfg = cfg if suite == cfg.suite else file_cfg
         # The leaderboard shows the whole suite: a run restricted on the command line (datasets=[...],
-        # models=[...], seeds=[...]) adds to the suite file's plan and never hides the rest of it.
+        # models=[...], seeds=[...], modes=[...]) adds to the suite file's plan and never hides the rest of it.
         widened = {key: list(dict.fromkeys([*getattr(file_cfg, key), *getattr(suite_cfg, key)]))
-                   for key in ("datasets", "models", "seeds")}
+                   for key in ("datasets", "models", "seeds", "modes")}
         widened["models"] += [m for m in external_models(suites_dir / suite) if m not in widened["models"]]
         suite_cfg = dataclasses.replace(suite_cfg, data_dir=cfg.data_dir, results_dir=cfg.results_dir, **widened)
         runs, problems = plan(suite_cfg)
