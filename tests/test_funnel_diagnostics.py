@@ -56,10 +56,11 @@ def _ctr_table(n_imp: int, n_neg: int, rng: np.random.Generator, n_items: int = 
 
 # ---------------------------------------------------------------- K scaling
 def test_k_scaling_rules():
-    assert F.prerank_k(50_000) == 500 and F.recall_k(50_000) == 5000  # the paper's K at N = 50k
-    assert F.prerank_k(150) == 10 and F.recall_k(150) == 15
-    assert F.prerank_k(5) == 5 and F.recall_k(5) == 5  # capped at N
-    assert F.prerank_k(12_345) == 124 and F.recall_k(12_345) == 1235
+    assert F.prerank_k(50_000) == 500  # the paper's K at N = 50k
+    assert F.prerank_k(150) == 10
+    assert F.prerank_k(5) == 5  # capped at N
+    assert F.prerank_k(12_345) == 124
+    assert F.k_ladder(100) == [10, 20, 40, 80] and F.k_ladder(5) == [5]
 
 
 # ---------------------------------------------------------------- ranking: CTR feature

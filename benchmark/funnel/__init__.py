@@ -18,10 +18,11 @@ Shared components
                     the target never masked. Ranks use the one pessimistic tie rule
                     ``rank = #{j in C : s_j >= s_t}`` (target included), a NaN target score gets ``|C|``.
 
-K scaled to the catalog (the paper's K are for a catalog of Taobao's size; we keep their ratio)
-    ``prerank_k(N) = min(N, max(10, ceil(0.01 * N)))``   (paper: HR@500)
-    ``recall_k(N)  = min(N, max(10, ceil(0.10 * N)))``   (paper: HR@5000)
-    Both equal the paper's K exactly at N = 50,000 items and keep its 10x ratio for N >= 1,000.
+K of each stage
+    Pre-ranking: ``prerank_k(N) = min(N, max(10, ceil(0.01 * N)))``, the paper's HR@500 at N = 50,000
+    items, scaled with the catalog. Recall: not the paper's ratio (10 %, HR@5000), at which the lexical
+    channel alone is saturated on adapted logs, but ``recall.unsaturated_k``: the deepest ``10 * 2^j``
+    at which lexical recall alone stays at most 0.5 on validation, decided before any model.
 
 Paired intervals
     Deltas between two systems on the same impressions get a 95 % interval from
@@ -38,7 +39,6 @@ from benchmark.funnel.common import (
     candidate_mask,
     pessimistic_ranks,
     prerank_k,
-    recall_k,
 )
 from benchmark.funnel.prerank import (
     DEFAULT_GRID,
@@ -78,7 +78,6 @@ __all__ = [
     "BM25Scorer",
     "train_popularity",
     "prerank_k",
-    "recall_k",
     "candidate_mask",
     "pessimistic_ranks",
     "per_user_mean",

@@ -17,11 +17,6 @@ def prerank_k(n_items: int) -> int:
     return int(min(n_items, max(10, math.ceil(0.01 * n_items))))
 
 
-def recall_k(n_items: int) -> int:
-    """Recall cut-off ``K = min(N, max(10, ceil(0.10 * N)))`` (the paper's HR@5000 at N = 50k)."""
-    return int(min(n_items, max(10, math.ceil(0.10 * n_items))))
-
-
 def _arrays(seq) -> list[np.ndarray]:
     return [np.asarray(h if h is not None else [], dtype=np.int64).ravel() for h in seq]
 
