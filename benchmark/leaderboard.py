@@ -120,6 +120,7 @@ class Gate:
 REFERENCE = {"none": ("popularity", "default")}  # the no-learning reference per mode; query_pop otherwise
 SASREC = ("sasrec", "default")
 CONVERGENCE_MARK = "†"
+DIVERGENCE_MARK = "‡"
 
 
 def _reference(mode: str) -> tuple[str, str]:
@@ -194,8 +195,10 @@ def paired_rows(index, view_keys: list[tuple], seeds_of: dict, references: list[
 
 
 def _cells(done: list[Record], metrics: list[str]) -> list[str]:
-    """Metric cells of one row, marked when any seed selected its last allowed epoch."""
-    mark = f" {CONVERGENCE_MARK}" if any(r.converged is False for r in done) else ""
+    """Metric cells of one row, marked when any seed selected its last allowed epoch (†) or its training
+    loss rose above its first epoch's (‡)."""
+    mark = (f" {CONVERGENCE_MARK}" if any(r.converged is False for r in done) else "") \
+        + (f" {DIVERGENCE_MARK}" if any(r.diverged for r in done) else "")
     cells = []
     for name in metrics:
         cell = _fmt_cell([r.metric(name) for r in done])
@@ -255,7 +258,9 @@ def render_leaderboard(records: list[Record], plan: list[dict], *, suite: str, s
                "`missing (k/n)`: only k of n planned seeds have records (never averaged in); "
                "`n/a`: the metric is undefined (null/NaN) in at least one seed. "
                f"Metrics without a split prefix are on the `{DEFAULT_SPLIT}` split. `{CONVERGENCE_MARK}`: at "
-               "least one seed selected its last allowed epoch (not converged); `epochs`: the selected epoch "
+               "least one seed selected its last allowed epoch (not converged); "
+               f"`{DIVERGENCE_MARK}`: at least one seed's training loss rose above its first epoch's value (the "
+               "run went unstable; its numbers are what it selected, but read it as a failed run); `epochs`: the selected epoch "
                "per seed, of the cap.")
     out.append("- **query modes** (`benchmark.data.adapt`): `coarse`, the target's category path cut to its "
                "deepest prefix that max(50, 2% of the catalog) items share (the headline search setting); "

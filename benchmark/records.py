@@ -394,6 +394,9 @@ class PeakMemory:
 # --------------------------------------------------------------------------- typed view
 
 
+HISTORY_NON_LOSS = frozenset({"stage", "epoch", "valid", "probe"})  # history fields that are not losses
+
+
 class Record:
     """One run record, read through named accessors instead of chains of ``.get(...) or {}``."""
 
@@ -427,6 +430,14 @@ class Record:
     def converged(self) -> bool | None:
         """False when the run selected its last allowed epoch (None: nothing trained, or an old record)."""
         return self.data["selection"].get("converged")
+
+    @property
+    def diverged(self) -> bool:
+        """True when the training loss (the sum of the main stage's loss terms) rose, at some later epoch,
+        above its value after the first epoch: the run went unstable, whatever its stopping rule said."""
+        totals = [sum(v for k, v in h.items() if k not in HISTORY_NON_LOSS and isinstance(v, int | float))
+                  for h in self.data.get("selection", {}).get("history", []) if h.get("stage") == "main"]
+        return len(totals) > 1 and max(totals[1:]) > totals[0]
 
     @property
     def data_stats(self) -> dict:
