@@ -436,7 +436,7 @@ class Record:
         """True when the training loss (the sum of the main stage's loss terms) rose, at some later epoch,
         above its value after the first epoch: the run went unstable, whatever its stopping rule said."""
         totals = [sum(v for k, v in h.items() if k not in HISTORY_NON_LOSS and isinstance(v, int | float))
-                  for h in self.data.get("selection", {}).get("history", []) if h.get("stage") == "main"]
+                  for h in self.history if h.get("stage", "main") == "main"]
         return len(totals) > 1 and max(totals[1:]) > totals[0]
 
     @property

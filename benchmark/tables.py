@@ -85,13 +85,11 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
     runs_llm = [r for (ds, model, _), recs in index.items() if ds in datasets and model in ("action_llm", "karma")
                 for r in recs.values()]
     at_end = [r for r in runs_llm if r.converged is False]
+    unstable = sorted(f"{r.dataset} {r.model}:{r.variant} seed {r.seed}" for r in runs_llm if r.diverged)
     if runs_llm:
         out += [f"Convergence: {len(at_end)} of {len(runs_llm)} runs in this table selected their last allowed epoch "
-                "(not converged; `selection` in each record); "
-                f"{sum(r.diverged for r in runs_llm)} went unstable (training loss rose above its first "
-                "epoch's value: " + (", ".join(sorted(f"{r.data['dataset']} {r.data['model']}:{r.data['variant']} "
-                                                      f"seed {r.data['seed']}" for r in runs_llm if r.diverged))
-                                     or "none") + ").", ""]
+                f"(not converged; `selection` in each record); {len(unstable)} went unstable (training loss rose "
+                f"above its first epoch's value: {', '.join(unstable) or 'none'}).", ""]
     for dataset in datasets:
         base = index.get((dataset, *BASELINE), {})
         rows = []
