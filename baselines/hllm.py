@@ -27,6 +27,14 @@ Deviations from the published code (forced by a 2-core CPU budget or by the shar
   added only when ``use_exposures`` is on (off by default: not in the published loss).
 - Published HLLM uses 1B-7B LLMs, 5-10 epochs and sequences of 50-150 items; here 135M, early
   stopping on validation and ``max_history`` items.
+
+Known defect (2026-12-04, open in issue 16): in the cpu preset this HLLM barely learns. On
+unisrec/Scientific@1020users its first search trial (lr 3e-4) reached validation NDCG@10 0.0033 (the
+action-only LLM: 0.03 after one epoch), and 25 AdamW steps on one batch of 128 impressions take its
+InfoNCE only from 5.91 to 5.06-5.17 (uniform: ln 257 = 5.55). Measured leads: the item embeddings are
+anisotropic at init (mean pairwise cosine 0.82), and the item states reach the user LLM with norm about
+43 against its input embeddings' 3.2; rescaling them to 3.2 gave 5.97 -> 4.25 on the same test. No
+HLLM record should be read until this is fixed.
 """
 
 from __future__ import annotations
