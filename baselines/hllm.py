@@ -23,18 +23,23 @@ Deviations from the published code (forced by a 2-core CPU budget or by the shar
 - Training examples are impressions (each predicts its clicked item from its history), the examples
   KARMA sees, rather than every position of a packed sequence; in expectation the same next-item
   objective, and it lets HLLM take the optional query token like the other LLM models.
+- The user LLM reads each item state rescaled to its own token embeddings' mean norm
+  (``match_input_norm``, on by default; published: as they are). The item LLM's final-norm states have
+  norm about 43, SmolLM2-135M's input embeddings 3.2: every history position was about 13x off the user
+  LLM's input distribution, which the published full fine-tuning at 1B+ can absorb and two LoRA-adapted
+  135M models could not (see "Known defect" below). Scoring is cosine, so the item embedding is unchanged.
 - ``num_negatives`` random negatives per batch (published: 512); the impression's exposed items are
   added only when ``use_exposures`` is on (off by default: not in the published loss).
 - Published HLLM uses 1B-7B LLMs, 5-10 epochs and sequences of 50-150 items; here 135M, early
   stopping on validation and ``max_history`` items.
 
-Known defect (2026-12-04, open in issue 16): in the cpu preset this HLLM barely learns. On
-unisrec/Scientific@1020users its first search trial (lr 3e-4) reached validation NDCG@10 0.0033 (the
-action-only LLM: 0.03 after one epoch), and 25 AdamW steps on one batch of 128 impressions take its
-InfoNCE only from 5.91 to 5.06-5.17 (uniform: ln 257 = 5.55). Measured leads: the item embeddings are
-anisotropic at init (mean pairwise cosine 0.82), and the item states reach the user LLM with norm about
-43 against its input embeddings' 3.2; rescaling them to 3.2 gave 5.97 -> 4.25 on the same test. No
-HLLM record should be read until this is fixed.
+Known defect, and the fix under test (issue 16): without ``match_input_norm`` this HLLM barely learns in
+the cpu preset. On unisrec/Scientific@1020users its first search trial (lr 3e-4) reached validation
+NDCG@10 0.0033 (the action-only LLM: 0.03 after one epoch), and 25 AdamW steps on one batch of 128
+impressions (lr 1e-3) took its InfoNCE only from 5.91 to 5.06 (uniform: ln 257 = 5.55). With the item
+states at the user LLM's input scale the same test goes 5.89 -> 4.62. Other measured leads, not acted
+on: the item embeddings are anisotropic at init (mean pairwise cosine 0.82), and the [ITEM] vector
+(published init N(0, 0.02)) enters the one trainable block next to cached states of norm about 40.
 """
 
 from __future__ import annotations
@@ -68,6 +73,9 @@ class HLLMConfig(UserLLMConfig):
     num_negatives: int = 256  # random negatives shared by the batch (published: 512)
     init_logit_scale: float = 1 / 0.07  # published init of exp(log-scale)
     use_exposures: bool = False  # add exposed-but-unclicked items as negatives (not in the published loss)
+    # Rescale each item state to the user LLM's mean input-embedding norm before the user LLM reads it
+    # (published: fed as they are; see "Deviations"). Scoring is cosine, so the item embedding is unchanged.
+    match_input_norm: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -117,6 +125,8 @@ class HLLM(nn.Module):
         if self.item_encoder.states.shape[-1] != self.user_llm.hidden_size:
             raise ValueError("HLLM feeds item embeddings to the user LLM as they are: item and user LLMs need one width")
         self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale)))
+        table = self.user_llm.decoder.get_input_embeddings().weight
+        self.register_buffer("input_norm", table.detach().float().norm(dim=-1).mean(), persistent=False)
         self.info = {**self.user_llm.info,
                      "item_llm_frozen_layers": self.item_encoder.frozen,
                      "item_llm_trained_layers": len(self.item_encoder.blocks),
@@ -127,16 +137,21 @@ class HLLM(nn.Module):
 
     # --- the inference path ------------------------------------------------------------------
     def item_states(self, items: torch.Tensor) -> torch.Tensor:
-        """(M, H) item embeddings: the [ITEM] token's final state (the user LLM's input as they are)."""
+        """(M, H) item embeddings: the [ITEM] token's final state."""
         with autocast(self.config):
             return self.item_encoder(items).float()
+
+    def history_inputs(self, items: torch.Tensor) -> torch.Tensor:
+        """(M, H) the user LLM's input for each history item: its item state, at the input scale if asked."""
+        states = self.item_states(items)
+        return F.normalize(states, dim=-1) * self.input_norm if self.config.match_input_norm else states
 
     def user_states(self, histories: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         mask = histories >= 0
         tokens = torch.zeros(*histories.shape, self.user_llm.hidden_size)
         if mask.any():
             items, inverse = torch.unique(histories[mask], return_inverse=True)
-            tokens = tokens.masked_scatter(mask[..., None], self.item_states(items).index_select(0, inverse))
+            tokens = tokens.masked_scatter(mask[..., None], self.history_inputs(items).index_select(0, inverse))
         embeds, mask = self.user_llm.sequence(tokens, mask, query)
         if self.training:
             self.tokens_seen += int(mask.sum())
@@ -195,6 +210,6 @@ class HLLM(nn.Module):
         batch = self.user_llm.batch(rows)
         mask = batch["histories"] >= 0
         tokens = torch.zeros(*mask.shape, self.user_llm.hidden_size)
-        tokens[mask] = self.item_states(batch["histories"][mask])
+        tokens[mask] = self.history_inputs(batch["histories"][mask])
         embeds, mask = self.user_llm.sequence(tokens, mask, batch["query"])
         return self.user_llm.attentions(embeds, mask), window

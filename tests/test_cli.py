@@ -282,3 +282,18 @@ def test_a_setting_a_variant_never_reads_does_not_make_its_records_stale():
         recorded = {**want, "model_config": {**want["model_config"], "decode_budget": 1000}}  # a record made at 1000
         assert ("decode_budget" in want["model_config"]) is reads
         assert settings_agree(want, recorded) is not reads  # stale only where Task 1 / Task 2 read the budget
+
+
+def test_a_field_added_with_a_new_behaviour_makes_older_records_stale_and_others_do_not():
+    from benchmark.run import compose_config
+    from benchmark.runner.plan import settings_agree, untuned_settings
+
+    cfg = compose_config("full", [])
+    want = untuned_settings(cfg, "hllm", "default")
+    assert want["model_config"]["match_input_norm"] is True
+    older = {**want, "model_config": {k: v for k, v in want["model_config"].items() if k != "match_input_norm"}}
+    assert not settings_agree(want, older)  # saved before the field: it ran with the items as they were
+    assert settings_agree({**want, "model_config": {**want["model_config"], "match_input_norm": False}}, older)
+    no_use_exposures = {**want, "model_config": {k: v for k, v in want["model_config"].items()
+                                                 if k != "use_exposures"}}
+    assert settings_agree(want, no_use_exposures)  # a field added with the old behaviour as its default

@@ -218,6 +218,27 @@ def test_hllm_item_token_follows_the_truncated_text(monkeypatch):
     assert torch.allclose(single[0], after[i], atol=1e-5)
 
 
+def test_hllm_history_items_enter_the_user_llm_at_its_input_scale():
+    """match_input_norm rescales what the user LLM reads to its token embeddings' mean norm; the item
+    embedding it is scored against, and the raw path (off), are left as they are."""
+    log = _log()
+    seed_everything(0)
+    on = HLLM(log, HLLMConfig(tiny=True, item_llm_tokens=8))
+    seed_everything(0)
+    off = HLLM(log, HLLMConfig(tiny=True, item_llm_tokens=8, match_input_norm=False))
+    table = on.user_llm.decoder.get_input_embeddings().weight.detach()
+    items = torch.arange(log.n_items)
+    with torch.no_grad():
+        states = on.item_states(items)
+        inputs = on.history_inputs(items)
+        assert torch.allclose(inputs.norm(dim=-1), table.norm(dim=-1).mean().expand(log.n_items), rtol=1e-4)
+        assert not torch.allclose(states.norm(dim=-1), inputs.norm(dim=-1), rtol=1e-2)  # the scales differ
+        assert torch.allclose(torch.nn.functional.cosine_similarity(inputs, states, dim=-1),
+                              torch.ones(log.n_items), atol=1e-5)  # only the length changes
+        assert torch.allclose(off.history_inputs(items), off.item_states(items))
+        assert torch.allclose(on.item_embeddings(log), off.item_embeddings(log), atol=1e-6)
+
+
 def _image_log(tmp_path, with_image=lambda i: i % 2 == 0) -> SearchLog:
     """The toy log with a rendered PNG for some items (the others have none)."""
     from PIL import Image

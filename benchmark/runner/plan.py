@@ -110,12 +110,21 @@ def record_is_current(record: dict, cfg, memo: dict | None = None) -> bool:
     return settings_agree(memo[key], got)
 
 
+# Fields added to the code with a default that changes results, and the value a record or trial saved
+# before the field existed ran with: such a record is compared as if it had stored that value.
+ADDED_FIELDS_BEFORE = {
+    ("model_config", "match_input_norm"): False,  # HLLM, 2026-12-04: item states at the user LLM's input scale
+}
+
+
 def settings_agree(want: dict, got: dict) -> bool:
-    """``part -> {field: value}`` settings; only the parts and fields both have are compared, so a
-    field added to the code later (with a default that keeps the old behaviour) leaves older
-    records and trials valid."""
-    return all(value == got[part][key] for part, values in want.items() if isinstance(got.get(part), dict)
-               for key, value in values.items() if key in got[part])
+    """``part -> {field: value}`` settings; only the parts both have are compared, and a field a record
+    lacks is compared only if ``ADDED_FIELDS_BEFORE`` gives its old value, so a field added later with a
+    default that keeps the old behaviour leaves older records and trials valid."""
+    missing = object()
+    return all(value == got[part].get(key, ADDED_FIELDS_BEFORE.get((part, key), missing))
+               for part, values in want.items() if isinstance(got.get(part), dict)
+               for key, value in values.items() if key in got[part] or (part, key) in ADDED_FIELDS_BEFORE)
 
 
 def format_plan(cfg) -> str:
