@@ -119,11 +119,13 @@ class HLLM(nn.Module):
             p.requires_grad_(False)
         prompts = [item_prompt(t) for t in log.catalog["text"].fillna("")]
         train_layers = 0 if cfg.preset == "gpu" else cfg.item_train_layers
-        key = f"{log.fingerprint}_{'tiny' if cfg.tiny else cfg.decoder.replace('/', '_')}_{cfg.item_llm_tokens}"
+        # the trained-block count names the file too: settings that freeze different layers keep their own caches
+        key = (f"{log.fingerprint}_{'tiny' if cfg.tiny else cfg.decoder.replace('/', '_')}_{cfg.item_llm_tokens}"
+               f"_top{train_layers}")
         self.item_encoder = CausalTop(item_llm, tok, prompts, cfg.item_llm_tokens, train_layers, cfg.item_lora_rank,
                                       cfg.lora_alpha, None if cfg.tiny else cache_dir / "hllm_items" / f"{key}.pt")
         if self.item_encoder.states.shape[-1] != self.user_llm.hidden_size:
-            raise ValueError("HLLM feeds item embeddings to the user LLM as they are: item and user LLMs need one width")
+            raise ValueError("HLLM feeds item embeddings to the user LLM directly: item and user LLMs need one width")
         self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.init_logit_scale)))
         table = self.user_llm.decoder.get_input_embeddings().weight
         self.register_buffer("input_norm", table.detach().float().norm(dim=-1).mean(), persistent=False)
