@@ -27,19 +27,21 @@ Deviations from the published code (forced by a 2-core CPU budget or by the shar
   (``match_input_norm``, on by default; published: as they are). The item LLM's final-norm states have
   norm about 43, SmolLM2-135M's input embeddings 3.2: every history position was about 13x off the user
   LLM's input distribution, which the published full fine-tuning at 1B+ can absorb and two LoRA-adapted
-  135M models could not (see "Known defect" below). Scoring is cosine, so the item embedding is unchanged.
+  135M models could not (see "Why ``match_input_norm``" below). Scoring is cosine, so the item embedding is unchanged.
 - ``num_negatives`` random negatives per batch (published: 512); the impression's exposed items are
   added only when ``use_exposures`` is on (off by default: not in the published loss).
 - Published HLLM uses 1B-7B LLMs, 5-10 epochs and sequences of 50-150 items; here 135M, early
   stopping on validation and ``max_history`` items.
 
-Known defect, and the fix under test (issue 16): without ``match_input_norm`` this HLLM barely learns in
-the cpu preset. On unisrec/Scientific@1020users its first search trial (lr 3e-4) reached validation
-NDCG@10 0.0033 (the action-only LLM: 0.03 after one epoch), and 25 AdamW steps on one batch of 128
-impressions (lr 1e-3) took its InfoNCE only from 5.91 to 5.06 (uniform: ln 257 = 5.55). With the item
-states at the user LLM's input scale the same test goes 5.89 -> 4.62. Other measured leads, not acted
-on: the item embeddings are anisotropic at init (mean pairwise cosine 0.82), and the [ITEM] vector
-(published init N(0, 0.02)) enters the one trainable block next to cached states of norm about 40.
+Why ``match_input_norm`` (issue 16): without it this HLLM barely learned in the cpu preset. On
+unisrec/Scientific@1020users its first search trial (lr 3e-4) reached validation NDCG@10 0.0033 (the
+action-only LLM: 0.03 after one epoch), and 25 AdamW steps on one batch of 128 impressions (lr 1e-3)
+took its InfoNCE only from 5.91 to 5.06 (uniform: ln 257 = 5.55). With the item states at the user
+LLM's input scale the same test goes 5.89 -> 4.62, and the same search trial reaches validation
+NDCG@10 0.0981 (best epoch 19 of 22; the action-only LLM's best of its 4 trials: 0.0849). Other
+measured leads, not acted on: the item embeddings are anisotropic at init (mean pairwise cosine
+0.82), and the [ITEM] vector (published init N(0, 0.02)) enters the one trainable block next to cached
+states of norm about 40.
 """
 
 from __future__ import annotations
