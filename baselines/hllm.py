@@ -27,7 +27,8 @@ Deviations from the published code (forced by a 2-core CPU budget or by the shar
   (``match_input_norm``, on by default; published: as they are). The item LLM's final-norm states have
   norm about 43, SmolLM2-135M's input embeddings 3.2: every history position was about 13x off the user
   LLM's input distribution, which the published full fine-tuning at 1B+ can absorb and two LoRA-adapted
-  135M models could not (see "Why ``match_input_norm``" below). Scoring is cosine, so the item embedding is unchanged.
+  135M models could not (see "Why ``match_input_norm``" below). Scoring is cosine, so the item
+  embedding is unchanged.
 - ``num_negatives`` random negatives per batch (published: 512); the impression's exposed items are
   added only when ``use_exposures`` is on (off by default: not in the published loss).
 - Published HLLM uses 1B-7B LLMs, 5-10 epochs and sequences of 50-150 items; here 135M, early
