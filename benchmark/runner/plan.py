@@ -121,8 +121,7 @@ def settings_agree(want: dict, got: dict) -> bool:
     """``part -> {field: value}`` settings; only the parts both have are compared, and a field a record
     lacks is compared only if ``ADDED_FIELDS_BEFORE`` gives its old value, so a field added later with a
     default that keeps the old behaviour leaves older records and trials valid."""
-    missing = object()
-    return all(value == got[part].get(key, ADDED_FIELDS_BEFORE.get((part, key), missing))
+    return all(value == got[part].get(key, ADDED_FIELDS_BEFORE.get((part, key)))
                for part, values in want.items() if isinstance(got.get(part), dict)
                for key, value in values.items() if key in got[part] or (part, key) in ADDED_FIELDS_BEFORE)
 
