@@ -16,6 +16,7 @@ an unchanged file.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def _revisions(records: list[dict]) -> list[str]:
         rev = str(env.get("git_revision") or "unknown")
         seen[rev] = seen.get(rev, False) or bool(env.get("git_dirty"))
     return [f"`{rev}`" + (" (dirty: uncommitted changes)" if dirty else "") for rev, dirty in sorted(seen.items())]
+
+
+def _machines(records: list[dict]) -> str:
+    """Each CPU (or device) that produced records, with its record count, most records first."""
+    counts = Counter(str((rec.get("environment") or {}).get("device") or "unknown") for rec in records)
+    return ", ".join(f"{device} ({n})" for device, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _fmt_count(value) -> str:
@@ -249,6 +256,10 @@ def render_leaderboard(records: list[Record], plan: list[dict], *, suite: str, s
     out.append(f"- generated at code revision `{revision}`")
     revs = _revisions([r.data for r in used])
     out.append(f"- records from revision(s): {', '.join(revs) if revs else 'none'}")
+    # Same seed and thread count give the same bits on one CPU kind only: another CPU's kernels (e.g.
+    # AMX bf16 against AVX2) round differently, so its runs follow other trajectories.
+    out.append(f"- machines (records): {_machines([r.data for r in used]) if used else 'none'}; a run is "
+               "bit-identical only on the same CPU kind at the same thread count")
     out.append(f"- built from {len(records)} records under results/records/{suite}"
                + (f" ({other_suite} of another suite or version ignored)" if other_suite else "")
                + (f" ({unplanned} outside the plan ignored)" if unplanned else "")

@@ -185,6 +185,17 @@ def _render(tmp_path, recs=None, plan=None, figures=True, gate=None):
                               gate=gate)
 
 
+def test_leaderboard_names_the_machines_that_made_its_records(tmp_path):
+    recs = _records()
+    for i, rec in enumerate(recs):  # two CPU kinds, 5 and 3 records
+        rec.data["environment"]["device"] = "cpu: AMD EPYC x2" if i < 5 else "cpu: Intel(R) Xeon(R) Processor x2"
+    md = _render(tmp_path, recs=recs)
+    line = next(x for x in md.splitlines() if x.startswith("- machines (records): "))
+    assert "cpu: AMD EPYC x2 (5), cpu: Intel(R) Xeon(R) Processor x2 (3)" in line
+    assert "unknown" not in line
+    assert "(8)" in _render(tmp_path, recs=_records()).split("- machines (records): ")[1].splitlines()[0]
+
+
 def _row(md, model):
     return next(line for line in md.splitlines() if line.startswith(f"| {model} "))
 
