@@ -88,6 +88,9 @@ class RunConfig:
     description: str = ""  # one line, shown by --help and in the leaderboard
     data_dir: str | None = None  # data root; None -> $KARMA_BENCH_DATA or the user cache dir
     results_dir: str = "results"  # records and figures go under here
+    # per-epoch state of unfinished runs; None: the cache, one folder per results dir. A folder that
+    # outlives the machine (synced or committed) lets a run resume on another machine
+    checkpoint_dir: str | None = None
     leaderboard: str = "leaderboard.md"  # regenerated from all records after every suite run
     datasets: list[str] = field(default_factory=list)  # names; "*" = every real set found under the data root
     models: list[str] = field(default_factory=list)  # keys of benchmark.models.MODELS

@@ -3,6 +3,7 @@ smoke suite on a tiny embedded catalog, killed at several points: mid-training, 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +16,9 @@ TINY = ["synthetic.n_items=120", "synthetic.n_users=80", "synthetic.image_size=1
         "train.patience=4", "model.sasrec.hidden=8", "train.progress=false", "models=[popularity,sasrec]", "threads=1"]
 
 
-def _command(root: Path) -> list[str]:
+def _command(root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "benchmark.run", "--suite", "smoke", "--data-dir", str(root / "data"),
-            "--results-dir", str(root / "results"), f"leaderboard={root / 'leaderboard.md'}", *TINY]
+            "--results-dir", str(root / "results"), f"leaderboard={root / 'leaderboard.md'}", *TINY, *extra]
 
 
 def _env(root: Path) -> dict:
@@ -34,10 +35,10 @@ def _records(root: Path) -> dict[str, dict]:
     return out
 
 
-def _run_killed_when(root: Path, pattern: str, timeout: float = 300) -> bool:
-    """Start the suite and SIGKILL it as soon as a file matching ``pattern`` (under the results
-    dir) exists. Returns whether it was killed (False: it finished before the point was reached)."""
-    proc = subprocess.Popen(_command(root), env=_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _run_killed_when(root: Path, pattern: str, *extra: str, timeout: float = 300) -> bool:
+    """Start the suite and SIGKILL it as soon as a file matching ``pattern`` (under ``root``)
+    exists. Returns whether it was killed (False: it finished before the point was reached)."""
+    proc = subprocess.Popen(_command(root, *extra), env=_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -67,3 +68,17 @@ def test_a_suite_killed_and_run_again_ends_with_the_uninterrupted_records(tmp_pa
     subprocess.run(_command(interrupted), env=_env(interrupted), check=True, capture_output=True)
     assert uninterrupted and _records(interrupted) == uninterrupted
     assert not list((interrupted / "cache" / "checkpoints").rglob("*.pt"))  # finished runs leave none
+
+
+def test_a_run_killed_on_one_machine_resumes_on_another_from_a_carried_checkpoint_dir(tmp_path, uninterrupted):
+    """``checkpoint_dir`` outside the cache: the machine (its cache) is gone, the folder is carried over,
+    and the run resumes mid-training there, to the records of an uninterrupted run."""
+    root = tmp_path / "moved"
+    carried = f"checkpoint_dir={root / 'carried'}"
+    assert _run_killed_when(root, "carried/**/sasrec__*.pt", carried), "the suite ended before a checkpoint"
+    assert not list((root / "cache").rglob("checkpoints/**/*.pt"))  # nothing went to the cache
+    shutil.rmtree(root / "cache")  # a fresh machine: no cache, only the carried folder
+    done = subprocess.run(_command(root, carried), env=_env(root), check=True, capture_output=True, text=True)
+    assert "resumed after epoch" in done.stdout
+    assert _records(root) == uninterrupted
+    assert not list((root / "carried").rglob("*.pt"))  # finished runs leave none

@@ -94,9 +94,12 @@ def evaluate_split(model, search_log: SearchLog, split: str, cfg, item_terms, wi
 
 
 def checkpoint_dir(cfg) -> Path:
-    """Where interrupted runs keep their per-epoch state: in the cache, outside the checkout (a fresh
-    checkout of the same results dir on a machine that kept its cache resumes mid-run), one folder per
-    results dir (its absolute path's hash), so suites on different results dirs never share a file."""
+    """Where interrupted runs keep their per-epoch state: ``checkpoint_dir`` when set (a folder carried to
+    another machine resumes there), else in the cache, outside the checkout (a fresh checkout of the same
+    results dir on a machine that kept its cache resumes mid-run), one folder per results dir (its
+    absolute path's hash), so suites on different results dirs never share a file."""
+    if cfg.checkpoint_dir:
+        return Path(cfg.checkpoint_dir).expanduser()
     key = hashlib.sha256(str(Path(cfg.results_dir).resolve()).encode()).hexdigest()[:12]
     return cache_root() / "checkpoints" / key
 
