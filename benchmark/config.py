@@ -82,6 +82,14 @@ class ModelsConfig:
 
 
 @dataclass
+class Scope:
+    """Where one model runs within a suite, when not everywhere (an empty list: all of the suite's)."""
+
+    datasets: list[str] = field(default_factory=list)  # names as in the suite's datasets
+    modes: list[str] = field(default_factory=list)  # query modes
+
+
+@dataclass
 class RunConfig:
     suite: str = "smoke"  # set by the suite file
     suite_version: str = "0"  # bump in the suite file when its definition changes
@@ -98,6 +106,9 @@ class RunConfig:
     # query modes (benchmark.data.adapt): a query-reading model runs in each one the dataset has;
     # query-blind models run once, in mode none, which stands for every mode
     modes: list[str] = field(default_factory=lambda: ["coarse"])
+    # model name -> the datasets and modes it is planned on (unlisted models run everywhere): a model
+    # that costs hours a run is planned only where the suite's budget reaches, not shown missing elsewhere
+    scope: dict[str, Scope] = field(default_factory=dict)
     overwrite: bool = False  # re-run runs whose record exists
     strict: bool = False  # raise on the first bad input record instead of counting it
     allow_download: bool = True  # fetch missing Amazon files (with checksums) when online
@@ -116,6 +127,10 @@ class RunConfig:
         bad = [m for m in self.modes if m not in QUERY_MODES]
         if bad or not self.modes:
             raise ValueError(f"modes must be a non-empty list of {', '.join(QUERY_MODES)}, got {self.modes}")
+        for model, where in self.scope.items():
+            bad = [m for m in where.modes if m not in QUERY_MODES]
+            if bad:
+                raise ValueError(f"scope.{model}.modes must be among {', '.join(QUERY_MODES)}, got {where.modes}")
         if self.threads < 1 or not self.seeds:
             raise ValueError(f"threads must be >= 1 and seeds non-empty, got threads={self.threads}, seeds={self.seeds}")
 

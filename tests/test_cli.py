@@ -63,6 +63,28 @@ def test_full_suite_reports_missing_real_data_in_the_plan(tmp_path, capsys):
     assert "! amazon2018/Gift_Cards: no files under" in capsys.readouterr().out
 
 
+def test_a_scope_plans_a_model_only_on_its_datasets_and_modes(tmp_path, capsys):
+    base = ["--suite", "full", "--dry-run", *_args(tmp_path), "datasets=[synthetic,synthetic@300users]",
+            "models=[bm25,hllm]", "seeds=[0]"]
+    assert main([*base, "scope.hllm.datasets=[]", "scope.hllm.modes=[]"]) == 0  # empty: all of the suite's
+    planned = [line.split()[:3] for line in capsys.readouterr().out.splitlines() if "[to run]" in line]
+    assert sorted(p for p in planned if p[2] == "hllm") == sorted([d, m, "hllm"] for m in ("coarse", "hem", "none")
+                                                                  for d in ("synthetic", "synthetic@300users"))
+    assert main([*base, "scope={hllm: {datasets: [synthetic@300users], modes: [coarse]}}"]) == 0
+    planned = [line.split()[:3] for line in capsys.readouterr().out.splitlines() if "[to run]" in line]
+    assert [p for p in planned if p[2] == "hllm"] == [["synthetic@300users", "coarse", "hllm"]]
+    assert len([p for p in planned if p[2] == "bm25"]) == 4  # an unscoped model still runs everywhere
+    from benchmark.config import RunConfig, Scope
+    from benchmark.runner.plan import check_scope
+
+    with pytest.raises(KeyError, match="valid models"):  # a typo would otherwise silently drop the model's runs
+        check_scope(RunConfig(scope={"hlm": Scope(modes=["coarse"])}))
+    with pytest.raises(ValueError, match="synthetc"):
+        check_scope(RunConfig(scope={"hllm": Scope(datasets=["synthetc@300users"])}))
+    with pytest.raises(SystemExit, match="scope.hllm.modes must be among none, coarse, hem"):
+        main([*base, "scope.hllm.modes=[title]"])
+
+
 def test_smoke_suite_writes_records_and_leaderboard_then_skips_done_runs(tmp_path, capsys):
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
     records = sorted((tmp_path / "results" / "records" / "smoke" / "synthetic" / "none").glob("*.json"))

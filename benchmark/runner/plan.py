@@ -27,17 +27,22 @@ def plan(cfg) -> tuple[list[RunSpec], dict[str, str]]:
         spec = registry.parse(name)
         if spec.family != registry.EMBEDDED and not registry._present(root, spec.family, spec.category):
             problems[name] = f"no files under {root / spec.family / spec.category}"
+    check_scope(cfg)
     runs, memo = [], {}
     for name in datasets:
         text = name in problems or registry.has_text(root, name)
         images = name in problems or registry.has_images(root, name, fetch=cfg.images.fetch)
         available = ["none", *A.SEARCH_MODES] if name in problems else registry.query_modes(root, name)
         for model, variant in expand(list(cfg.models)):
+            scope = cfg.scope.get(model)
+            if scope is not None and scope.datasets and name not in scope.datasets:
+                continue  # the suite plans this model on other datasets only
             if MODELS[model].needs_text and not text:
                 continue  # an LLM over item text has nothing to read on an ID-only dataset
             if MODELS[model].needs_images and not images:
                 continue  # no image to reconstruct
-            for mode in model_modes(MODELS[model].query_use, list(cfg.modes), available):
+            suite_modes = [m for m in cfg.modes if scope is None or not scope.modes or m in scope.modes]
+            for mode in model_modes(MODELS[model].query_use, suite_modes, available):
                 mode_cfg = mode_config(cfg, mode)
                 for seed in cfg.seeds:
                     path = R.record_path(cfg.results_dir, cfg.suite, name, mode, model, variant, seed)
@@ -48,6 +53,15 @@ def plan(cfg) -> tuple[list[RunSpec], dict[str, str]]:
     for model, variant in dict.fromkeys((r.model, r.variant) for r in runs):  # a bad grid fails before any run
         grid_for(cfg, *(tuned_source(model, variant) or (model, variant)))
     return runs, problems
+
+
+def check_scope(cfg) -> None:
+    """A scope must name known models and valid dataset names: a typo would silently drop runs. (It may
+    name models and datasets a run restricted on the command line leaves out.)"""
+    for model, where in cfg.scope.items():
+        model_spec(model)  # KeyError with the valid choices
+        for name in where.datasets:
+            registry.parse(name)  # ValueError naming the valid families
 
 
 def model_modes(query_use: str, suite_modes: list[str], available: list[str]) -> list[str]:
