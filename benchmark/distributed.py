@@ -6,7 +6,8 @@ Every process runs the same plan on the same data; each optimiser step splits th
 between the processes (rank r takes examples r, r + W, ... of it), ``DistributedDataParallel`` averages
 the gradients, and every process applies the same update, so the weights stay identical. Rank 0 alone
 takes the file locks and writes records, search files, checkpoints, figures and the leaderboard; the
-others follow its decisions (``agree``). Backend: ``gloo`` on the CPU, ``nccl`` on CUDA.
+others follow its decisions (``agree``). Backend: ``gloo``, on a GPU node too: the training tensors stay
+on the CPU (nothing is placed on CUDA yet), and ``nccl`` reduces CUDA tensors only.
 
 What differs from one process: a loss that is a mean over the batch becomes the mean of the shards'
 means (equal when the shards are equal in size), and a loss that uses the batch itself (in-batch
@@ -24,6 +25,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+BACKEND = "gloo"  # nccl only once the model and its batches live on CUDA
+
 
 def init_from_env() -> bool:
     """Join the process group ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1); True if
@@ -31,7 +34,7 @@ def init_from_env() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend=BACKEND)
     return True
 
 

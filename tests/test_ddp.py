@@ -61,3 +61,17 @@ def test_each_process_takes_its_share_of_every_batch(world, batch, expect):
     from benchmark.distributed import ShardedBatches
 
     assert [next(iter(ShardedBatches([batch], world, r))) for r in range(world)] == expect
+
+
+def test_a_gpu_node_joins_with_gloo_while_tensors_stay_on_the_cpu(monkeypatch):
+    # nccl reduces only CUDA tensors; the training tensors are on the CPU even where CUDA exists
+    import torch
+
+    from benchmark import distributed
+
+    chosen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: chosen.append(backend))
+    assert distributed.init_from_env() and chosen == ["gloo"]
