@@ -44,6 +44,19 @@ PAPER_VISUAL_ROW = ["+1.38", "+10.83", "+8.41", "+0.40"]  # paper Table 1, over 
 SCALE = 100.0  # show metrics in points, like the paper
 
 
+# A row whose runs (its own and its reference's) come from more than one CPU: bf16 rounds differently
+# on native AMX and on emulation, so part of such a delta may be the machine, not the losses.
+MIXED_DEVICES = "§"
+MIXED_NOTE = (f"`{MIXED_DEVICES}`: the row's runs and its reference's ran on more than one kind of CPU (`environment.device` "
+              "in the records); bf16 arithmetic differs between them, so part of that delta may be the machine.")
+
+
+def _mark_devices(label: str, *runs: dict) -> str:
+    """``label`` marked when the runs (``{seed: Record}`` dicts) span more than one device."""
+    devices = {str((r.data.get("environment") or {}).get("device") or "unknown") for seeds in runs for r in seeds.values()}
+    return f"{label} {MIXED_DEVICES}" if len(devices) > 1 else label
+
+
 def _fmt(values: list[float | None]) -> str:
     if any(v is None for v in values):
         return "n/a"
@@ -81,7 +94,7 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
            "the paired tests over test impressions are in the table after this one. Equal-epoch view: "
            "`Δ at equal epochs` is variant − action-only on the validation selection metric after the last joint "
            "epoch both runs reached, paired by seed, in points: what the heads do per epoch, apart from how many "
-           "epochs each run took.", ""]
+           f"epochs each run took. {MIXED_NOTE}", ""]
     runs_llm = [r for (ds, model, _), recs in index.items() if ds in datasets and model in ("action_llm", "karma")
                 for r in recs.values()]
     at_end = [r for r in runs_llm if r.converged is False]
@@ -98,7 +111,7 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
                       f"missing ({len([s for s in seeds if s in base])}/{len(seeds)})" for m in metrics]
         tail_cells = [_abs([base[s].metric(f"test_tail/{m}") for s in seeds]) if complete_base else "missing"
                       for m in metrics]
-        rows.append(["action-only (absolute)", *base_cells, *tail_cells])
+        rows.append([_mark_devices("action-only (absolute)", base), *base_cells, *tail_cells])
         for (model, variant), label in ROWS.items():
             runs = index.get((dataset, model, variant), {})
             if not (complete_base and all(s in runs for s in seeds)):
@@ -107,7 +120,7 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
                 continue
             deltas = [[_diff(runs[s], base[s], m) for s in seeds] for m in metrics]
             tail = [[_diff(runs[s], base[s], f"test_tail/{m}") for s in seeds] for m in metrics]
-            rows.append([label, *map(_fmt, deltas), *map(_fmt, tail)])
+            rows.append([_mark_devices(label, runs, base), *map(_fmt, deltas), *map(_fmt, tail)])
             if variant in PAPER_TABLE1:
                 rows.append([f"  paper: {label}", *[PAPER_TABLE1[variant][k] for k in paper_keys], *[""] * len(metrics)])
         rows += _multimodal_rows(index, dataset, seeds, metrics)
@@ -125,7 +138,7 @@ def render_table1_paired(records: list[Record], *, suite: str, suite_version: st
     out = ["## Table 1, paired: each variant − action-only over the test impressions", "",
            "Each model's per-impression values averaged over its seeds, then a paired t interval and p-value "
            "(`benchmark.stats`); gAUC's unit is the impression's AUC against its exposures. `*`: significant "
-           "at 0.05 after Holm's correction over the view's table. Points (×100).", ""]
+           f"at 0.05 after Holm's correction over the view's table. Points (×100). {MIXED_NOTE}", ""]
     return "\n".join(out + _paired_views(index, views, BASELINE, ROWS, seeds, metrics, "variant",
                                           "No variant has every seed (and action-only) yet."))
 
@@ -138,7 +151,8 @@ def _paired_views(index: dict, views: list[tuple[str, str]], reference: tuple[st
         base = (dataset, mode, *reference)
         keys = [(dataset, mode, *row) for row in labels]
         rows = paired_rows(index, keys, {key: list(seeds) for key in [base, *keys]}, [base], metrics, cache)
-        rows = [[labels[(r[0], r[1])], *r[2:]] for r in rows]
+        rows = [[_mark_devices(labels[(r[0], r[1])], index.get((dataset, mode, r[0], r[1]), {}), index.get(base, {})),
+                 *r[2:]] for r in rows]
         out += [f"### {dataset} · {mode}", "",
                 tabulate(rows, headers=[header, *[f"Δ{m}" for m in metrics]], tablefmt="github",
                          disable_numparse=True) if rows else empty, ""]
@@ -162,7 +176,7 @@ def render_table2_objectives(records: list[Record], *, suite: str, suite_version
            "with the generated embedding instead of u (one sample from a fixed noise stream for the sampled "
            "heads); same tuning selection (the action-only LLM's), stopping rule and seeds as KARMA. Paired "
            "t intervals over test impressions, Holm over the view's table; points (×100). The paper: diffusion "
-           "underperforms, AR + MSE does better.", ""]
+           f"underperforms, AR + MSE does better. {MIXED_NOTE}", ""]
     return "\n".join(out + _paired_views(index, views, REFERENCE, OBJECTIVE_ROWS, seeds, metrics, "objective",
                                           "No objective has every seed (and KARMA) yet."))
 
@@ -214,7 +228,7 @@ def _multimodal_rows(index: dict, dataset: str, seeds: list[int], metrics: list[
         return [[label, *[f"missing ({done}/{len(seeds)})"] * (2 * len(metrics))]]
     deltas = [[_diff(runs[s], base[s], m) for s in seeds] for m in metrics]
     tail = [[_diff(runs[s], base[s], f"test_tail/{m}") for s in seeds] for m in metrics]
-    return [[label, *map(_fmt, deltas), *map(_fmt, tail)],
+    return [[_mark_devices(label, runs, base), *map(_fmt, deltas), *map(_fmt, tail)],
             ["  paper: + visual semantic reconstruction", *PAPER_VISUAL_ROW, *[""] * len(metrics)]]
 
 

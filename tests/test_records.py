@@ -341,3 +341,20 @@ def test_table1_shows_the_equal_epoch_view():
                        datasets=["synthetic · coarse"])
     row = [line for line in md.splitlines() if line.startswith("| + Task 2")][-1]  # Table 1, then the view
     assert "2.0 / 3.0" in row and "| 2, 2 " in row and "+2.00 ± 0.00" in row
+
+
+def test_table1_marks_a_row_whose_runs_span_two_kinds_of_cpu():
+    from benchmark.tables import MIXED_DEVICES, render_table1
+
+    def rows(devices):  # devices[(model, seed)] of the Task 2 row and its action-only reference
+        recs = [_curve_record("action_llm", "default", s, [0.3, 0.4, 0.5]) for s in (0, 1)]
+        recs += [_curve_record("karma", "task2", s, [0.31, 0.42], stages=("warmup", "main")) for s in (0, 1)]
+        for r in recs:
+            r.data["environment"] = {"device": devices.get((r.model, r.seed), "cpu: Intel x2")}
+        md = render_table1(recs, suite=SUITE, suite_version=VERSION, seeds=[0, 1], ks=(10, 50),
+                           datasets=["synthetic · coarse"])
+        return [line for line in md.splitlines() if line.startswith(("| + Task 2", "| action-only"))]
+
+    assert not any(MIXED_DEVICES in line for line in rows({}))  # one CPU: no mark
+    marked = rows({("action_llm", 1): "cpu: AMD EPYC x2"})  # the reference's seed 1 ran elsewhere
+    assert all(f" {MIXED_DEVICES} " in line for line in marked[:2])
