@@ -310,12 +310,22 @@ def _diff(run: Record, base: Record, metric: str) -> float | None:
     return None if a is None or b is None else a - b
 
 
-FUNNEL_COLUMNS = {  # column -> path in a funnel result (benchmark.funnel.runs)
-    "CTR ΔgAUC lex+pop": "ctr.lexical_popularity.delta_gAUC", "CTR ΔgAUC pop": "ctr.popularity.delta_gAUC",
-    "pre K": "prerank.K", "query_pop HR": "prerank.HR_query_pop", "pre-rank HR": "prerank.HR_pre",
-    "fused HR": "prerank.HR_fused", "Δ pre-rank": "prerank.delta.delta",
-    "recall K": "recall.K", "lexical HR": "recall.HR_lexical", "embedding HR": "recall.HR_embedding",
-    "merged HR": "recall.HR_merged", "Δ recall": "recall.delta.delta",
+# The funnel's three stages, one table each: column -> path in a funnel result (benchmark.funnel.runs).
+class Paired(str):
+    """A path to a per-seed paired interval over the test impressions ({low, high, ...})."""
+
+
+CTR_SETS = {"lex+pop": "ctr.lexical_popularity", "pop": "ctr.popularity"}
+FUNNEL_STAGES = {
+    "CTR": {column: path for name, ctr in CTR_SETS.items() for column, path in (
+        (f"{name} AUC without → with", (f"{ctr}.without.AUC", f"{ctr}.with.AUC")),
+        (f"{name} gAUC without → with", (f"{ctr}.without.gAUC", f"{ctr}.with.gAUC")),
+        (f"{name} ΔgAUC", f"{ctr}.delta_gAUC"), (f"{name} paired", Paired(f"{ctr}.delta_gAUC_ci")))},
+    "pre-rank": {"K": "prerank.K", "query_pop HR": "prerank.HR_query_pop", "pre-rank HR": "prerank.HR_pre",
+                 "fused HR": "prerank.HR_fused", "Δ fused − pre-rank": "prerank.delta.delta",
+                 "paired": Paired("prerank.delta")},
+    "recall": {"K": "recall.K", "lexical HR": "recall.HR_lexical", "embedding HR": "recall.HR_embedding",
+               "merged HR": "recall.HR_merged", "Δ merged − lexical": "recall.delta.delta", "paired": Paired("recall.delta")},
 }
 COLLAPSE_COLUMNS = {
     "eff. rank before": "diagnostics.item_embeddings.effective_rank_before",
@@ -337,8 +347,7 @@ ATTENTION_SOURCES = {"item encoder": "item_encoder_attention", "decoder": "decod
 
 
 def _dig(data: dict, path: str):
-    for part in path.split("."):
-        data = data.get(part) if isinstance(data, dict) else None
+    data = _node(data, path)
     return data if isinstance(data, (int, float)) and not isinstance(data, bool) else None
 
 
@@ -349,6 +358,33 @@ def _mean_cell(values: list, integer: bool = False) -> str:
     if integer and len(set(values)) == 1:
         return str(int(values[0]))
     return f"{mean:.4f}" if not half else f"{mean:.4f} ± {half:.4f}"
+
+
+def _paired_count(intervals: list) -> str:
+    """How many seeds' paired intervals lie above and below 0, of the seeds present."""
+    if not intervals or any(not isinstance(c, dict) or c.get("low") is None for c in intervals):
+        return "n/a"
+    up = sum(c["low"] > 0 for c in intervals)
+    down = sum(c["high"] < 0 for c in intervals)
+    return f"{up}↑ {down}↓ of {len(intervals)}"
+
+
+def _funnel_cell(results: list[dict], path) -> str:
+    """One funnel cell over the seeds' results: a (without, with) pair of means, a count of significant
+    paired intervals, or a mean ± half-width."""
+    if isinstance(path, tuple):
+        means = [mean_ci(values)[0] if values and None not in values else None
+                 for values in ([_dig(x, p) for x in results] for p in path)]
+        return "n/a" if None in means else " → ".join(f"{m:.4f}" for m in means)
+    if isinstance(path, Paired):
+        return _paired_count([_node(x, path) for x in results])
+    return _mean_cell([_dig(x, path) for x in results], path.endswith(".K"))
+
+
+def _node(data: dict, path: str):
+    for part in path.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def render_funnel(records: list[Record], funnel_results: list[dict], *, suite: str, suite_version: str,
@@ -368,18 +404,21 @@ def render_funnel(records: list[Record], funnel_results: list[dict], *, suite: s
            "fused with the model's score at the weight chosen on validation; Δ = fused − pre-rank. **Recall**: "
            "channels see only the request (the mode's visible query, the history); K is the largest 10·2^j at "
            "which the lexical channel alone recalls at most half of the validation targets; merged = fixed "
-           "50/50 quotas; Δ = merged − lexical.", ""]
+           "50/50 quotas; Δ = merged − lexical. Cells: mean (± 95% half-width over seeds); `paired`: in how many "
+           "seeds the paired 95% interval of the Δ over the test impressions lies above (↑) or below (↓) 0. A run "
+           "without stored embeddings has no row (BM25, whose vectors are vocabulary-sized, and runs recorded "
+           "before embeddings were stored).", ""]
     wanted = {(r["dataset"], r["mode"]) for r in funnel_results if r.get("suite_version") == suite_version}
     for dataset, mode in sorted(wanted):
         groups: dict[tuple[str, str], dict[int, dict]] = {}
         for r in funnel_results:
             if (r["dataset"], r["mode"]) == (dataset, mode) and r.get("suite_version") == suite_version:
                 groups.setdefault((r["model"], r["variant"]), {})[r["seed"]] = r
-        rows = [[f"{model}:{variant}", len(runs), *(_mean_cell([_dig(x, path) for x in runs.values()], path.endswith(".K"))
-                                                   for path in FUNNEL_COLUMNS.values())]
-                for (model, variant), runs in sorted(groups.items())]
-        out += [f"### {dataset} · {mode}: funnel", "",
-                tabulate(rows, headers=["model", "seeds", *FUNNEL_COLUMNS], tablefmt="github"), ""]
+        for stage, columns in FUNNEL_STAGES.items():
+            rows = [[f"{model}:{variant}", len(runs), *(_funnel_cell(list(runs.values()), path) for path in columns.values())]
+                    for (model, variant), runs in sorted(groups.items())]
+            out += [f"### {dataset} · {mode}: funnel, {stage}", "",
+                    tabulate(rows, headers=["model", "seeds", *columns], tablefmt="github", disable_numparse=True), ""]
     index = _view_index(records, suite, suite_version)
     out += ["Collapse (paper §3.3), from each run record, on the layers that train: the item encoder's trainable "
             "top block (first 256 catalog items, per head then averaged) and every decoder layer (up to 256 test "

@@ -358,3 +358,25 @@ def test_table1_marks_a_row_whose_runs_span_two_kinds_of_cpu():
     assert not any(MIXED_DEVICES in line for line in rows({}))  # one CPU: no mark
     marked = rows({("action_llm", 1): "cpu: AMD EPYC x2"})  # the reference's seed 1 ran elsewhere
     assert all(f" {MIXED_DEVICES} " in line for line in marked[:2])
+
+
+def test_the_funnel_tables_show_with_and_without_and_count_significant_paired_intervals():
+    from benchmark.tables import render_funnel
+
+    def result(seed, without, with_, low, high):
+        ctr = {"without": {"AUC": without, "gAUC": without}, "with": {"AUC": with_, "gAUC": with_},
+               "delta_gAUC": with_ - without, "delta_gAUC_ci": {"low": low, "high": high}}
+        delta = {"delta": 0.01, "low": low, "high": high}
+        return {"dataset": "synthetic", "mode": "coarse", "model": "karma", "variant": "karma", "seed": seed,
+                "suite_version": VERSION, "ctr": {"lexical_popularity": ctr, "popularity": ctr},
+                "prerank": {"K": 12, "HR_query_pop": 0.2, "HR_pre": 0.3, "HR_fused": 0.31, "delta": delta},
+                "recall": {"K": 40, "HR_lexical": 0.4, "HR_embedding": 0.5, "HR_merged": 0.41, "delta": delta}}
+
+    results = [result(0, 0.50, 0.60, 0.02, 0.18), result(1, 0.70, 0.70, -0.05, -0.01)]
+    md = render_funnel([], results, suite=SUITE, suite_version=VERSION, seeds=[0, 1])
+    ctr = md.split("funnel, CTR")[1].split("###")[0]
+    row = next(line for line in ctr.splitlines() if line.startswith("| karma:karma"))
+    assert "0.6000 → 0.6500" in row  # seed means of without and with
+    assert row.count("1↑ 1↓ of 2") == 2  # one seed's interval above 0, the other's below
+    for stage in ("pre-rank", "recall"):
+        assert "1↑ 1↓ of 2" in md.split(f"funnel, {stage}")[1].split("###")[0]
