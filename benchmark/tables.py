@@ -338,6 +338,7 @@ COLLAPSE_COLUMNS = {
     "attn barcode": "diagnostics.item_encoder_attention.barcode",
     "dec. attn first before": "diagnostics.before_training.decoder_attention.first",
     "dec. attn first": "diagnostics.decoder_attention.first",
+    "dec. attn top-3": "diagnostics.decoder_attention.top3",
     "dec. attn norm. entropy": "diagnostics.decoder_attention.norm_entropy",
     "dec. attn barcode": "diagnostics.decoder_attention.barcode",
 }
@@ -440,7 +441,8 @@ def render_funnel(records: list[Record], funnel_results: list[dict], *, suite: s
     return "\n".join(out)
 
 
-LAYER_STATISTICS = {"first": "attention on the first position", "norm_entropy": "normalised entropy"}
+LAYER_STATISTICS = {"first": "attention on the first position", "top3": "attention on the top-3 positions",
+                    "norm_entropy": "normalised entropy", "barcode": "barcode score"}
 
 
 def _per_layer(records: list[Record], path: str, stat: str) -> list[float] | None:
