@@ -180,6 +180,10 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert warm["mode"] == "coarse" and warm["adaptation"]["query"] == "coarse"
     karma = json.loads((folder / "karma__karma__seed0.json").read_text())
     assert karma["config"]["model_config"]["w_task1"] > 0 and karma["selection"]["history"][0]["stage"] == "warmup"
+    # what a reader needs to trust an LLM row: its weights, precision and throughput, in every record
+    info = karma["model_info"]
+    assert info["weights"] and info["dtype"] and 0 <= info["target_text"]["digit_token_share"] <= 1
+    assert karma["timing"]["train_tokens_per_s"] > 0 and karma["timing"]["train_impressions_per_s"] > 0
     board = (tmp_path / "leaderboard.md").read_text()
     assert "Table 1" in board and "KARMA: Task 1 + Task 2" in board
     paired = board.split("## Table 1, paired")[1].split("\n## ")[0]
@@ -319,3 +323,19 @@ def test_a_field_added_with_a_new_behaviour_makes_older_records_stale_and_others
     no_use_exposures = {**want, "model_config": {k: v for k, v in want["model_config"].items()
                                                  if k != "use_exposures"}}
     assert settings_agree(want, no_use_exposures)  # a field added with the old behaviour as its default
+
+
+def test_baselines_never_import_the_evaluation_stage():
+    """One direction of data flow: a baseline model may read the data schema and lexical scorer, never the
+    harness that evaluates it (funnel, evaluation, runner)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    banned = ("benchmark.funnel", "benchmark.evaluate", "benchmark.runner")
+    found = []
+    for file in sorted((root / "baselines").glob("*.py")) + sorted((root / "karma").glob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{file.name}: {n}" for n in names if n.startswith(banned)]
+    assert not found, found

@@ -526,3 +526,36 @@ def test_the_per_epoch_attention_probe_leaves_training_bit_identical():
     (plain, emb_plain), (probed, emb_probed) = runs
     assert [{k: v for k, v in h.items() if k != "probe"} for h in probed] == plain
     assert torch.equal(emb_plain, emb_probed) and all(0 < h["probe"]["norm_entropy"] <= 1 for h in probed[-2:])
+
+
+def test_hllm_item_llm_trains_only_its_top_blocks_through_lora_adapters():
+    log = _log()
+    model = HLLM(log, HLLMConfig(tiny=True, item_llm_tokens=8, item_train_layers=1, item_lora_rank=4))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    item_llm = {n for n in trainable if n.startswith("item_encoder.blocks.")}
+    assert len(model.item_encoder.blocks) == 1 and model.item_encoder.frozen >= 1  # the lower blocks are cached
+    assert item_llm and all(".lora_" in n for n in item_llm)  # the top block adapts through LoRA only
+    assert {n for n in trainable if n.startswith("item_encoder.")} == item_llm | {"item_encoder.item_token"}
+    full = HLLM(log, HLLMConfig(tiny=True, item_llm_tokens=8, item_train_layers=1, item_lora_rank=0))
+    assert not any(".lora_" in n for n, _ in full.item_encoder.named_parameters())  # rank 0: the top block trains fully
+    assert all(p.requires_grad for n, p in full.named_parameters() if n.startswith("item_encoder.blocks."))
+
+
+def test_the_decoded_target_is_path_brand_title_and_its_digit_share_is_recorded(monkeypatch):
+    from karma import backbones
+    from karma.model import semantic_text
+
+    # most general first, so a cut at text_tokens drops the title's part numbers before the semantics
+    assert semantic_text("PORTER-CABLE 74000 saw", "Porter", ["Tools", "Saws"]) == \
+        "Tools > Saws. Porter. PORTER-CABLE 74000 saw"
+    assert semantic_text("mug", None, []) == "mug" and semantic_text("mug", " ", None) == "mug"
+    assert _model("karma").info["target_text"]["digit_token_share"] == 0.0  # the toy catalog has no digit
+    numbers = [str(n) for n in range(100, 400)]
+    real = backbones.tiny_tokenizer
+    monkeypatch.setattr(backbones, "tiny_tokenizer", lambda words=backbones.TINY_WORDS: real([*words, *numbers]))
+    log = _log()
+    log.catalog["title"] = [f"{100 + i} {200 + i}" for i in range(log.n_items)]
+    log.catalog["brand"] = [str(300 + i) for i in range(log.n_items)]
+    cfg = dataclasses.replace(KarmaConfig(tiny=True, retrieval_dim=16, item_tokens=8, text_tokens=30), **VARIANTS["karma"])
+    share = ContinuousTokenModel(log, cfg).info["target_text"]["digit_token_share"]
+    assert 0.3 < share < 1.0  # digits dominate; the separators and the category word do not count
