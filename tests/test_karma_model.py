@@ -194,8 +194,9 @@ def test_hllm_trains_with_infonce_and_a_capped_temperature(preset):
         HLLMConfig(init_logit_scale=1000.0)
 
 
-def test_hllm_item_token_follows_the_truncated_text(monkeypatch):
-    """The [ITEM] state is read right after each item's last real token, whatever the truncation."""
+def test_hllm_item_token_is_the_last_real_position_after_truncation(monkeypatch):
+    """[ITEM] follows each item's truncated text: the last position the item LLM attends to, never
+    inside the text, cut off with it, or among the pads after it."""
     import baselines.hllm
 
     monkeypatch.setattr(baselines.hllm, "PROMPT", "")  # the tiny tokenizer spells the prompt letter by letter
@@ -203,19 +204,34 @@ def test_hllm_item_token_follows_the_truncated_text(monkeypatch):
     log.catalog["text"] = [" ".join([WORDS[i % 10]] * (1 + i)) for i in range(log.n_items)]  # 1..12 words
     model = HLLM(log, HLLMConfig(tiny=True, item_llm_tokens=6))
     enc = model.item_encoder
-    lengths = enc.mask.sum(1)
-    assert int(lengths.max()) == 6 and int(lengths.min()) < 6  # long texts were cut, short ones were not
-    # the item embedding changes with the [ITEM] token (so it is read at the [ITEM] position) ...
+    # each text's token count after truncation, from the tokenizer itself (not the encoder's mask)
+    n_text = [min(len(model.user_llm.tokenizer(t)["input_ids"]), 6) for t in log.catalog["text"]]
+    assert max(n_text) == 6 and min(n_text) < 6  # long texts were cut, short ones were not
+    seen = {}
+
+    def grab(block, args, kwargs):  # what the first trainable block reads
+        seen["x"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        seen["mask"] = kwargs["attention_mask"].detach().clone()
+
+    hook = enc.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     items = torch.arange(log.n_items)
     with torch.no_grad():
         before = enc(items).clone()
+    hook.remove()
+    x = seen["x"]
+    attended = seen["mask"][:, 0].diagonal(dim1=-2, dim2=-1) == 0  # a position that sees itself is no pad
+    item_token = enc.item_token.detach().to(x.dtype)
+    for i, n in enumerate(n_text):
+        assert attended[i].nonzero().flatten().tolist() == list(range(n + 1))  # the text, then [ITEM]
+        assert (x[i] == item_token).all(-1).nonzero().flatten().tolist() == [n]  # [ITEM] there, only there
+        assert torch.equal(x[i, :n], enc.states[i, :n].float())  # the text's states left as they are
+    # the embedding is read there: it moves with the [ITEM] token, and one item alone gives the same row
+    with torch.no_grad():
         enc.item_token.add_(1.0)
         after = enc(items)
     assert not torch.allclose(before, after)
-    # ... and equals a direct pass over (cached text states, then [ITEM]) of exactly length + 1 positions
-    i = int(torch.argmax(lengths))
-    single = enc(torch.tensor([i]))
-    assert torch.allclose(single[0], after[i], atol=1e-5)
+    i = n_text.index(6)
+    assert torch.allclose(enc(torch.tensor([i]))[0], after[i], atol=1e-5)
 
 
 def test_hllm_history_items_enter_the_user_llm_at_its_input_scale():
