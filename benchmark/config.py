@@ -99,7 +99,9 @@ class RunConfig:
     # query-blind models run once, in mode none, which stands for every mode
     modes: list[str] = field(default_factory=lambda: ["coarse"])
     overwrite: bool = False  # re-run runs whose record exists
-    strict: bool = False  # raise on the first bad input record instead of counting it
+    # stop the suite (exit 2) at the first bad input record or failed run, instead of counting the record
+    # or listing the run and finishing the rest
+    strict: bool = False
     allow_download: bool = True  # fetch missing Amazon files (with checksums) when online
     threads: int = 2  # torch intra-op threads
     unit: int | None = None  # run only this unit of the plan, a (dataset, mode, model, variant) (set by --jobs)

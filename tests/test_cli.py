@@ -255,6 +255,48 @@ def test_a_failed_run_lets_the_rest_finish_then_the_suite_exits_non_zero(tmp_pat
     assert (tmp_path / "leaderboard.md").exists()  # and the leaderboard was written
 
 
+def _bad_sequence_file(root: Path) -> None:
+    """An ID-only dataset, s3rec/Tiny, whose line 3 is not space-separated ids (a bad record)."""
+    lines = [f"u{u} " + " ".join(f"i{(u + k) % 30}" for k in range(6)) for u in range(40)]
+    lines.insert(2, "u99\tnot\tids")
+    folder = root / "s3rec" / "Tiny"
+    folder.mkdir(parents=True)
+    (folder / "user_sequence.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_strict_stops_at_the_first_bad_record_and_exits_non_zero(tmp_path, capsys):
+    _bad_sequence_file(tmp_path / "data")
+    args = [*_args(tmp_path), *TINY[:-1], "models=[popularity]", "datasets=[s3rec/Tiny,synthetic]"]
+    assert main(["--suite", "smoke", *args, "strict=true"]) == 2
+    err = capsys.readouterr().err
+    assert "strict mode" in err and "user_sequence.txt:3" in err and "1 later runs not run" in err
+    records = tmp_path / "results" / "records" / "smoke"
+    assert not list(records.rglob("*.json"))  # the synthetic run, planned after it, never ran
+    assert not (tmp_path / "leaderboard.md").exists()
+    # without strict the record is counted and skipped, both datasets run and the funnel pass passes over
+    # the ID-only one (it has no search mode to evaluate in)
+    assert main(["--suite", "smoke", *args]) == 0
+    assert sorted(p.parent.parent.name for p in records.rglob("*.json")) == ["s3rec__Tiny", "synthetic"]
+    assert (tmp_path / "leaderboard.md").exists()
+
+
+def test_strict_stops_at_the_first_failed_run(tmp_path, monkeypatch, capsys):
+    import benchmark.runner.suite as suite
+
+    called = []
+
+    def crash(run, *args, **kwargs):
+        called.append(run.model)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(suite, "run_one", crash)
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY, "strict=true"]) == 2
+    assert called == ["popularity"]  # sasrec, planned after it, never ran
+    err = capsys.readouterr().err
+    assert "strict mode: stopped at the first failed or skipped run" in err and "RuntimeError: boom" in err
+    assert not (tmp_path / "leaderboard.md").exists()
+
+
 @pytest.mark.parametrize("override,message", [
     ("modes=[bogus]", "modes must be a non-empty list of none, coarse, hem"),
     ("model.sasrec.loss=foo", "'ce' or 'sampled'"),
