@@ -55,3 +55,18 @@ def test_the_pareto_front_keeps_only_undominated_models(tmp_path):
     assert [c.strip() for c in row.strip("|").split("|")] == ["sasrec:default", "3", "0.2000 ± 0.0000", "10", "2.00"]
     assert "by training time: popularity:default, sasrec:default" in section
     assert (tmp_path / "fig" / "d__coarse_cost.png").is_file()
+
+
+def test_variants_on_the_action_only_inference_path_take_its_latency_and_others_do_not():
+    from benchmark.perf_report import cost_points
+
+    def rec(model, variant):
+        return Record({**_record(model, 0.1, 5.0).data, "variant": variant})
+
+    perf_result = {"dataset": "d", "mode": "coarse",
+                   "models": {"action_llm:default": {"evaluation": {"ms_per_request": 27.0}}}}
+    records = [rec("action_llm", "default"), rec("karma", "task2"), rec("karma_gen", "objective_flow")]
+    got = {p["model"]: (p["ms_per_request"], p["latency_of_action_only"]) for p in cost_points(records, perf_result, "full")}
+    # Task 2's heads are train-only: it scores like action-only; a generated retrieval embedding does not
+    assert got == {"action_llm:default": (27.0, False), "karma:task2": (27.0, True),
+                   "karma_gen:objective_flow": (None, False)}
