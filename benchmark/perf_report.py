@@ -121,10 +121,13 @@ def render_perf(results_dir: Path, records: list[Record], *, suite: str, figures
                                         "ranking / plain top-K", "ms/request", "peak MiB"], tablefmt="github")]
         latency = perf.get("karma_vs_action_only")
         if latency:
-            ratio = latency["ratio_karma_over_action_only"]
-            out += ["", f"KARMA / action-only at inference: catalog embedding {ratio['items']:.2f}x, user embedding "
-                        f"{ratio['users']:.2f}x ({latency['impressions']} impressions; identical scores: "
-                        f"{latency['identical_scores']})."]
+            ratio, spread = latency["ratio_karma_over_action_only"], latency.get("ratio_range_over_rounds")
+            cell = {k: f"{ratio[k]:.2f}x" + (f" (rounds {spread[k][0]:.2f}–{spread[k][1]:.2f})" if spread else "")
+                    for k in ("items", "users")}
+            out += ["", f"KARMA / action-only at inference, median of alternating rounds: catalog embedding "
+                        f"{cell['items']}, user embedding {cell['users']} ({latency['impressions']} impressions; "
+                        f"identical scores: {latency['identical_scores']})"
+                        + ("" if spread else "; measured before the per-round spread was recorded") + "."]
         visual = perf.get("visual_cache") or {}
         if "skipped" in visual:
             out += ["", f"Visual-feature cache: not measured ({visual['skipped']})."]

@@ -14,7 +14,7 @@ SMALL = ["synthetic.n_items=120", "synthetic.n_users=60", "synthetic.image_size=
 
 def test_perf_measures_training_evaluation_and_inference(tmp_path):
     out = tmp_path / "perf" / "synthetic.json"
-    assert perf.main(["--suite", "smoke", "--data-dir", str(tmp_path), "--steps", "1", "--repeats", "1",
+    assert perf.main(["--suite", "smoke", "--data-dir", str(tmp_path), "--steps", "1", "--repeats", "3",
                       "--models", "popularity:default", "sasrec:default", "action_llm:default", "karma:karma",
                       "--latency-impressions", "16", "--out", str(out), *SMALL]) == 0
     result = json.loads(out.read_text())
@@ -26,6 +26,8 @@ def test_perf_measures_training_evaluation_and_inference(tmp_path):
     assert result["models"]["action_llm:default"]["training"]["tokens_per_s"] > 0  # the LLM counts its tokens
     assert result["models"]["sasrec:default"]["training"]["tokens_per_s"] is None
     assert result["karma_vs_action_only"]["identical_scores"] is True
+    low, high = result["karma_vs_action_only"]["ratio_range_over_rounds"]["users"]
+    assert 0 < low <= result["karma_vs_action_only"]["ratio_karma_over_action_only"]["users"] <= high
     assert result["machine"]["cpu_count"] >= 1 and "git_revision" in result["machine"]
     section = render_perf(tmp_path, [], suite="smoke", figures_dir=tmp_path / "figures", link_base=tmp_path)
     assert "## Speed and memory" in section and "karma:karma" in section and "KARMA / action-only" in section
