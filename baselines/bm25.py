@@ -32,6 +32,10 @@ from benchmark.model import NothingToTrain
 class BM25Config:
     popularity_weight: float = 1e-3  # tie-break among equal BM25 scores (most items match no query term)
 
+    def __post_init__(self) -> None:  # checked when the config is composed, before any run
+        if self.popularity_weight < 0:  # a negative weight would rank the least clicked first
+            raise ValueError(f"model.bm25.popularity_weight must be >= 0, got {self.popularity_weight}")
+
 
 class BM25(NothingToTrain, nn.Module):
     def __init__(self, n_items: int, config: BM25Config):

@@ -34,6 +34,10 @@ from benchmark.model import NothingToTrain
 class QueryPopConfig:
     match_weight: float = 1e3  # above log(1 + clicks) of any item, so a match always ranks first
 
+    def __post_init__(self) -> None:  # checked when the config is composed, before any run
+        if self.match_weight <= 0:
+            raise ValueError(f"model.query_pop.match_weight must be > 0, got {self.match_weight}")
+
 
 class QueryPop(NothingToTrain, nn.Module):
     def __init__(self, n_items: int, config: QueryPopConfig):

@@ -33,7 +33,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1 or self.js_k < 1 or self.tail_max_train < 0:
-            raise ValueError(f"eval.ks must be cut-offs >= 1 and eval.js_k >= 1, got ks={self.ks}, js_k={self.js_k}")
+            raise ValueError(f"eval.ks must be cut-offs >= 1, eval.js_k >= 1 and eval.tail_max_train >= 0, got "
+                             f"ks={self.ks}, js_k={self.js_k}, tail_max_train={self.tail_max_train}")
         name, _, k = self.selection_metric.partition("@")
         if self.selection_metric not in ("MRR", "gAUC") and not (name in ("HR", "NDCG") and k.isdigit() and int(k) in self.ks):
             raise ValueError(f"eval.selection_metric must be MRR, gAUC, or HR@K / NDCG@K with K in eval.ks {self.ks}, "
@@ -54,11 +55,25 @@ class FunnelConfig:
     generator_samples: int = 8  # Table 2 mode/mean analysis: diffusion samples drawn per test impression
     generator_impressions: int = 512  # test impressions in the mode/mean analysis
 
+    def __post_init__(self) -> None:
+        if self.ctr_folds < 2:  # each fold's CTR model fits on the other folds' rows: one fold fits none
+            raise ValueError(f"funnel.ctr_folds must be >= 2, got {self.ctr_folds}")
+        for name in ("ctr_epochs", "n_boot", "attention_items", "probe_items", "generator_updates",
+                     "generator_samples", "generator_impressions"):
+            if getattr(self, name) < 1:  # 0 would fail late, after the runs trained (e.g. no generator fit)
+                raise ValueError(f"funnel.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.recall_max_lexical_hr <= 1.0:
+            raise ValueError(f"funnel.recall_max_lexical_hr must be in (0, 1], got {self.recall_max_lexical_hr}")
+
 
 @dataclass
 class ImagesConfig:
     fetch: bool = False  # download catalog image URLs into the cache (needs network); off: local files only
     timeout_s: float = 10.0  # socket timeout per image
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"images.timeout_s must be > 0, got {self.timeout_s}")
 
 
 @dataclass
@@ -69,6 +84,11 @@ class SearchConfig:
     # whose product is larger is cut to a balanced fraction of it (benchmark.runner.grids.grid_trials).
     grids: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     trials: int = 4
+
+    def __post_init__(self) -> None:
+        if self.trials < 1 or self.seed < 0:
+            raise ValueError(f"search.trials must be >= 1 and search.seed >= 0, got trials={self.trials}, "
+                             f"seed={self.seed}")
 
 
 @dataclass
@@ -110,7 +130,9 @@ class RunConfig:
     # that costs hours a run is planned only where the suite's budget reaches, not shown missing elsewhere
     scope: dict[str, Scope] = field(default_factory=dict)
     overwrite: bool = False  # re-run runs whose record exists
-    strict: bool = False  # raise on the first bad input record instead of counting it
+    # stop the suite (exit 2) at the first bad input record or failed run, instead of counting the record
+    # or listing the run and finishing the rest
+    strict: bool = False
     allow_download: bool = True  # fetch missing Amazon files (with checksums) when online
     threads: int = 2  # torch intra-op threads
     unit: int | None = None  # run only this unit of the plan, a (dataset, mode, model, variant) (set by --jobs)
@@ -131,8 +153,9 @@ class RunConfig:
             bad = [m for m in where.modes if m not in QUERY_MODES]
             if bad:
                 raise ValueError(f"scope.{model}.modes must be among {', '.join(QUERY_MODES)}, got {where.modes}")
-        if self.threads < 1 or not self.seeds:
-            raise ValueError(f"threads must be >= 1 and seeds non-empty, got threads={self.threads}, seeds={self.seeds}")
+        if self.threads < 1 or not self.seeds or min(self.seeds) < 0:  # numpy takes seeds >= 0 only
+            raise ValueError(f"threads must be >= 1 and seeds a non-empty list of seeds >= 0, got "
+                             f"threads={self.threads}, seeds={self.seeds}")
 
 
 ConfigStore.instance().store(name="base_config", node=RunConfig)

@@ -54,11 +54,15 @@ def measure_latency(log, cfg, impressions: int, repeats: int) -> dict:
                 timings[name]["items"] += _time(lambda m=model: m.item_embeddings(log), 1)
                 timings[name]["users"] += _time(lambda m=model: m.user_embeddings(log, imp), 1)
     median = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in timings.items()}
+    # each round's ratio: its spread is the noise a ratio of 1.00 is judged against
+    rounds = {k: [a / b for a, b in zip(timings["karma"][k], timings["action_llm"][k], strict=True)]
+              for k in ("items", "users")}
     return {
         "n_items": log.n_items, "impressions": len(imp), "repeats": repeats,
         "inference_parameters": params, "karma_train_only_parameters": train_only, "identical_scores": same,
         "median_seconds": median,
         "ratio_karma_over_action_only": {k: median["karma"][k] / median["action_llm"][k] for k in ("items", "users")},
+        "ratio_range_over_rounds": {k: [min(v), max(v)] for k, v in rounds.items()},
         "users_per_second": {n: len(imp) / m["users"] for n, m in median.items()},
     }
 

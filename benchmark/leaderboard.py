@@ -54,6 +54,15 @@ def _revisions(records: list[dict]) -> list[str]:
     return [f"`{rev}`" + (" (dirty: uncommitted changes)" if dirty else "") for rev, dirty in sorted(seen.items())]
 
 
+def _external_sources(records: list[dict]) -> list[str]:
+    """Per external model, where its records' code came from: import path, file and sha256 prefix (one
+    entry per distinct file version, so a model edited between runs shows each version)."""
+    seen = dict.fromkeys((src.get("import_path"), src.get("file"), (src.get("sha256") or "")[:12])
+                         for src in (rec.get("model_source") for rec in records) if isinstance(src, dict))
+    return [f"`{path}` ({Path(file).name if file else 'file unknown'}, sha256 {digest or 'unknown'})"
+            for path, file, digest in seen]
+
+
 def _machines(records: list[dict]) -> str:
     """Each CPU (or device) that produced records, with its record count, most records first."""
     counts = Counter(str((rec.get("environment") or {}).get("device") or "unknown") for rec in records)
@@ -287,6 +296,9 @@ def render_leaderboard(records: list[Record], plan: list[dict], *, suite: str, s
                "the corrected one; the interval is per comparison). Values in points (×100).")
     if tuning:
         out.append(f"- **tuning budget:** {tuning}")
+    external = _external_sources([r.data for r in used])
+    if external:
+        out.append("- **external models** (brought by their users, `benchmark.byo`; code as recorded): " + "; ".join(external))
     out.append("- `train s`: mean training seconds per run (validation passes included); `imp/s`: training "
                "impressions per second; `users/s`: test impressions embedded and ranked per second; `peak MB`: "
                "the largest resident memory of any seed's run. Time is measured, never a reason to stop.")

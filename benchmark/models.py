@@ -73,6 +73,16 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def infers_like_action_only(model: str, variant: str) -> bool:
+    """Whether a (model, variant) scores with the action-only LLM's inference path: every variant of
+    KARMA's network that retrieves with the discriminative u (its extra heads are train-only), so its
+    per-request latency is action-only's (``benchmark.latency`` checks the scores are identical)."""
+    spec = MODELS.get(model)
+    if spec is None or spec.cls is not ContinuousTokenModel or variant not in spec.variants:
+        return False
+    return spec.variants[variant].get("retrieval_objective", "discriminative") == "discriminative"
+
+
 def tuned_source(model: str, variant: str) -> tuple[str, str] | None:
     """The (model, variant) whose tuning search selects this one's settings, None for its own search."""
     source = MODELS[model].tuned_like

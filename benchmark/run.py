@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 return run_jobs(cfg, args.suite, overrides, args.jobs, launcher_overrides, verbose=args.verbose)
             if runner.run_suite(cfg):
                 return 1  # every other run finished and the leaderboard is written; the list is printed
-        except DataError as err:
+        except (DataError, runner.StrictStop) as err:  # bad input, or strict=true's stop at a failed run
             print(f"error: {err}", file=sys.stderr)
             return 2
     return 0

@@ -34,13 +34,16 @@ class TrainConfig:
     batch_size: int = 128  # training examples per step
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     patience: int = 3  # epochs without validation gain before stopping
+    grad_clip: float = 5.0  # max gradient norm; 0 disables
+    progress: bool = True  # tqdm bars
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError(f"train.max_epochs, train.batch_size and train.patience must be >= 1, got "
                              f"{self.max_epochs}, {self.batch_size}, {self.patience}")
-    grad_clip: float = 5.0  # max gradient norm; 0 disables
-    progress: bool = True  # tqdm bars
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"train.weight_decay and train.grad_clip must be >= 0 (grad_clip 0 disables it), got "
+                             f"{self.weight_decay}, {self.grad_clip}")
 
 
 @dataclass

@@ -124,10 +124,13 @@ class KarmaConfig(UserLLMConfig):
             raise ValueError("loss weights (w_action, w_task1, w_task2, w_visual, decodability_scale) must be >= 0")
         if not 0.0 < self.decode_fraction <= 1.0 or self.decode_budget < 0 or self.train_exposures < 0:
             raise ValueError("decode_fraction must be in (0, 1]; decode_budget and train_exposures >= 0")
-        if min(self.text_tokens, self.retrieval_dim, self.item_tokens, self.head_hidden, self.generator_steps) < 1 \
-                or self.encoder_train_layers < 0 or self.warmup_epochs < 0:
-            raise ValueError("text_tokens, retrieval_dim, item_tokens, head_hidden and generator_steps must be >= 1; "
-                             "encoder_train_layers and warmup_epochs >= 0")
+        if min(self.text_tokens, self.retrieval_dim, self.head_hidden, self.generator_steps) < 1 \
+                or self.encoder_train_layers < 0 or self.warmup_epochs < 0 or self.encoder_lora_rank < 0:
+            raise ValueError("text_tokens, retrieval_dim, head_hidden and generator_steps must be >= 1; "
+                             "encoder_train_layers, encoder_lora_rank and warmup_epochs >= 0")
+        if self.score_scale <= 0 or self.temperature <= 0:  # both divide or scale the logits
+            raise ValueError(f"score_scale and temperature must be > 0, got score_scale={self.score_scale}, "
+                             f"temperature={self.temperature}")
 
     @property
     def decodes_text(self) -> bool:

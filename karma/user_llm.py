@@ -74,8 +74,13 @@ class UserLLMConfig:
             raise ValueError(f"preset must be 'cpu' or 'gpu', got {self.preset!r}")
         if self.autocast not in AUTOCAST_CHOICES:
             raise ValueError(f"autocast must be one of {', '.join(map(repr, AUTOCAST_CHOICES))}, got {self.autocast!r}")
-        if self.decoder_layers < 0 or self.lora_rank < 0 or self.fp32_blocks < 0 or self.max_history < 1:
-            raise ValueError("decoder_layers, lora_rank and fp32_blocks must be >= 0 and max_history >= 1")
+        if min(self.decoder_layers, self.lora_rank, self.fp32_blocks, self.max_epochs) < 0 \
+                or min(self.max_history, self.item_tokens) < 1:
+            raise ValueError("decoder_layers, lora_rank, fp32_blocks and max_epochs must be >= 0; max_history and "
+                             "item_tokens >= 1")
+        if self.lr <= 0 or self.lora_alpha <= 0 or self.fidelity_floor < 0:
+            raise ValueError(f"lr and lora_alpha must be > 0 and fidelity_floor >= 0, got lr={self.lr}, "
+                             f"lora_alpha={self.lora_alpha}, fidelity_floor={self.fidelity_floor}")
 
 
 def native_bf16() -> bool:

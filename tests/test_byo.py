@@ -29,6 +29,7 @@ def test_an_external_model_runs_from_the_command_line_and_from_python_alike(tmp_
     assert record["config"]["model_config"] == {"max_history": 20} and 0 < record["metrics"]["test"]["HR@10"] <= 1
     board = (tmp_path / "leaderboard.md").read_text()
     assert "examples.item_knn.ItemKNN" in board
+    assert f"`examples.item_knn.ItemKNN` (item_knn.py, sha256 {source['sha256'][:12]})" in board  # its provenance
     # a later regeneration that does not name it still shows it (its records join the plan)
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY, "models=[popularity]", "--leaderboard-only"]) == 0
     assert "examples.item_knn.ItemKNN" in (tmp_path / "leaderboard.md").read_text()

@@ -180,6 +180,10 @@ def test_llm_family_runs_through_the_pipeline_and_fills_table_1(tmp_path):
     assert warm["mode"] == "coarse" and warm["adaptation"]["query"] == "coarse"
     karma = json.loads((folder / "karma__karma__seed0.json").read_text())
     assert karma["config"]["model_config"]["w_task1"] > 0 and karma["selection"]["history"][0]["stage"] == "warmup"
+    # what a reader needs to trust an LLM row: its weights, precision and throughput, in every record
+    info = karma["model_info"]
+    assert info["weights"] and info["dtype"] and 0 <= info["target_text"]["digit_token_share"] <= 1
+    assert karma["timing"]["train_tokens_per_s"] > 0 and karma["timing"]["train_impressions_per_s"] > 0
     board = (tmp_path / "leaderboard.md").read_text()
     assert "Table 1" in board and "KARMA: Task 1 + Task 2" in board
     paired = board.split("## Table 1, paired")[1].split("\n## ")[0]
@@ -277,6 +281,48 @@ def test_a_failed_run_lets_the_rest_finish_then_the_suite_exits_non_zero(tmp_pat
     assert (tmp_path / "leaderboard.md").exists()  # and the leaderboard was written
 
 
+def _bad_sequence_file(root: Path) -> None:
+    """An ID-only dataset, s3rec/Tiny, whose line 3 is not space-separated ids (a bad record)."""
+    lines = [f"u{u} " + " ".join(f"i{(u + k) % 30}" for k in range(6)) for u in range(40)]
+    lines.insert(2, "u99\tnot\tids")
+    folder = root / "s3rec" / "Tiny"
+    folder.mkdir(parents=True)
+    (folder / "user_sequence.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_strict_stops_at_the_first_bad_record_and_exits_non_zero(tmp_path, capsys):
+    _bad_sequence_file(tmp_path / "data")
+    args = [*_args(tmp_path), *TINY[:-1], "models=[popularity]", "datasets=[s3rec/Tiny,synthetic]"]
+    assert main(["--suite", "smoke", *args, "strict=true"]) == 2
+    err = capsys.readouterr().err
+    assert "strict mode" in err and "user_sequence.txt:3" in err and "1 later runs not run" in err
+    records = tmp_path / "results" / "records" / "smoke"
+    assert not list(records.rglob("*.json"))  # the synthetic run, planned after it, never ran
+    assert not (tmp_path / "leaderboard.md").exists()
+    # without strict the record is counted and skipped, both datasets run and the funnel pass passes over
+    # the ID-only one (it has no search mode to evaluate in)
+    assert main(["--suite", "smoke", *args]) == 0
+    assert sorted(p.parent.parent.name for p in records.rglob("*.json")) == ["s3rec__Tiny", "synthetic"]
+    assert (tmp_path / "leaderboard.md").exists()
+
+
+def test_strict_stops_at_the_first_failed_run(tmp_path, monkeypatch, capsys):
+    import benchmark.runner.suite as suite
+
+    called = []
+
+    def crash(run, *args, **kwargs):
+        called.append(run.model)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(suite, "run_one", crash)
+    assert main(["--suite", "smoke", *_args(tmp_path), *TINY, "strict=true"]) == 2
+    assert called == ["popularity"]  # sasrec, planned after it, never ran
+    err = capsys.readouterr().err
+    assert "strict mode: stopped at the first failed or skipped run" in err and "RuntimeError: boom" in err
+    assert not (tmp_path / "leaderboard.md").exists()
+
+
 @pytest.mark.parametrize("override,message", [
     ("modes=[bogus]", "modes must be a non-empty list of none, coarse, hem"),
     ("model.sasrec.loss=foo", "'ce' or 'sampled'"),
@@ -286,6 +332,31 @@ def test_a_failed_run_lets_the_rest_finish_then_the_suite_exits_non_zero(tmp_pat
     ("model.karma.autocast=fp8", "'bfloat16', 'none', 'auto'"),
     ("model.hllm.init_logit_scale=1000", "init_logit_scale in"),
     ("train.max_epochs=-3", "must be >= 1"),
+    ("train.grad_clip=-1", "train.grad_clip must be >= 0"),
+    ("seeds=[-1]", "seeds >= 0"),
+    ("eval.tail_max_train=-1", "eval.tail_max_train >= 0"),
+    ("funnel.ctr_folds=1", "funnel.ctr_folds must be >= 2, got 1"),
+    ("funnel.generator_updates=0", "funnel.generator_updates must be >= 1, got 0"),
+    ("funnel.n_boot=0", "funnel.n_boot must be >= 1"),
+    ("funnel.probe_items=0", "funnel.probe_items must be >= 1"),
+    ("funnel.recall_max_lexical_hr=0", "funnel.recall_max_lexical_hr must be in (0, 1]"),
+    ("search.trials=0", "search.trials must be >= 1"),
+    ("search.seed=-1", "search.seed >= 0"),
+    ("images.timeout_s=0", "images.timeout_s must be > 0"),
+    ("adapt.k_core=-1", "adapt.k_core must be >= 0"),
+    ("adapt.n_exposures=0", "adapt.n_exposures must be >= 1"),
+    ("adapt.max_history=0", "adapt.max_history must be >= 1"),
+    ("adapt.min_user_events=2", "adapt.min_user_events must be >= 3"),
+    ("adapt.test_frac=0.95", "adapt.valid_frac and adapt.test_frac must be > 0 with a sum < 1"),
+    ("model.sasrec.lr=0", "lr and init_std > 0"),
+    ("model.karma.lr=0", "lr and lora_alpha must be > 0"),
+    ("model.hllm.lr=-1e-3", "lr and lora_alpha must be > 0"),
+    ("model.karma.score_scale=0", "score_scale and temperature must be > 0"),
+    ("model.karma.temperature=-0.1", "score_scale and temperature must be > 0"),
+    ("model.hllm.item_tokens=0", "item_tokens >= 1"),
+    ("model.bm25.popularity_weight=-1", "model.bm25.popularity_weight must be >= 0"),
+    ("model.query_pop.match_weight=0", "model.query_pop.match_weight must be > 0"),
+    ("synthetic.explore_prob=1.5", "synthetic.explore_prob must be in [0, 1]"),
 ])
 def test_bad_settings_fail_when_the_config_is_composed_with_the_valid_choices(tmp_path, capsys, override, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -319,3 +390,19 @@ def test_a_field_added_with_a_new_behaviour_makes_older_records_stale_and_others
     no_use_exposures = {**want, "model_config": {k: v for k, v in want["model_config"].items()
                                                  if k != "use_exposures"}}
     assert settings_agree(want, no_use_exposures)  # a field added with the old behaviour as its default
+
+
+def test_baselines_never_import_the_evaluation_stage():
+    """One direction of data flow: a baseline model may read the data schema and lexical scorer, never the
+    harness that evaluates it (funnel, evaluation, runner)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    banned = ("benchmark.funnel", "benchmark.evaluate", "benchmark.runner")
+    found = []
+    for file in sorted((root / "baselines").glob("*.py")) + sorted((root / "karma").glob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{file.name}: {n}" for n in names if n.startswith(banned)]
+    assert not found, found

@@ -194,8 +194,9 @@ def test_hllm_trains_with_infonce_and_a_capped_temperature(preset):
         HLLMConfig(init_logit_scale=1000.0)
 
 
-def test_hllm_item_token_follows_the_truncated_text(monkeypatch):
-    """The [ITEM] state is read right after each item's last real token, whatever the truncation."""
+def test_hllm_item_token_is_the_last_real_position_after_truncation(monkeypatch):
+    """[ITEM] follows each item's truncated text: the last position the item LLM attends to, never
+    inside the text, cut off with it, or among the pads after it."""
     import baselines.hllm
 
     monkeypatch.setattr(baselines.hllm, "PROMPT", "")  # the tiny tokenizer spells the prompt letter by letter
@@ -203,19 +204,34 @@ def test_hllm_item_token_follows_the_truncated_text(monkeypatch):
     log.catalog["text"] = [" ".join([WORDS[i % 10]] * (1 + i)) for i in range(log.n_items)]  # 1..12 words
     model = HLLM(log, HLLMConfig(tiny=True, item_llm_tokens=6))
     enc = model.item_encoder
-    lengths = enc.mask.sum(1)
-    assert int(lengths.max()) == 6 and int(lengths.min()) < 6  # long texts were cut, short ones were not
-    # the item embedding changes with the [ITEM] token (so it is read at the [ITEM] position) ...
+    # each text's token count after truncation, from the tokenizer itself (not the encoder's mask)
+    n_text = [min(len(model.user_llm.tokenizer(t)["input_ids"]), 6) for t in log.catalog["text"]]
+    assert max(n_text) == 6 and min(n_text) < 6  # long texts were cut, short ones were not
+    seen = {}
+
+    def grab(block, args, kwargs):  # what the first trainable block reads
+        seen["x"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        seen["mask"] = kwargs["attention_mask"].detach().clone()
+
+    hook = enc.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     items = torch.arange(log.n_items)
     with torch.no_grad():
         before = enc(items).clone()
+    hook.remove()
+    x = seen["x"]
+    attended = seen["mask"][:, 0].diagonal(dim1=-2, dim2=-1) == 0  # a position that sees itself is no pad
+    item_token = enc.item_token.detach().to(x.dtype)
+    for i, n in enumerate(n_text):
+        assert attended[i].nonzero().flatten().tolist() == list(range(n + 1))  # the text, then [ITEM]
+        assert (x[i] == item_token).all(-1).nonzero().flatten().tolist() == [n]  # [ITEM] there, only there
+        assert torch.equal(x[i, :n], enc.states[i, :n].float())  # the text's states left as they are
+    # the embedding is read there: it moves with the [ITEM] token, and one item alone gives the same row
+    with torch.no_grad():
         enc.item_token.add_(1.0)
         after = enc(items)
     assert not torch.allclose(before, after)
-    # ... and equals a direct pass over (cached text states, then [ITEM]) of exactly length + 1 positions
-    i = int(torch.argmax(lengths))
-    single = enc(torch.tensor([i]))
-    assert torch.allclose(single[0], after[i], atol=1e-5)
+    i = n_text.index(6)
+    assert torch.allclose(enc(torch.tensor([i]))[0], after[i], atol=1e-5)
 
 
 def test_hllm_history_items_enter_the_user_llm_at_its_input_scale():
@@ -526,3 +542,36 @@ def test_the_per_epoch_attention_probe_leaves_training_bit_identical():
     (plain, emb_plain), (probed, emb_probed) = runs
     assert [{k: v for k, v in h.items() if k != "probe"} for h in probed] == plain
     assert torch.equal(emb_plain, emb_probed) and all(0 < h["probe"]["norm_entropy"] <= 1 for h in probed[-2:])
+
+
+def test_hllm_item_llm_trains_only_its_top_blocks_through_lora_adapters():
+    log = _log()
+    model = HLLM(log, HLLMConfig(tiny=True, item_llm_tokens=8, item_train_layers=1, item_lora_rank=4))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    item_llm = {n for n in trainable if n.startswith("item_encoder.blocks.")}
+    assert len(model.item_encoder.blocks) == 1 and model.item_encoder.frozen >= 1  # the lower blocks are cached
+    assert item_llm and all(".lora_" in n for n in item_llm)  # the top block adapts through LoRA only
+    assert {n for n in trainable if n.startswith("item_encoder.")} == item_llm | {"item_encoder.item_token"}
+    full = HLLM(log, HLLMConfig(tiny=True, item_llm_tokens=8, item_train_layers=1, item_lora_rank=0))
+    assert not any(".lora_" in n for n, _ in full.item_encoder.named_parameters())  # rank 0: the top block trains fully
+    assert all(p.requires_grad for n, p in full.named_parameters() if n.startswith("item_encoder.blocks."))
+
+
+def test_the_decoded_target_is_path_brand_title_and_its_digit_share_is_recorded(monkeypatch):
+    from karma import backbones
+    from karma.model import semantic_text
+
+    # most general first, so a cut at text_tokens drops the title's part numbers before the semantics
+    assert semantic_text("PORTER-CABLE 74000 saw", "Porter", ["Tools", "Saws"]) == \
+        "Tools > Saws. Porter. PORTER-CABLE 74000 saw"
+    assert semantic_text("mug", None, []) == "mug" and semantic_text("mug", " ", None) == "mug"
+    assert _model("karma").info["target_text"]["digit_token_share"] == 0.0  # the toy catalog has no digit
+    numbers = [str(n) for n in range(100, 400)]
+    real = backbones.tiny_tokenizer
+    monkeypatch.setattr(backbones, "tiny_tokenizer", lambda words=backbones.TINY_WORDS: real([*words, *numbers]))
+    log = _log()
+    log.catalog["title"] = [f"{100 + i} {200 + i}" for i in range(log.n_items)]
+    log.catalog["brand"] = [str(300 + i) for i in range(log.n_items)]
+    cfg = dataclasses.replace(KarmaConfig(tiny=True, retrieval_dim=16, item_tokens=8, text_tokens=30), **VARIANTS["karma"])
+    share = ContinuousTokenModel(log, cfg).info["target_text"]["digit_token_share"]
+    assert 0.3 < share < 1.0  # digits dominate; the separators and the category word do not count

@@ -14,7 +14,7 @@ SMALL = ["synthetic.n_items=120", "synthetic.n_users=60", "synthetic.image_size=
 
 def test_perf_measures_training_evaluation_and_inference(tmp_path):
     out = tmp_path / "perf" / "synthetic.json"
-    assert perf.main(["--suite", "smoke", "--data-dir", str(tmp_path), "--steps", "1", "--repeats", "1",
+    assert perf.main(["--suite", "smoke", "--data-dir", str(tmp_path), "--steps", "1", "--repeats", "3",
                       "--models", "popularity:default", "sasrec:default", "action_llm:default", "karma:karma",
                       "--latency-impressions", "16", "--out", str(out), *SMALL]) == 0
     result = json.loads(out.read_text())
@@ -26,6 +26,8 @@ def test_perf_measures_training_evaluation_and_inference(tmp_path):
     assert result["models"]["action_llm:default"]["training"]["tokens_per_s"] > 0  # the LLM counts its tokens
     assert result["models"]["sasrec:default"]["training"]["tokens_per_s"] is None
     assert result["karma_vs_action_only"]["identical_scores"] is True
+    low, high = result["karma_vs_action_only"]["ratio_range_over_rounds"]["users"]
+    assert 0 < low <= result["karma_vs_action_only"]["ratio_karma_over_action_only"]["users"] <= high
     assert result["machine"]["cpu_count"] >= 1 and "git_revision" in result["machine"]
     section = render_perf(tmp_path, [], suite="smoke", figures_dir=tmp_path / "figures", link_base=tmp_path)
     assert "## Speed and memory" in section and "karma:karma" in section and "KARMA / action-only" in section
@@ -55,3 +57,18 @@ def test_the_pareto_front_keeps_only_undominated_models(tmp_path):
     assert [c.strip() for c in row.strip("|").split("|")] == ["sasrec:default", "3", "0.2000 ± 0.0000", "10", "2.00"]
     assert "by training time: popularity:default, sasrec:default" in section
     assert (tmp_path / "fig" / "d__coarse_cost.png").is_file()
+
+
+def test_variants_on_the_action_only_inference_path_take_its_latency_and_others_do_not():
+    from benchmark.perf_report import cost_points
+
+    def rec(model, variant):
+        return Record({**_record(model, 0.1, 5.0).data, "variant": variant})
+
+    perf_result = {"dataset": "d", "mode": "coarse",
+                   "models": {"action_llm:default": {"evaluation": {"ms_per_request": 27.0}}}}
+    records = [rec("action_llm", "default"), rec("karma", "task2"), rec("karma_gen", "objective_flow")]
+    got = {p["model"]: (p["ms_per_request"], p["latency_of_action_only"]) for p in cost_points(records, perf_result, "full")}
+    # Task 2's heads are train-only: it scores like action-only; a generated retrieval embedding does not
+    assert got == {"action_llm:default": (27.0, False), "karma:task2": (27.0, True),
+                   "karma_gen:objective_flow": (None, False)}

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from benchmark import leaderboard
 from benchmark.stats import PairedDelta, adjust, format_delta, holm, mean_ci, paired_delta
 
 # d = X - Y = [0.1, 0.3, -0.1, 0.4]: mean 0.175, sum of squared deviations
@@ -28,13 +27,18 @@ def _delta(a, b, **kw) -> PairedDelta:
 # --------------------------------------------------------------------------- mean_ci
 
 
-def test_mean_ci_by_hand_and_same_as_leaderboard():
+def test_mean_ci_by_hand_and_against_scipy():
     mean, half = mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert half == pytest.approx(4.302652729911275 / math.sqrt(3))  # t_{0.975, 2} * sd 1 / sqrt 3
+    assert mean_ci([1.0, 2.0, 3.0], 0.9)[1] == pytest.approx(2.919985580353724 / math.sqrt(3))  # t_{0.95, 2}
+    # 0.31, 0.29, 0.35, 0.30: mean 0.3125, squared deviations sum 0.002075, sd sqrt(0.002075 / 3)
     values = [0.31, 0.29, 0.35, 0.30]
-    for conf in (0.9, 0.95):
-        assert mean_ci(values, conf) == leaderboard.mean_ci(values, conf)
+    sem = math.sqrt(0.002075 / 3) / 2
+    for conf in (0.8, 0.9, 0.95, 0.99):
+        low, high = sps.t.interval(conf, df=3, loc=0.3125, scale=sem)  # scipy's own two-sided interval
+        mean, half = mean_ci(values, conf)
+        assert (mean - half, mean + half) == (pytest.approx(low, rel=1e-9), pytest.approx(high, rel=1e-9))
     assert mean_ci([0.4]) == (0.4, None)
     with pytest.raises(ValueError):
         mean_ci([])

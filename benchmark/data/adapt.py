@@ -83,6 +83,16 @@ class AdaptConfig:
             raise ValueError(f"adapt.split must be leave_last_out or global_time, got {self.split!r}")
         if self.query_min_items < 1 or not 0.0 <= self.query_min_share <= 1.0:
             raise ValueError("adapt.query_min_items must be >= 1 and adapt.query_min_share in [0, 1]")
+        if not (0.0 < self.valid_frac and 0.0 < self.test_frac and self.valid_frac + self.test_frac < 1.0):
+            raise ValueError(f"adapt.valid_frac and adapt.test_frac must be > 0 with a sum < 1, got "
+                             f"{self.valid_frac}, {self.test_frac}")
+        if self.k_core < 0:
+            raise ValueError(f"adapt.k_core must be >= 0 (0 disables it), got {self.k_core}")
+        for name in ("max_history", "n_exposures", "max_text_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"adapt.{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_user_events < 3:  # a train, a valid and a test event
+            raise ValueError(f"adapt.min_user_events must be >= 3, got {self.min_user_events}")
 
 
 def fingerprint(raw: RawLog, config: AdaptConfig, source_config: dict | None = None) -> str:

@@ -67,7 +67,9 @@ def read_meta(path: Path, report: DataReport, wanted: set[str], parse=json.loads
             continue
         if "categories" in rec:  # 2014: a list of paths; the first is the primary one
             paths = rec.get("categories") or []
-            path_levels = paths[0] if paths and isinstance(paths[0], list) else paths
+            # a corrupt value (a number, a mapping) is not indexed: clean_category counts it
+            nested = isinstance(paths, list) and paths and isinstance(paths[0], list)
+            path_levels = paths[0] if nested else paths
         else:
             path_levels = rec.get("category") or []
         meta[asin] = catalog_row(

@@ -140,13 +140,32 @@ def read_meta_jsonl(path: Path, report: DataReport, wanted: set[str]) -> dict[st
 
 
 def read_meta_csv(path: Path, report: DataReport, wanted: set[str]) -> dict[str, dict]:
-    """The third party's ``filterd_meta_items.csv`` -> catalog rows (no category, no image)."""
-    reader = csv.DictReader(io.StringIO(_decode_whole(path, report)))
-    if not reader.fieldnames or "parent_asin" not in reader.fieldnames or "title" not in reader.fieldnames:
-        raise DataError(f"{path}:1: header lacks parent_asin/title (found {reader.fieldnames})")
+    """The third party's ``filterd_meta_items.csv`` -> catalog rows (no category, no image). A row
+    the csv module rejects (a bare carriage return) or whose fields do not line up with the header
+    (the columns would shift) is ``bad_row``, at the line the row ends on."""
+    rows = csv.reader(io.StringIO(_decode_whole(path, report)))
+    try:
+        header = next(rows, [])
+    except csv.Error as exc:
+        raise DataError(f"{path}:1: unreadable header ({exc})") from exc
+    if "parent_asin" not in header or "title" not in header:
+        raise DataError(f"{path}:1: header lacks parent_asin/title (found {header})")
     meta: dict[str, dict] = {}
-    for rec in reader:
-        lineno = reader.line_num
+    while True:
+        try:
+            fields = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            report.issue("bad_row", path, rows.line_num, str(exc))
+            continue
+        lineno = rows.line_num
+        if not fields:  # a blank line
+            continue
+        if len(fields) != len(header):
+            report.issue("bad_row", path, lineno, f"{len(fields)} fields, expected {len(header)}")
+            continue
+        rec = dict(zip(header, fields, strict=True))
         item = meta_id(rec.get("parent_asin"), "parent_asin", wanted, meta, report, path, lineno)
         if item is None:
             continue

@@ -68,6 +68,12 @@ class SyntheticConfig:
             raise ValueError("n_items must exceed n_exposures + max_events, and n_exposures >= 1")
         if self.image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        if self.n_users < 1 or self.zipf_alpha < 0 or self.seed < 0:
+            raise ValueError(f"synthetic.n_users must be >= 1, synthetic.zipf_alpha and synthetic.seed >= 0, got "
+                             f"n_users={self.n_users}, zipf_alpha={self.zipf_alpha}, seed={self.seed}")
+        for name in ("query_attribute_prob", "explore_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"synthetic.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,15 +64,27 @@ def FILES(category: str) -> list[RemoteFile]:  # noqa: N802 (the loader protocol
             for n in names]
 
 
+def _index(text: str) -> int:
+    """A RecBole index: ASCII digits. ``int`` alone would also take "+1", "1_0" and other scripts'
+    digits (or crash on "²", which ``isdigit`` passes), reading a corrupt field as some index."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"not an index: {text[:20]!r}")
+    return int(text)
+
+
 def _read_index(path: Path, report: DataReport) -> dict[int, str]:
     """index -> raw id, from a ``raw TAB index`` file."""
     out: dict[int, str] = {}
     for lineno, line in read_lines(path, report):
         parts = line.split("\t")
-        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip().isdigit():
-            report.issue("bad_row", path, lineno, f"{line[:60]!r}")
+        try:
+            if len(parts) != 2 or not parts[0].strip():
+                raise ValueError("not raw id TAB index")
+            idx = _index(parts[1])
+        except ValueError as exc:
+            report.issue("bad_row", path, lineno, f"{exc}: {line[:60]!r}")
             continue
-        idx = int(parts[1])
         if idx in out:
             report.issue("duplicate_index", path, lineno, f"index {idx} again (first kept)")
             continue
@@ -137,8 +149,8 @@ def _read_inter(path: Path, split: str, report: DataReport, rows: dict) -> None:
         try:
             if len(parts) != 3:
                 raise ValueError(f"{len(parts)} fields, expected 3")
-            user, target = int(parts[0]), int(parts[2])
-            history = [int(x) for x in parts[1].split()]
+            user, target = _index(parts[0]), _index(parts[2])
+            history = [_index(x) for x in parts[1].split()]
         except ValueError as exc:
             report.issue("bad_row", path, lineno, f"{exc}: {line[:60]!r}")
             first_bad = first_bad or f"line {lineno}: {exc}"

@@ -25,6 +25,7 @@ import torch
 
 from benchmark import records as R
 from benchmark.data import adapt as A
+from benchmark.data import registry
 from benchmark.data.download import data_root
 from benchmark.data.schema import SearchLog, train_popularity
 from benchmark.funnel.prerank import prerank_funnel
@@ -154,8 +155,11 @@ def run_funnel_pass(cfg) -> list[Path]:
             view = (data["dataset"], mode)
             if view not in logs:
                 logs.clear()  # one dataset view in memory at a time
-                log = load_log(data["dataset"], mode_config(cfg, mode), root)
-                logs[view] = log if log.has_text and mode in A.search_modes(log.catalog, log.has_text) else None
+                if mode not in registry.query_modes(root, data["dataset"]):
+                    logs[view] = None  # no category paths (e.g. ID-only): adapting it in a search mode is an error
+                else:
+                    log = load_log(data["dataset"], mode_config(cfg, mode), root)
+                    logs[view] = log if log.has_text and mode in A.search_modes(log.catalog, log.has_text) else None
             log = logs[view]
             if log is None:
                 continue

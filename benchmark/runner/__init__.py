@@ -7,7 +7,7 @@ with ``suite`` driving them, in one process or as one unit of ``--jobs N``."""
 from benchmark.runner.execute import load_log
 from benchmark.runner.plan import format_plan, plan, plan_units, unit_key
 from benchmark.runner.report import regenerate_leaderboard
-from benchmark.runner.suite import finish, run_planned, run_suite
+from benchmark.runner.suite import StrictStop, finish, run_planned, run_suite
 
-__all__ = ["finish", "format_plan", "load_log", "plan", "plan_units", "regenerate_leaderboard", "run_planned", "run_suite",
-           "unit_key"]
+__all__ = ["StrictStop", "finish", "format_plan", "load_log", "plan", "plan_units", "regenerate_leaderboard",
+           "run_planned", "run_suite", "unit_key"]

@@ -25,6 +25,11 @@ from benchmark.runner.spec import RunSpec, mode_config
 from karma.visual import VisualEncoderError
 
 
+class StrictStop(RuntimeError):
+    """``strict=true``: the suite stopped at its first failed or skipped run (no funnel pass, no
+    leaderboard; the records written before it stay)."""
+
+
 def done_meanwhile(run: RunSpec, cfg, since: float) -> bool:
     """Whether another process wrote this run's record, current, while this one waited for its lock
     (with ``overwrite``: wrote it after this suite started)."""
@@ -38,9 +43,10 @@ def done_meanwhile(run: RunSpec, cfg, since: float) -> bool:
 def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
     """Run the suite's missing runs, only unit ``cfg.unit``'s when it is set (a job of ``--jobs N``).
 
-    Returns (datasets that cannot run and why, runs skipped because of data errors). Safe to run in
-    several processes over one results dir: a dataset's caches, a search file and a record are each
-    written under a file lock, and a run whose record another process wrote meanwhile is skipped.
+    Returns (datasets that cannot run and why, runs that failed or were skipped); with ``cfg.strict``
+    the first such run raises ``StrictStop`` instead. Safe to run in several processes over one results
+    dir: a dataset's caches, a search file and a record are each written under a file lock, and a run
+    whose record another process wrote meanwhile is skipped.
     """
     # The code revision is read once, when the suite starts: the code that runs is the code that was
     # imported then, whatever happens to the checkout while a long suite runs.
@@ -115,6 +121,10 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
                             f"{type(err).__name__}: {err}")
             print(f"    failed: {type(err).__name__}: {err}", flush=True)
             traceback.print_exc()
+        if cfg.strict and failures:  # strict: the first bad record, skipped or failed run ends the suite
+            raise StrictStop(f"strict mode: stopped at the first failed or skipped run, {failures[-1]}; "
+                             f"{len(todo) - i} later runs not run (without strict=true bad records are counted "
+                             "and skipped, and the other runs finish)")
     return problems, failures
 
 
@@ -129,7 +139,8 @@ def run_suite(cfg) -> list[str]:
     """Run what is missing, then regenerate the leaderboard from the records. Returns the runs that
     failed or were skipped (bad data, a crash), one line each: the caller exits non-zero when there
     are any. With ``cfg.unit`` set (one job of ``python -m benchmark.run --jobs N``) only that unit
-    runs, and the leaderboard is left to the parent, which regenerates it once after every job ended."""
+    runs, and the leaderboard is left to the parent, which regenerates it once after every job ended.
+    With ``cfg.strict`` the first failed or skipped run raises ``StrictStop`` (nothing after it runs)."""
     problems, failures = run_planned(cfg)
     if cfg.unit is None and D.is_main():
         finish(cfg, problems)
