@@ -439,6 +439,16 @@ class Record:
                   for h in self.history if h.get("stage", "main") == "main"]
         return len(totals) > 1 and max(totals[1:]) > totals[0]
 
+    def rising_at_stop(self, window: int = 6) -> bool | None:
+        """True when the run stopped on patience while its validation values still rose: the
+        least-squares slope over its last ``window`` main-stage epochs is positive, i.e. the stop read
+        epoch-to-epoch noise, not a plateau. None without a patience stop or enough epochs."""
+        values = [h["valid"] for h in self.history
+                  if h.get("stage", "main") == "main" and isinstance(h.get("valid"), int | float)]
+        if self.data["selection"].get("stopped_by") != "patience" or len(values) < window:
+            return None
+        return bool(np.polyfit(np.arange(window), values[-window:], 1)[0] > 0)
+
     @property
     def data_stats(self) -> dict:
         return self.data.get("data_stats") or {}

@@ -100,9 +100,15 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
     at_end = [r for r in runs_llm if r.converged is False]
     unstable = sorted(f"{r.dataset} {r.model}:{r.variant} seed {r.seed}" for r in runs_llm if r.diverged)
     if runs_llm:
+        rising = [r for r in runs_llm if r.rising_at_stop()]
+        judged = [r for r in runs_llm if r.rising_at_stop() is not None]
         out += [f"Convergence: {len(at_end)} of {len(runs_llm)} runs in this table selected their last allowed epoch "
                 f"(not converged; `selection` in each record); {len(unstable)} went unstable (training loss rose "
-                f"above its first epoch's value: {', '.join(unstable) or 'none'}).", ""]
+                f"above its first epoch's value: {', '.join(unstable) or 'none'}); {len(rising)} of the {len(judged)} "
+                "stopped by patience with at least 6 epochs were still rising when they stopped (least-squares "
+                "slope of validation over their last 6 epochs > 0): the rule stopped them on epoch-to-epoch noise, "
+                "so their numbers understate what the model reaches and a delta between two such rows is partly "
+                "that noise.", ""]
     for dataset in datasets:
         base = index.get((dataset, *BASELINE), {})
         rows = []

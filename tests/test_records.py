@@ -380,3 +380,16 @@ def test_the_funnel_tables_show_with_and_without_and_count_significant_paired_in
     assert row.count("1↑ 1↓ of 2") == 2  # one seed's interval above 0, the other's below
     for stage in ("pre-rank", "recall"):
         assert "1↑ 1↓ of 2" in md.split(f"funnel, {stage}")[1].split("###")[0]
+
+
+def test_a_patience_stop_while_validation_still_rises_is_told_from_a_plateau():
+    def run(curve, stopped_by="patience"):
+        r = _curve_record("karma", "karma", 0, curve)
+        r.data["selection"]["stopped_by"] = stopped_by
+        return r
+
+    noisy_rise = [0.10, 0.14, 0.12, 0.17, 0.15, 0.19, 0.16, 0.18, 0.17]  # best at 6, then noise: still rising
+    plateau = [0.10, 0.15, 0.18, 0.20, 0.20, 0.21, 0.20, 0.20, 0.19]
+    assert run(noisy_rise).rising_at_stop() is True
+    assert run(plateau).rising_at_stop() is False
+    assert run(noisy_rise, "max_epochs").rising_at_stop() is None and run([0.1, 0.2, 0.1]).rising_at_stop() is None
