@@ -11,16 +11,8 @@ from tabulate import tabulate
 
 from benchmark.records import Record
 from benchmark.stats import mean_ci
-from benchmark.tables import (
-    BASELINE,
-    PAPER_TABLE1,
-    PAPER_VISUAL_ROW,
-    REFERENCE,
-    SCALE,
-    VISUAL,
-    _dig,
-    _view_index,
-)
+from benchmark.tables.common import BASELINE, REFERENCE, SCALE, VISUAL, _dig, _view_index
+from benchmark.tables.table1 import PAPER_TABLE1, PAPER_VISUAL_ROW
 
 PAPER_SETTING = ("Taobao search logs (anonymised, chronological split; exposed-but-unclicked items as hard "
                  "negatives), Qwen3-family backbone, deltas over an action-only model trained with Pairwise-CE")

@@ -1,0 +1,118 @@
+"""Table 2: generating the retrieval embedding, as training objectives (paired tests against
+discriminative KARMA) and as a post-hoc readout with its mode-seeking vs mean-seeking analysis."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from benchmark.generators_eval import GENERATOR_LABELS
+from benchmark.leaderboard import index_records
+from benchmark.records import Record
+from benchmark.tables.common import (
+    GENERATORS,
+    MIXED_NOTE,
+    REFERENCE,
+    _abs,
+    _diff,
+    _fmt,
+    _paired_views,
+    _view_index,
+)
+
+OBJECTIVE_ROWS = {("karma_gen", f"objective_{name}"): label for name, label in (
+    ("mse", "AR + MSE generates u"), ("diffusion", "diffusion (ε) generates u"),
+    ("diffusion_x0", "diffusion (x0) generates u"), ("flow", "flow matching generates u"))}
+
+
+def render_table2_objectives(records: list[Record], *, suite: str, suite_version: str,
+                             views: list[tuple[str, str]], seeds: list[int], ks: tuple[int, int]) -> str:
+    """Table 2 as training objectives: each generator variant − discriminative KARMA, paired over the
+    test impressions (seeds pooled), Holm over each view's table."""
+    index, _ = index_records(records, suite, suite_version)
+    metrics = ["gAUC", f"HR@{ks[0]}", f"HR@{ks[1]}"]
+    out = ["## Table 2, as training objectives: generated retrieval embedding − discriminative KARMA", "",
+           "KARMA trained with a generator head of its retrieval embedding (from h; target: the clicked item's "
+           "embedding, a stop-gradient target; its gradient reaches the LLM) beside its losses, and retrieving "
+           "with the generated embedding instead of u (one sample from a fixed noise stream for the sampled "
+           "heads); same tuning selection (the action-only LLM's), stopping rule and seeds as KARMA. Paired "
+           "t intervals over test impressions, Holm over the view's table; points (×100). The paper: diffusion "
+           f"underperforms, AR + MSE does better. {MIXED_NOTE}", ""]
+    return "\n".join(out + _paired_views(index, views, REFERENCE, OBJECTIVE_ROWS, seeds, metrics, "objective",
+                                          "No objective has every seed (and KARMA) yet."))
+
+
+def render_table2(records: list[Record], *, suite: str, suite_version: str, seeds: list[int],
+                  ks: tuple[int, int], datasets: list[str], link_base: Path) -> str:
+    """Table 2: generated retrieval embeddings vs the discriminative one, as deltas over text-only KARMA."""
+    index = _view_index(records, suite, suite_version)
+    k1, k2 = ks
+    metrics = ["gAUC", f"HR@{k1}", f"HR@{k2}", "JS@50"]
+    out = ["## Table 2: generating the retrieval embedding (deltas over text-only KARMA)", "",
+           f"Suite `{suite}`. A `karma_gen` run trains KARMA exactly as `karma:karma` (its selected settings, "
+           "same seed), then fits four generators on the frozen next-interest states h of the training split (a fixed "
+           "number of updates, `funnel.generator_updates`), each producing the target item's retrieval embedding: a "
+           "conditional diffusion head (DDPM, sampled with diffusers' DDIM, eta 0) whose network predicts the noise "
+           "(the DDPM default) or the clean embedding x0, a conditional rectified-flow head (Euler sampler) and an MLP "
+           "regressor (AR + MSE). Each is evaluated in place of u, on the same items and metrics. Cells: mean ± "
+           f"95% half-width over seeds {seeds} of the per-seed difference to `karma:karma` (points). The paper "
+           "prints no numbers in its text, only that diffusion underperforms and AR + MSE does better.", ""]
+    analysis, figures = [], []
+    for dataset in datasets:
+        runs, base = index.get((dataset, *GENERATORS), {}), index.get((dataset, *REFERENCE), {})
+        if not runs:
+            continue
+        if not all(s in runs and s in base for s in seeds):
+            out += [f"### {dataset}", "", f"missing ({len([s for s in seeds if s in runs])}/{len(seeds)} seeds "
+                    "of karma_gen, or text-only KARMA incomplete)", ""]
+            continue
+        rows = [["text-only KARMA, u (absolute)", *[_abs([base[s].metric(m) for s in seeds]) for m in metrics]],
+                ["karma_gen, its own u", *[_fmt([_diff(runs[s], base[s], m) for s in seeds]) for m in metrics]]]
+        for name, label in GENERATOR_LABELS.items():
+            label = label if name == "ar_mse" else f"{label} generator (1 sample)"
+            cells = []
+            for m in metrics:
+                vals = [runs[s].number(f"table2.{name}.{m}") for s in seeds]
+                refs = [base[s].metric(m) for s in seeds]
+                cells.append(_fmt([None if v is None or r is None else v - r for v, r in zip(vals, refs, strict=True)]))
+            rows.append([label, *cells])
+        out += [f"### {dataset}", "", tabulate(rows, headers=["retrieval embedding", *metrics], tablefmt="github"), ""]
+        rows, figure = _mode_mean_rows(dataset, runs, seeds, k1)
+        analysis += rows
+        if figure and Path(figure).exists():
+            figures.append(f"![{dataset} mode/mean]({os.path.relpath(Path(figure).resolve(), Path(link_base).resolve())})")
+    if analysis:
+        out += ["### Mode-seeking vs mean-seeking", "",
+                "Per dataset, mean over seeds, on the first test impressions: `spread` is the mean pairwise cosine "
+                "distance between a generator's samples for the same impression; `cos → target` / `cos → centroid` the "
+                "cosine of a single sample, of the normalised mean of the samples, and of the AR + MSE "
+                "output to the target item and to the centroid of plausible targets (training clicks under the same "
+                f"query); HR@{k1} of each on that subset.", "",
+                tabulate(analysis, headers=["dataset", "spread", "embedding", "cos → target", "cos → centroid",
+                                            f"HR@{k1}"], tablefmt="github"), ""]
+        out += figures
+    return "\n".join(out)
+
+
+def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k_hr: int) -> tuple[list[list[str]], str | None]:
+    """Rows of the mode/mean analysis (means over seeds) and the first seed's figure."""
+    stats = [runs[s].get("table2.analysis") for s in seeds]
+    if any(a is None for a in stats):
+        return [], None
+    rows = []
+    k = stats[0]["samples"]
+    mean = lambda path: float(np.mean([runs[s].number(f"table2.analysis.{path}") for s in seeds]))  # noqa: E731
+    labels = {}
+    for family in stats[0]["spread"]:  # the sampled generators this run had
+        labels[f"{family}_sample"] = f"{GENERATOR_LABELS.get(family, family)}, 1 sample"
+        labels[f"{family}_mean"] = f"{GENERATOR_LABELS.get(family, family)}, mean of {k}"
+    labels["ar_mse"] = GENERATOR_LABELS["ar_mse"]
+    for i, (name, label) in enumerate(labels.items()):
+        family = name.rsplit("_", 1)[0]
+        spread = f"{mean(f'spread.{family}'):.3f}" if name.endswith("_sample") else ""
+        rows.append([dataset if i == 0 else "", spread, label, f"{mean(f'cos_target.{name}'):.3f}",
+                     f"{mean(f'cos_centroid.{name}'):.3f}", f"{100 * mean(f'subset_metrics.{name}.HR@{k_hr}'):.2f}"])
+    return rows, stats[0].get("figure")
