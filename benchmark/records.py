@@ -325,6 +325,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "packages": dict(sorted(versions.items())),
         "device": device_string(),
+        "cpu": _cpu_name(),  # the processor even where CUDA is the device (tensors stay on the CPU for now)
     }
 
 
@@ -439,15 +440,18 @@ class Record:
                   for h in self.history if h.get("stage", "main") == "main"]
         return len(totals) > 1 and max(totals[1:]) > totals[0]
 
-    def rising_at_stop(self, window: int = 6) -> bool | None:
-        """True when the run stopped on patience while its validation values still rose: the
-        least-squares slope over its last ``window`` main-stage epochs is positive, i.e. the stop read
-        epoch-to-epoch noise, not a plateau. None without a patience stop or enough epochs."""
+    def stopped_within_noise(self, patience: int = 3) -> bool | None:
+        """True when the run's patience stop came on a drop no larger than its own validation noise: the
+        best value minus the mean of the last ``patience`` values is below the standard deviation of the
+        curve's epoch-to-epoch changes, so the stopping rule could not tell the stop from noise (a plateau
+        and a still-rising noisy curve both qualify; a clear decline does not). None without a patience
+        stop or with fewer than ``patience + 3`` epochs."""
         values = [h["valid"] for h in self.history
                   if h.get("stage", "main") == "main" and isinstance(h.get("valid"), int | float)]
-        if self.data["selection"].get("stopped_by") != "patience" or len(values) < window:
+        if self.data["selection"].get("stopped_by") != "patience" or len(values) < patience + 3:
             return None
-        return bool(np.polyfit(np.arange(window), values[-window:], 1)[0] > 0)
+        drop = max(values) - float(np.mean(values[-patience:]))
+        return bool(drop < float(np.std(np.diff(values), ddof=1)))
 
     @property
     def data_stats(self) -> dict:

@@ -75,9 +75,16 @@ def compose_config(suite: str, overrides: list[str]):
             except ValueError as err:
                 raise SystemExit(f"error: {err}") from None
     try:
-        return typed(cfg)
+        typed_cfg = typed(cfg)
     except (ValueError, OmegaConfBaseException) as err:  # a field's own check (e.g. train.max_epochs >= 1)
         raise SystemExit(f"error: {err}") from None
+    from benchmark.runner.plan import check_scope
+
+    try:
+        check_scope(typed_cfg)
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"error: scope: {err.args[0]}") from None
+    return typed_cfg
 
 
 def _override_key(override: str) -> str:
@@ -205,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = compose_config(args.suite, overrides)
     from benchmark import distributed
 
+    if cfg.strict and args.jobs > 1:  # a sweep's other jobs run on whatever one of them hits
+        parser.error("strict=true stops the suite at its first bad record, which --jobs N cannot do: the other "
+                     "units of the sweep run to their end; run a strict suite without --jobs")
     if distributed.init_from_env() and args.jobs > 1:  # started by torchrun: one run over several processes
         parser.error("under torchrun every process trains the same run (DDP); --jobs N does not apply")
 

@@ -83,6 +83,20 @@ def test_a_scope_plans_a_model_only_on_its_datasets_and_modes(tmp_path, capsys):
         check_scope(RunConfig(scope={"hllm": Scope(datasets=["synthetc@300users"])}))
     with pytest.raises(SystemExit, match="scope.hllm.modes must be among none, coarse, hem"):
         main([*base, "scope.hllm.modes=[title]"])
+    assert main([*base, "scope={hllm: {datasets: [unisrec/Scientfic@1020users]}}"]) == 0
+    assert "! scope.hllm.datasets names unisrec/Scientfic@1020users, not a dataset of this plan" in capsys.readouterr().out
+    # the leaderboard's plan is the suite file's widened by the command line's: scopes too
+    from benchmark.runner.report import widen_scope
+
+    narrow, wide = Scope(["a"], ["coarse"]), Scope(["b"], [])
+    assert widen_scope({"hllm": narrow}, {"hllm": wide}) == {"hllm": Scope(["a", "b"], [])}
+    assert widen_scope({"hllm": narrow}, {}) == {}  # unscoped on one side: everywhere
+
+
+def test_strict_with_jobs_is_refused_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--suite", "smoke", *_args(tmp_path), *TINY, "strict=true", "--jobs", "2"])
+    assert "strict=true stops the suite at its first bad record" in capsys.readouterr().err
 
 
 def test_smoke_suite_writes_records_and_leaderboard_then_skips_done_runs(tmp_path, capsys):

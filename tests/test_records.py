@@ -356,6 +356,7 @@ def test_table1_marks_a_row_whose_runs_span_two_kinds_of_cpu():
         return [line for line in md.splitlines() if line.startswith(("| + Task 2", "| action-only"))]
 
     assert not any(MIXED_DEVICES in line for line in rows({}))  # one CPU: no mark
+    assert not any(MIXED_DEVICES in line for line in rows({("action_llm", 1): "cpu: Intel x16"}))  # more cores only
     marked = rows({("action_llm", 1): "cpu: AMD EPYC x2"})  # the reference's seed 1 ran elsewhere
     assert all(f" {MIXED_DEVICES} " in line for line in marked[:2])
 
@@ -382,14 +383,15 @@ def test_the_funnel_tables_show_with_and_without_and_count_significant_paired_in
         assert "1↑ 1↓ of 2" in md.split(f"funnel, {stage}")[1].split("###")[0]
 
 
-def test_a_patience_stop_while_validation_still_rises_is_told_from_a_plateau():
+def test_a_patience_stop_within_the_curves_own_noise_is_told_from_a_clear_decline():
     def run(curve, stopped_by="patience"):
         r = _curve_record("karma", "karma", 0, curve)
         r.data["selection"]["stopped_by"] = stopped_by
         return r
 
-    noisy_rise = [0.10, 0.14, 0.12, 0.17, 0.15, 0.19, 0.16, 0.18, 0.17]  # best at 6, then noise: still rising
-    plateau = [0.10, 0.15, 0.18, 0.20, 0.20, 0.21, 0.20, 0.20, 0.19]
-    assert run(noisy_rise).rising_at_stop() is True
-    assert run(plateau).rising_at_stop() is False
-    assert run(noisy_rise, "max_epochs").rising_at_stop() is None and run([0.1, 0.2, 0.1]).rising_at_stop() is None
+    noisy_rise = [0.10, 0.14, 0.12, 0.17, 0.15, 0.19, 0.16, 0.18, 0.17]  # best at 6, then noise
+    declined = [0.10, 0.14, 0.18, 0.22, 0.26, 0.30, 0.24, 0.20, 0.16]  # peaked, then fell well past the noise
+    assert run(noisy_rise).stopped_within_noise() is True
+    assert run(declined).stopped_within_noise() is False
+    assert run(noisy_rise, "max_epochs").stopped_within_noise() is None  # not a patience stop
+    assert run([0.1, 0.2, 0.1, 0.15]).stopped_within_noise() is None  # too few epochs to judge

@@ -151,6 +151,9 @@ def format_plan(cfg) -> str:
                  else "stale: the suite changed since it ran; to re-run" if r.stale else "to run")
         lines.append(f"  {r.dataset:<30} {r.mode:<7} {r.model:<12} {r.variant:<8} seed {r.seed}  [{state}]")
     lines += [f"  ! {name}: {why}" for name, why in problems.items()]
+    planned = {r.dataset for r in runs}
+    lines += [f"  ! scope.{model}.datasets names {name}, not a dataset of this plan (a typo, or left out here)"
+              for model, where in cfg.scope.items() for name in where.datasets if name not in planned]
     lines += [f"  ! model.{node}: {why}" for node, why in precision_warnings(cfg, runs).items()]
     return "\n".join(lines)
 

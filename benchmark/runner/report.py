@@ -62,6 +62,17 @@ def external_models(folder: Path) -> list[str]:
     return out
 
 
+def widen_scope(a: dict, b: dict) -> dict:
+    """Two scopes as one that plans what either plans: a model unscoped in either (or with an empty list,
+    "all") stays unscoped there; otherwise the union of the lists."""
+    out = {}
+    for model in set(a) & set(b):
+        lists = {part: [getattr(a[model], part), getattr(b[model], part)] for part in ("datasets", "modes")}
+        out[model] = dataclasses.replace(a[model], **{
+            part: [] if not all(pair) else list(dict.fromkeys([*pair[0], *pair[1]])) for part, pair in lists.items()})
+    return out
+
+
 def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | None = None) -> Path:
     """leaderboard.md from every suite's records: full first, then smoke, then others."""
     from hydra import compose
@@ -81,6 +92,7 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
         widened = {key: list(dict.fromkeys([*getattr(file_cfg, key), *getattr(suite_cfg, key)]))
                    for key in ("datasets", "models", "seeds", "modes")}
         widened["models"] += [m for m in external_models(suites_dir / suite) if m not in widened["models"]]
+        widened["scope"] = widen_scope(file_cfg.scope, suite_cfg.scope)
         suite_cfg = dataclasses.replace(suite_cfg, data_dir=cfg.data_dir, results_dir=cfg.results_dir, **widened)
         runs, problems = plan(suite_cfg)
         problems.update((problems_by_suite or {}).get(suite, {}))

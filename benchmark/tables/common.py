@@ -3,6 +3,8 @@ the paired-test table of a view and the mixed-CPU mark."""
 
 from __future__ import annotations
 
+import re
+
 from tabulate import tabulate
 
 from benchmark.leaderboard import index_records, paired_rows
@@ -26,9 +28,18 @@ MIXED_NOTE = (f"`{MIXED_DEVICES}`: the row's runs and its reference's ran on mor
               "in the records); bf16 arithmetic differs between them, so part of that delta may be the machine.")
 
 
+def _processor(record: Record) -> str:
+    """The CPU a run computed on: ``environment.cpu``, or for older records their device string less
+    its core count ("cpu: AMD EPYC x2" -> "AMD EPYC")."""
+    env = record.data.get("environment") or {}
+    if env.get("cpu"):
+        return str(env["cpu"])
+    return re.sub(r"^cpu: | x\d+$", "", str(env.get("device") or "unknown"))
+
+
 def _mark_devices(label: str, *runs: dict) -> str:
     """``label`` marked when the runs (``{seed: Record}`` dicts) span more than one device."""
-    devices = {str((r.data.get("environment") or {}).get("device") or "unknown") for seeds in runs for r in seeds.values()}
+    devices = {_processor(r) for seeds in runs for r in seeds.values()}
     return f"{label} {MIXED_DEVICES}" if len(devices) > 1 else label
 
 

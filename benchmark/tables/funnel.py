@@ -19,7 +19,7 @@ from benchmark.tables.common import (
 
 # The funnel's three stages, one table each: column -> path in a funnel result (benchmark.funnel.runs).
 class Paired(str):
-    """A path to a per-seed paired interval over the test impressions ({low, high, ...})."""
+    """A path to a per-seed paired interval (a bootstrap over test users: {low, high, ...})."""
 
 
 CTR_SETS = {"lex+pop": "ctr.lexical_popularity", "pop": "ctr.popularity"}
@@ -75,7 +75,7 @@ def render_funnel(records: list[Record], funnel_results: list[dict], *, suite: s
            "channels see only the request (the mode's visible query, the history); K is the largest 10·2^j at "
            "which the lexical channel alone recalls at most half of the validation targets; merged = fixed "
            "50/50 quotas; Δ = merged − lexical. Cells: mean (± 95% half-width over seeds); `paired`: in how many "
-           "seeds the paired 95% interval of the Δ over the test impressions lies above (↑) or below (↓) 0. A run "
+           "seeds the paired 95% bootstrap interval of the Δ over test users lies above (↑) or below (↓) 0. A run "
            "without stored embeddings has no row (BM25, whose vectors are vocabulary-sized, and runs recorded "
            "before embeddings were stored).", ""]
     wanted = {(r["dataset"], r["mode"]) for r in funnel_results if r.get("suite_version") == suite_version}

@@ -57,20 +57,20 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
            "`Δ at equal epochs` is variant − action-only on the validation selection metric after the last joint "
            "epoch both runs reached, paired by seed, in points: what the heads do per epoch, apart from how many "
            f"epochs each run took. {MIXED_NOTE}", ""]
-    runs_llm = [r for (ds, model, _), recs in index.items() if ds in datasets and model in ("action_llm", "karma")
+    runs_llm = [r for (ds, model, _), recs in index.items() if ds in datasets and model in ("action_llm", "karma", "karma_visual")
                 for r in recs.values()]
     at_end = [r for r in runs_llm if r.converged is False]
     unstable = sorted(f"{r.dataset} {r.model}:{r.variant} seed {r.seed}" for r in runs_llm if r.diverged)
     if runs_llm:
-        rising = [r for r in runs_llm if r.rising_at_stop()]
-        judged = [r for r in runs_llm if r.rising_at_stop() is not None]
+        noise = [r for r in runs_llm if r.stopped_within_noise()]
+        judged = [r for r in runs_llm if r.stopped_within_noise() is not None]
         out += [f"Convergence: {len(at_end)} of {len(runs_llm)} runs in this table selected their last allowed epoch "
                 f"(not converged; `selection` in each record); {len(unstable)} went unstable (training loss rose "
-                f"above its first epoch's value: {', '.join(unstable) or 'none'}); {len(rising)} of the {len(judged)} "
-                "stopped by patience with at least 6 epochs were still rising when they stopped (least-squares "
-                "slope of validation over their last 6 epochs > 0): the rule stopped them on epoch-to-epoch noise, "
-                "so their numbers understate what the model reaches and a delta between two such rows is partly "
-                "that noise.", ""]
+                f"above its first epoch's value: {', '.join(unstable) or 'none'}); {len(noise)} of the {len(judged)} "
+                "stopped by patience (with at least 6 epochs) stopped on a drop smaller than their own "
+                "epoch-to-epoch validation noise (best − mean of the last 3 values < SD of the epoch-to-epoch "
+                "changes): for those the rule could not tell a plateau from noise, so they may be under-trained "
+                "and a delta between two such rows is partly that noise.", ""]
     for dataset in datasets:
         base = index.get((dataset, *BASELINE), {})
         rows = []
