@@ -27,7 +27,6 @@ def plan(cfg) -> tuple[list[RunSpec], dict[str, str]]:
         spec = registry.parse(name)
         if spec.family != registry.EMBEDDED and not registry._present(root, spec.family, spec.category):
             problems[name] = f"no files under {root / spec.family / spec.category}"
-    check_scope(cfg)
     runs, memo = [], {}
     for name in datasets:
         text = name in problems or registry.has_text(root, name)
@@ -57,7 +56,8 @@ def plan(cfg) -> tuple[list[RunSpec], dict[str, str]]:
 
 def check_scope(cfg) -> None:
     """A scope must name known models and valid dataset names: a typo would silently drop runs. (It may
-    name models and datasets a run restricted on the command line leaves out.)"""
+    name models and datasets a run restricted on the command line leaves out.) Called once, when the
+    config is composed (``benchmark.run.compose_config``)."""
     for model, where in cfg.scope.items():
         model_spec(model)  # KeyError with the valid choices
         for name in where.datasets:

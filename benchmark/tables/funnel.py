@@ -3,10 +3,10 @@ collapse diagnostics."""
 
 from __future__ import annotations
 
+import numpy as np
 from tabulate import tabulate
 
 from benchmark.records import Record
-from benchmark.stats import mean_ci
 from benchmark.tables.collapse import (
     render_collapse_table,
 )
@@ -49,7 +49,7 @@ def _funnel_cell(results: list[dict], path) -> str:
     """One funnel cell over the seeds' results: a (without, with) pair of means, a count of significant
     paired intervals, or a mean ± half-width."""
     if isinstance(path, tuple):
-        means = [mean_ci(values)[0] if values and None not in values else None
+        means = [float(np.mean(values)) if values and None not in values else None
                  for values in ([_dig(x, p) for x in results] for p in path)]
         return "n/a" if None in means else " → ".join(f"{m:.4f}" for m in means)
     if isinstance(path, Paired):
