@@ -140,10 +140,14 @@ class HLLM(nn.Module):
     def describe(self) -> dict:
         return dict(self.info)
 
+    @property
+    def device(self) -> torch.device:
+        return self.user_llm.device
+
     # --- the inference path ------------------------------------------------------------------
     def item_states(self, items: torch.Tensor) -> torch.Tensor:
         """(M, H) item embeddings: the [ITEM] token's final state."""
-        with autocast(self.config):
+        with autocast(self.config, self.device):
             return self.item_encoder(items).float()
 
     def history_inputs(self, items: torch.Tensor) -> torch.Tensor:
@@ -153,14 +157,14 @@ class HLLM(nn.Module):
 
     def user_states(self, histories: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         mask = histories >= 0
-        tokens = torch.zeros(*histories.shape, self.user_llm.hidden_size)
+        tokens = torch.zeros(*histories.shape, self.user_llm.hidden_size, device=histories.device)
         if mask.any():
             items, inverse = torch.unique(histories[mask], return_inverse=True)
             tokens = tokens.masked_scatter(mask[..., None], self.history_inputs(items).index_select(0, inverse))
         embeds, mask = self.user_llm.sequence(tokens, mask, query)
         if self.training:
             self.tokens_seen += int(mask.sum())
-        with autocast(self.config):
+        with autocast(self.config, self.device):
             return self.user_llm(embeds, mask)[:, -1].float()
 
     # --- the RankingModel interface ----------------------------------------------------------
@@ -176,6 +180,7 @@ class HLLM(nn.Module):
         targets = batch["targets"]
         exposures = batch["exposures"] if cfg.use_exposures else batch["exposures"][:, :0]
         shared = torch.randint(0, self.n_items, (cfg.num_negatives,), generator=generator)  # one draw per batch
+        shared = shared.to(targets.device)  # drawn on the CPU generator: the same draws on any device
         negatives, neg_mask = action_negatives(targets, torch.cat([exposures, shared.expand(len(targets), -1)], 1),
                                                in_batch=False)
         u = F.normalize(self.user_states(batch["histories"], batch["query"]), dim=-1)
@@ -194,16 +199,16 @@ class HLLM(nn.Module):
 
     @torch.no_grad()
     def item_embeddings(self, log: SearchLog, batch_size: int = 512) -> torch.Tensor:
-        ids = torch.arange(log.n_items)
+        ids = torch.arange(log.n_items, device=self.device)
         return torch.cat([F.normalize(self.item_states(ids[s:s + batch_size]), dim=-1)
                           for s in range(0, len(ids), batch_size)])
 
     @torch.no_grad()
     def user_embeddings(self, log: SearchLog, impressions: pd.DataFrame, batch_size: int = 256) -> torch.Tensor:
-        u = torch.zeros(len(impressions), self.user_llm.hidden_size)
+        u = torch.zeros(len(impressions), self.user_llm.hidden_size, device=self.device)
         for rows in length_batches(impressions, batch_size):
             batch = self.user_llm.batch(impressions.iloc[rows])
-            u[torch.from_numpy(rows)] = F.normalize(self.user_states(batch["histories"], batch["query"]), dim=-1)
+            u[torch.from_numpy(rows).to(self.device)] = F.normalize(self.user_states(batch["histories"], batch["query"]), dim=-1)
         return u
 
     @torch.no_grad()
@@ -214,7 +219,7 @@ class HLLM(nn.Module):
             return None, 0
         batch = self.user_llm.batch(rows)
         mask = batch["histories"] >= 0
-        tokens = torch.zeros(*mask.shape, self.user_llm.hidden_size)
+        tokens = torch.zeros(*mask.shape, self.user_llm.hidden_size, device=mask.device)
         tokens[mask] = self.history_inputs(batch["histories"][mask])
         embeds, mask = self.user_llm.sequence(tokens, mask, batch["query"])
         return self.user_llm.attentions(embeds, mask), window

@@ -112,6 +112,7 @@ class SASRec(nn.Module):
         if self.config.loss == "ce":
             return {"ce": F.cross_entropy(states @ items.T, targets)}
         negatives = torch.randint(0, self.n_items, (self.config.n_negatives,), generator=generator)
+        negatives = negatives.to(targets.device)  # drawn on the CPU generator: the same draws on any device
         # index_select, not items[idx]: its backward is deterministic with several threads (karma.losses)
         pos_logit = (states * items.index_select(0, targets)).sum(-1, keepdim=True)  # (P, 1)
         neg_logits = states @ items.index_select(0, negatives).T  # (P, K)
@@ -136,7 +137,7 @@ class SASRec(nn.Module):
             padded = np.zeros((len(chunk), width), dtype=np.int64)
             for row, hist in enumerate(chunk):
                 padded[row, width - len(hist):] = hist + 1
-            out.append(self.encode(torch.from_numpy(padded))[:, -1])
+            out.append(self.encode(torch.from_numpy(padded).to(self.item_emb.weight.device))[:, -1])
         return torch.cat(out) if out else torch.zeros(0, self.config.hidden)
 
     # --- the network ------------------------------------------------------------------------

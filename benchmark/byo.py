@@ -78,7 +78,7 @@ def evaluate_model(model: RankingModel | Callable[[SearchLog], RankingModel], da
     train_cfg = train_config(run_cfg, config)
     metric = run_cfg.eval.selection_metric
     with torch.no_grad():
-        model.initial_item_embeddings = model.item_embeddings(log).float().numpy()
+        model.initial_item_embeddings = model.item_embeddings(log).float().cpu().numpy()
     with R.PeakMemory() as memory:
         trained = train(model, log, train_cfg, generator,
                         lambda m: evaluate_split(m, log, "valid", run_cfg, None, False)[0].metrics[metric],

@@ -18,6 +18,7 @@ import torch
 
 from benchmark import diagnostics as D
 from benchmark.data.schema import SearchLog
+from benchmark.device import module_device
 from benchmark.model import DecoderAttentionProbe, ItemAttentionProbe
 
 
@@ -87,9 +88,9 @@ def collapse_diagnostics(model, log: SearchLog, item_emb: np.ndarray, cfg, run, 
 def _item_encoder_diagnostics(model, log: SearchLog, cfg, run, figures_dir: Path) -> dict:
     """Attention-sink statistics of the item encoder's last trainable block, per head, over the real
     tokens of the first ``attention_items`` catalog items; the heat map averages each item's query rows."""
-    items = torch.arange(min(cfg.attention_items, log.n_items))
+    items = torch.arange(min(cfg.attention_items, log.n_items), device=module_device(model))
     attn, mask = model.item_encoder_attention(items)
-    attn, mask = attn.float().numpy(), mask.numpy()  # (N, heads, L, L), (N, L)
+    attn, mask = attn.float().cpu().numpy(), mask.cpu().numpy()  # (N, heads, L, L), (N, L)
     rows = attn.transpose(1, 0, 2, 3)[:, mask]  # (heads, real query rows, L)
     keys = np.broadcast_to(mask[:, None, :], (*mask.shape, mask.shape[1]))[mask]  # (real query rows, L)
     per_head = [D.attention_stats(rows[h], keys) for h in range(rows.shape[0])]

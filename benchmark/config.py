@@ -18,6 +18,7 @@ from baselines.hllm import HLLMConfig
 from baselines.popularity import PopularityConfig
 from baselines.query_pop import QueryPopConfig
 from baselines.sasrec import SASRecConfig
+from benchmark import device
 from benchmark.data.adapt import QUERY_MODES, AdaptConfig
 from benchmark.data.synthetic import SyntheticConfig
 from benchmark.trainer import TrainConfig
@@ -135,6 +136,9 @@ class RunConfig:
     strict: bool = False
     allow_download: bool = True  # fetch missing Amazon files (with checksums) when online
     threads: int = 2  # torch intra-op threads
+    # where models compute (benchmark.device): cpu (every committed record), cuda, cuda:N or auto; not
+    # part of a run's identity, like threads: the record's environment says where it ran
+    device: str = "cpu"
     unit: int | None = None  # run only this unit of the plan, a (dataset, mode, model, variant) (set by --jobs)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -156,6 +160,7 @@ class RunConfig:
         if self.threads < 1 or not self.seeds or min(self.seeds) < 0:  # numpy takes seeds >= 0 only
             raise ValueError(f"threads must be >= 1 and seeds a non-empty list of seeds >= 0, got "
                              f"threads={self.threads}, seeds={self.seeds}")
+        device.check(self.device)
 
 
 ConfigStore.instance().store(name="base_config", node=RunConfig)

@@ -6,8 +6,10 @@ Every process runs the same plan on the same data; each optimiser step splits th
 between the processes (rank r takes examples r, r + W, ... of it), ``DistributedDataParallel`` averages
 the gradients, and every process applies the same update, so the weights stay identical. Rank 0 alone
 takes the file locks and writes records, search files, checkpoints, figures and the leaderboard; the
-others follow its decisions (``agree``). Backend: ``gloo``, on a GPU node too: the training tensors stay
-on the CPU (nothing is placed on CUDA yet), and ``nccl`` reduces CUDA tensors only.
+others follow its decisions (``agree``). Backend: ``gloo``, on a GPU node too (``device=cuda``: each
+process takes its local rank's GPU, ``benchmark.device``): gloo reduces CUDA tensors as well as the CPU
+ones the harness exchanges (losses, decisions), where ``nccl`` takes CUDA tensors only; a mixed
+``cpu:gloo,cuda:nccl`` group would be faster on GPUs but has not been run here (no GPU was lent).
 
 What differs from one process: a loss that is a mean over the batch becomes the mean of the shards'
 means (equal when the shards are equal in size), and a loss that uses the batch itself (in-batch
@@ -25,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
-BACKEND = "gloo"  # nccl only once the model and its batches live on CUDA
+BACKEND = "gloo"  # reduces CPU and CUDA tensors alike (module doc)
 
 
 def init_from_env() -> bool:

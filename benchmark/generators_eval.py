@@ -114,12 +114,12 @@ def table2_metrics(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.n
                    "seconds": time.perf_counter() - start}}
     generated = model.generated_user_embeddings(log, test_imp)
     for name in (*SAMPLED_GENERATORS, "ar_mse"):
-        out[name] = evaluate(item_emb, generated[name].numpy(), test_imp, ks=ks, js_k=js_k,
+        out[name] = evaluate(item_emb, generated[name].cpu().numpy(), test_imp, ks=ks, js_k=js_k,
                              item_terms=item_terms, topk_lists=item_terms is not None).metrics
     sub = test_imp.head(cfg.funnel.generator_impressions)
     draws = model.generated_user_embeddings(log, sub, samples=cfg.funnel.generator_samples)
-    samples = {name: draws[f"{name}_samples"].numpy() for name in SAMPLED_GENERATORS}
-    mse = draws["ar_mse"].numpy()
+    samples = {name: draws[f"{name}_samples"].cpu().numpy() for name in SAMPLED_GENERATORS}
+    mse = draws["ar_mse"].cpu().numpy()
     centroids = plausible_centroids(log, sub, item_emb)
     analysis = mode_mean_analysis(samples, mse, item_emb[sub["target"].to_numpy()], centroids)
     k = cfg.funnel.generator_samples

@@ -325,7 +325,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "packages": dict(sorted(versions.items())),
         "device": device_string(),
-        "cpu": _cpu_name(),  # the processor even where CUDA is the device (tensors stay on the CPU for now)
+        "cpu": _cpu_name(),  # the processor even where CUDA is available (a run's record adds compute_device)
     }
 
 

@@ -23,6 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
 from benchmark import distributed as D
+from benchmark.device import module_device, to_device
 from benchmark.model import RankingModel, StagedTraining
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     """What training changes: the trainable parameters and the persistent buffers (a frozen backbone's
     weights are rebuilt from its checkpoint, so neither selection nor resuming needs a copy)."""
     keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in keep}
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in keep}  # device-free
 
 
 def _save_checkpoint(path: Path, blob: dict) -> None:
@@ -107,6 +108,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     loader = _loader(dataset, model, config, generator)
     params = [p for p in model.parameters() if p.requires_grad]
     losses = D.loss_function(model)  # DDP under torchrun
+    device = module_device(model)  # batches follow the model (benchmark.device)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     start = time.perf_counter()
     best_state, best_value, since_best = None, -math.inf, 0
@@ -118,6 +120,8 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         optimizer.load_state_dict(resumed["optimizer"])
         generator.set_state(resumed["generator"])
         torch.set_rng_state(resumed["torch_rng"])
+        if resumed.get("cuda_rng") is not None and torch.cuda.is_available():  # dropout on a GPU draws there
+            torch.cuda.set_rng_state_all(resumed["cuda_rng"])
         best_state, best_value, since_best = resumed["best_state"], resumed["best_value"], resumed["since_best"]
         train_time, seen, first_epoch = resumed["train_time"], resumed["seen"], resumed["epoch"] + 1
         result.history, result.best_epoch = resumed["history"], resumed["best_epoch"]
@@ -131,7 +135,9 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
             _save_checkpoint(checkpoint, {
                 "identity": identity, "epoch": epoch, "model": trainable_state(model),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_value": best_value,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+                "best_state": best_state, "best_value": best_value,
                 "since_best": since_best, "best_epoch": result.best_epoch, "history": result.history,
                 "train_time": train_time, "seen": seen, "step_seconds": result.step_seconds,
                 "elapsed": time.perf_counter() - start})
@@ -142,7 +148,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         for epoch in range(1, epochs + 1):
             model.train()
             stage_start = time.perf_counter()
-            sums = _run_epoch(losses, stage_loader, optimizer, params, config, generator, f"{desc} {name} {epoch}")
+            sums = _run_epoch(losses, stage_loader, device, optimizer, params, config, generator, f"{desc} {name} {epoch}")
             result.step_seconds += time.perf_counter() - stage_start
             result.history.append({"stage": name, "epoch": epoch, **sums})
             log.info("%s %s epoch %d: %s", desc, name, epoch, " ".join(f"{k}={v:.4f}" for k, v in sums.items()))
@@ -155,7 +161,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
             break
         model.train()
         epoch_start = time.perf_counter()
-        sums = _run_epoch(losses, loader, optimizer, params, config, generator, f"{desc} epoch {epoch}")
+        sums = _run_epoch(losses, loader, device, optimizer, params, config, generator, f"{desc} epoch {epoch}")
         seen += len(dataset)
         train_time += time.perf_counter() - epoch_start
         model.eval()
@@ -191,13 +197,14 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     return result
 
 
-def _run_epoch(losses, loader, optimizer, params, config: TrainConfig, generator, desc: str) -> dict[str, float]:
+def _run_epoch(losses, loader, device, optimizer, params, config: TrainConfig, generator,
+               desc: str) -> dict[str, float]:
     """One pass over ``loader`` (``losses``: the model's, or its DDP wrapper); returns the mean of each
     named loss term (under DDP, averaged over the processes' shards)."""
     sums: dict[str, float] = {}
     bar = tqdm(loader, desc=desc, leave=False, disable=not config.progress)
     for batch in bar:
-        terms = losses(batch, generator)
+        terms = losses(to_device(batch, device), generator)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: non-finite loss {({k: float(v) for k, v in terms.items()})}; "

@@ -59,7 +59,7 @@ class BertTop(_TopLayers):
 
     def _run(self, x: torch.Tensor, mask: torch.Tensor, blocks) -> torch.Tensor:
         keys = mask[:, None, None, :]  # (M, 1, 1, L) bool, True = attend (SDPA and eager both take it)
-        additive = torch.zeros(keys.shape, dtype=x.dtype).masked_fill(~keys, torch.finfo(x.dtype).min)
+        additive = torch.zeros(keys.shape, dtype=x.dtype, device=x.device).masked_fill(~keys, torch.finfo(x.dtype).min)
         for block in blocks:
             x = _block_output(block(x, attention_mask=additive))
         return x
@@ -115,13 +115,14 @@ class CausalTop(_TopLayers):
         m, length, width = x.shape
         lengths = mask.sum(1)  # the [ITEM] position: right after the truncated text
         x = torch.cat([x, x.new_zeros(m, 1, width)], dim=1)
-        positions = torch.arange(length + 1)
+        positions = torch.arange(length + 1, device=x.device)
         is_item = positions[None, :] == lengths[:, None]  # (M, L + 1)
         x = torch.where(is_item[..., None], self.item_token.to(x.dtype), x)
         valid = (positions[None, :] <= lengths[:, None])  # text + [ITEM]; later positions are padding
-        causal = torch.tril(torch.ones(length + 1, length + 1, dtype=torch.bool))
+        causal = torch.tril(torch.ones(length + 1, length + 1, dtype=torch.bool, device=x.device))
         keys = causal[None] & valid[:, None, :]  # (M, L + 1, L + 1)
-        additive = torch.zeros(keys.shape, dtype=x.dtype).masked_fill(~keys, torch.finfo(x.dtype).min)[:, None]
+        additive = torch.zeros(keys.shape, dtype=x.dtype, device=x.device).masked_fill(
+            ~keys, torch.finfo(x.dtype).min)[:, None]
         position_ids = positions[None].expand(m, -1)
         rope = self.rotary(x, position_ids)
         for block in self.blocks:

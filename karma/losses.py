@@ -83,5 +83,6 @@ def sample_exposures(exposures: torch.Tensor, k: int, generator: torch.Generator
     negatives of one training step (``k`` = 0 or >= E: all of them). Real items are kept before padding."""
     if k <= 0 or k >= exposures.shape[1]:
         return exposures
-    keys = torch.rand(exposures.shape, generator=generator).masked_fill(exposures < 0, 2.0)  # padding sorts last
+    keys = torch.rand(exposures.shape, generator=generator).to(exposures.device)  # drawn on the CPU: any device
+    keys = keys.masked_fill(exposures < 0, 2.0)  # padding sorts last
     return exposures.gather(1, torch.sort(keys, dim=1, stable=True).indices[:, :k])

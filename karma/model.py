@@ -313,16 +313,20 @@ class ContinuousTokenModel(nn.Module):
         """What the record keeps about the network: weights' source, dtype, init LM loss, target text."""
         return dict(self.info)
 
+    @property
+    def device(self) -> torch.device:
+        return self.user_llm.device
+
     # --- the inference path ------------------------------------------------------------------
     def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
         """items (M,) catalog ids -> (M, D) item tokens (the LLM's continuous input)."""
-        with autocast(self.config):
+        with autocast(self.config, self.device):
             return self.item_encoder(items)
 
     def _sequence(self, histories: torch.Tensor, query_ids: torch.Tensor | None):
         """histories (B, T) item ids, -1 = left padding -> embeds (B, T [+1], D), mask."""
         mask = histories >= 0
-        tokens = torch.zeros(*histories.shape, self.user_llm.hidden_size)
+        tokens = torch.zeros(*histories.shape, self.user_llm.hidden_size, device=histories.device)
         if mask.any():
             flat = histories[mask]
             items, inverse = torch.unique(flat, return_inverse=True)  # each distinct item encoded once
@@ -339,7 +343,7 @@ class ContinuousTokenModel(nn.Module):
             mask = torch.cat([mask, text_mask], dim=1)
         if self.training:
             self.tokens_seen += int(mask.sum())
-        with autocast(self.config):
+        with autocast(self.config, self.device):
             states = self.user_llm(embeds, mask)
         h = states[:, n_prefix - 1].float()  # (B, D): the next-interest state (causal: text unseen)
         u = F.normalize(self.user_head(h), dim=-1)
@@ -381,6 +385,7 @@ class ContinuousTokenModel(nn.Module):
         decode = torch.rand(len(targets), generator=generator) < self.decode_fraction
         if cfg.decodes_text and not decode.any():
             decode[0] = True
+        decode = decode.to(targets.device)
         # Task 1 shares the causal pass when every row decodes (h cannot see the text: causal mask);
         # with decode_fraction < 1 only the decoded rows run a second pass with the text appended, so
         # the rows that do not decode pay nothing for it.
@@ -429,7 +434,7 @@ class ContinuousTokenModel(nn.Module):
         rows = log.split("train")
         h = self._user_states(rows, batch_size)[1]  # (n, D)
         with torch.no_grad():
-            v = self.item_vectors(torch.as_tensor(rows["target"].to_numpy()))  # (n, R) normalised
+            v = self.item_vectors(torch.as_tensor(rows["target"].to_numpy(), device=self.device))  # (n, R), unit
         heads = [self.heads[k] for k in GENERATOR_HEADS]
         for head in heads:
             head.train()
@@ -444,7 +449,7 @@ class ContinuousTokenModel(nn.Module):
             for s in range(0, len(h), batch_size):
                 if step == updates:
                     break
-                idx = order[s:s + batch_size]
+                idx = order[s:s + batch_size].to(h.device)
                 terms = {k: self.heads[k].loss(v[idx], h[idx], generator=noise) for k in SAMPLED_GENERATORS.values()}
                 terms["gen_mse"] = F.mse_loss(self.heads["gen_mse"](h[idx]), v[idx]) * self.config.retrieval_dim
                 optimizer.zero_grad(set_to_none=True)
@@ -484,7 +489,7 @@ class ContinuousTokenModel(nn.Module):
     def _text_loss(self, states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """states (B, S+1, D) at the positions that predict text (B, S+1) full-vocab ids (-100 pad)."""
         weight = self.user_llm.decoder.get_output_embeddings().weight
-        with autocast(self.config):  # the (B, S+1, V) product is a large matmul: bf16 where configured
+        with autocast(self.config, self.device):  # the (B, S+1, V) product is a large matmul: bf16 where configured
             if self.config.restrict_vocab:
                 logits = states @ weight[self.vocab].T  # (B, S+1, V_r)
                 labels = torch.where(text >= 0, torch.searchsorted(self.vocab, text.clamp(min=0)), text)
@@ -496,16 +501,16 @@ class ContinuousTokenModel(nn.Module):
         """Decode text (B, S+1) given one prefix token (B, 1, D), teacher-forced."""
         text_in = self.user_llm.text_embeddings(text[:, :-1]).to(prefix.dtype)
         embeds = torch.cat([prefix, text_in], dim=1)  # (B, S+1, D)
-        mask = torch.cat([torch.ones(len(text), 1, dtype=torch.bool), text[:, :-1] >= 0], dim=1)
+        mask = torch.cat([torch.ones(len(text), 1, dtype=torch.bool, device=text.device), text[:, :-1] >= 0], dim=1)
         if self.training:
             self.tokens_seen += int(mask.sum())
-        with autocast(self.config):
+        with autocast(self.config, self.device):
             states = self.user_llm.decode_states(embeds, mask)  # right padding: plain positions
         return self._text_loss(states, text)
 
     @torch.no_grad()
     def item_embeddings(self, log: SearchLog, batch_size: int = 512) -> torch.Tensor:
-        ids = torch.arange(log.n_items)
+        ids = torch.arange(log.n_items, device=self.device)
         return torch.cat([self.item_vectors(ids[s:s + batch_size]) for s in range(0, len(ids), batch_size)])
 
     @torch.no_grad()
@@ -515,12 +520,13 @@ class ContinuousTokenModel(nn.Module):
     @torch.no_grad()
     def _user_states(self, impressions: pd.DataFrame, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """(u (n, R), h (n, D)) in input order, computed in batches of similar history length (less padding)."""
-        u = torch.zeros(len(impressions), self.config.retrieval_dim)
-        h = torch.zeros(len(impressions), self.user_llm.hidden_size)
+        u = torch.zeros(len(impressions), self.config.retrieval_dim, device=self.device)
+        h = torch.zeros(len(impressions), self.user_llm.hidden_size, device=self.device)
         for rows in length_batches(impressions, batch_size):
             batch = self.user_llm.batch(impressions.iloc[rows])
             u_b, _, h_b, _ = self.user_vectors(batch["histories"], batch["query"], return_states=True)
-            u[torch.from_numpy(rows)], h[torch.from_numpy(rows)] = u_b, h_b
+            index = torch.from_numpy(rows).to(self.device)
+            u[index], h[index] = u_b, h_b
         if self.config.retrieval_objective != "discriminative":
             # one sample per impression from a fixed noise stream: the same embeddings on every call
             u = self._generate(h, torch.Generator().manual_seed(GENERATOR_SEED_OFFSET))
@@ -556,12 +562,13 @@ class ContinuousTokenModel(nn.Module):
             return {}
         n, dim = len(impressions), self.config.retrieval_dim
         states = self._user_states(impressions, batch_size)[1]
-        out = {**{name: torch.zeros(n, dim) for name in SAMPLED_GENERATORS},
+        out = {**{name: torch.zeros(n, dim, device=self.device) for name in SAMPLED_GENERATORS},
                "ar_mse": F.normalize(self.heads["gen_mse"](states), dim=-1)}
-        many = {name: torch.zeros(n, samples, dim) for name in SAMPLED_GENERATORS} if samples > 1 else {}
+        many = ({name: torch.zeros(n, samples, dim, device=self.device) for name in SAMPLED_GENERATORS}
+                if samples > 1 else {})
         noise = torch.Generator().manual_seed(GENERATOR_SEED_OFFSET)
         for rows in length_batches(impressions, batch_size):  # the batches h was computed in
-            index = torch.from_numpy(rows)
+            index = torch.from_numpy(rows).to(self.device)
             h = states[index]
             for name, head in SAMPLED_GENERATORS.items():
                 draws = [self.heads[head].sample(h, steps=self.config.generator_steps, generator=noise)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from benchmark.data.schema import SearchLog
+from benchmark.device import to_device
 from benchmark.records import write_text_atomic
 from karma import backbones
 
@@ -108,8 +109,9 @@ def slow_bf16_warning(cfg: UserLLMConfig) -> str | None:
             "records are then fp32 ones, not comparable bit for bit with a bf16 table")
 
 
-def autocast(cfg: UserLLMConfig, device: torch.device | str = "cpu"):
-    """The mixed-precision context the backbones run under (a no-op when it resolves to ``none``)."""
+def autocast(cfg: UserLLMConfig, device: torch.device | str):
+    """The mixed-precision context the backbones run under on ``device`` (a no-op when it resolves to
+    ``none``)."""
     if resolved_autocast(cfg) == "none":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
@@ -243,15 +245,20 @@ class UserLLM(nn.Module):
     def hidden_size(self) -> int:
         return int(self.decoder.config.hidden_size)
 
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.get_input_embeddings().weight.device
+
     def batch(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
-        return impression_batch(rows, self.config.max_history, self.query_index)
+        """The impressions' tensors (``impression_batch``), on the decoder's device."""
+        return to_device(impression_batch(rows, self.config.max_history, self.query_index), self.device)
 
     def sequence(self, tokens: torch.Tensor, mask: torch.Tensor, query_ids: torch.Tensor | None):
         """History tokens (B, T, D) with mask (B, T) -> the decoder input with the query token appended."""
         if self.reads_query and query_ids is not None:
             q = self.query_adapter(self.query_emb[query_ids]).to(tokens.dtype)[:, None]  # (B, 1, D)
             tokens = torch.cat([tokens, q], dim=1)
-            mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=torch.bool)], dim=1)
+            mask = torch.cat([mask, torch.ones(len(mask), 1, dtype=torch.bool, device=mask.device)], dim=1)
         return tokens, mask
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -262,7 +269,7 @@ class UserLLM(nn.Module):
 
     def decode_states(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Right-padded sequences (a prefix, then text): plain positions."""
-        positions = torch.arange(embeds.shape[1]).expand(len(embeds), -1)
+        positions = torch.arange(embeds.shape[1], device=embeds.device).expand(len(embeds), -1)
         return self.decoder.model(inputs_embeds=embeds, attention_mask=mask.long(),
                                   position_ids=positions).last_hidden_state
 
@@ -279,7 +286,7 @@ class UserLLM(nn.Module):
             out = self.decoder.model(inputs_embeds=embeds, attention_mask=mask.long(), output_attentions=True)
         finally:
             self.decoder.set_attn_implementation(previous)
-        return np.stack([a.float().numpy() for a in out.attentions])
+        return np.stack([a.float().cpu().numpy() for a in out.attentions])
 
 
 def history_window(impressions: pd.DataFrame, window: int, max_history: int, max_rows: int):

@@ -147,8 +147,8 @@ def test_autocast_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypat
     auto = _model("action_only", autocast="auto")
     assert auto.describe()["dtype"].startswith("fp32 weights, bf16 autocast" if native else "fp32,")
     assert "autocast=auto" in auto.describe()["dtype"]
-    assert isinstance(U.autocast(auto.config), torch.autocast) is native
-    assert isinstance(U.autocast(dataclasses.replace(auto.config, autocast="bfloat16")), torch.autocast)
+    assert isinstance(U.autocast(auto.config, "cpu"), torch.autocast) is native
+    assert isinstance(U.autocast(dataclasses.replace(auto.config, autocast="bfloat16"), "cpu"), torch.autocast)
     assert (U.slow_bf16_warning(KarmaConfig(autocast="bfloat16")) is None) is native
     assert U.slow_bf16_warning(KarmaConfig(autocast="auto")) is None  # auto never runs emulated bf16
     runs = [RunSpec(dataset="d", mode="coarse", model="action_llm", variant="default", seed=0, record="r.json")]

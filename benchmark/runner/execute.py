@@ -22,6 +22,8 @@ from benchmark.data.images import resolve_images
 from benchmark.data.report import DataReport
 from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
+from benchmark.device import module_device
+from benchmark.device import resolve as resolve_device
 from benchmark.evaluate import evaluate, summarize
 from benchmark.funnel.runs import embeddings_path, keeps_embeddings, save_embeddings
 from benchmark.generators_eval import table2_metrics
@@ -83,7 +85,8 @@ def attach_images(search_log: SearchLog, cfg, root: Path) -> None:
 def embed(model, search_log: SearchLog, split: str):
     imp = search_log.split(split)
     with torch.no_grad():
-        return model.item_embeddings(search_log).float().numpy(), model.user_embeddings(search_log, imp).float().numpy()
+        return (model.item_embeddings(search_log).float().cpu().numpy(),
+                model.user_embeddings(search_log, imp).float().cpu().numpy())
 
 
 def evaluate_split(model, search_log: SearchLog, split: str, cfg, item_terms, with_lists: bool, embedded=None):
@@ -109,6 +112,8 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     torch.set_num_threads(cfg.threads)
     generator = seed_everything(run.seed)
     model = build(run.model, run.variant, search_log, cfg.model, run.tuned, cache_dir=cache_root() / "models")
+    if isinstance(model, torch.nn.Module):  # built on the CPU, where the weights load; then computes on the device
+        model.to(resolve_device(cfg.device))
     metric = cfg.eval.selection_metric
 
     def validate(m) -> float:
@@ -118,7 +123,7 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     desc = f"{run.dataset} [{run.mode}] {run.model}:{run.variant} s{run.seed}"
     train_cfg = train_config(cfg, getattr(model, "config", None))
     with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
-        model.initial_item_embeddings = model.item_embeddings(search_log).float().numpy()
+        model.initial_item_embeddings = model.item_embeddings(search_log).float().cpu().numpy()
     model.initial_attention = attention_before_training(model, search_log, cfg.funnel)
     settings = {"run": run.label, "tuned": run.tuned, "train": dataclasses.asdict(train_cfg),
                 "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
@@ -174,7 +179,9 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
         "dataset": run.dataset, "mode": run.mode, "model": run.model, "variant": run.variant,
         "seed": run.seed,
         "config": run_cfg, "config_hash": R.config_hash(run_cfg), "data_fingerprint": search_log.fingerprint,
-        "adaptation": search_log.adaptation, "environment": environment,
+        "adaptation": search_log.adaptation,
+        "environment": {**environment, "compute_device": str(module_device(model) if isinstance(model, torch.nn.Module)
+                                                             else "cpu")},
         "timing": {"train_s": trained.train_seconds, "eval_s": eval_s,
                    "peak_memory_mb": max(memory.peak_mb, trial[1] if trial else 0.0),
                    "reused_search_trial": trial is not None, "processes": D.world_size(),

@@ -1,0 +1,53 @@
+"""Where a run computes: ``device=cpu`` (the default; every committed record), ``cuda`` or ``auto``.
+
+A model is built on the CPU (weights load there), then moved whole to the run's device; its batches
+follow it (``to_device``), its random draws stay on the CPU generators the harness hands it (drawn
+there, then moved: the same draws on every device), and what leaves it for evaluation (embeddings,
+attention) comes back to the CPU, where faiss and the metrics run. Under ``torchrun`` each process
+takes the GPU of its local rank.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICE_CHOICES = ("cpu", "cuda", "auto")
+
+
+def check(name: str) -> None:
+    """Raise at composition for a name that is not a choice, or for cuda on a machine without one."""
+    base = name.split(":", 1)[0]
+    if base not in DEVICE_CHOICES or (base != "cuda" and ":" in name):
+        raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {name!r}")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}, but torch sees no CUDA device here (torch {torch.__version__}); "
+                         "use device=cpu or device=auto")
+
+
+def resolve(name: str) -> torch.device:
+    """The torch device ``name`` means here: ``auto`` is cuda when there is one; a plain ``cuda`` under
+    torchrun is the local rank's GPU."""
+    check(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's parameters (the CPU for a module without any)."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def to_device(batch, device: torch.device):
+    """A collated batch (a dict of tensors and other values) with its tensors on ``device``."""
+    if isinstance(batch, dict):
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return batch.to(device) if torch.is_tensor(batch) else batch
