@@ -145,6 +145,7 @@ def test_search_tunes_on_validation_and_the_record_names_the_selected_trial(tmp_
     assert record["config"]["model_config"]["lr"] == best["overrides"]["model.sasrec.lr"]
     # seed 0 is the search seed: its run is the selected trial itself, not trained a second time ...
     assert record["timing"]["reused_search_trial"] and record["metrics"]["valid"]["NDCG@10"] == best["valid"]
+    assert record["timing"]["train_s"] == best["train_s"] > 0  # one clock: the trainer's (kept across resumes)
     # ... and is what training it again gives (trials read back from the file are not kept in memory)
     assert main(["--suite", "smoke", "--overwrite", *_args(tmp_path), *TINY, "models=[sasrec]", *grid]) == 0
     again = json.loads((folder / "sasrec__default__seed0.json").read_text())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from pathlib import Path
 
 from benchmark import distributed as D
@@ -64,13 +63,13 @@ def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None
             continue
         trial_cfg, tuned = with_overrides(cfg, run.model, overrides)
         with R.PeakMemory() as memory:
-            start = time.perf_counter()
             fitted = fit(dataclasses.replace(run, seed=cfg.search.seed, tuned=tuned), search_log, trial_cfg,
                          item_terms)
         trained = fitted[1]
         done.append({"overrides": overrides, "settings": settings, "valid": trained.valid_value,
                      "best_epoch": trained.best_epoch,
-                     "train_s": time.perf_counter() - start, "peak_memory_mb": memory.peak_mb})
+                     # the trainer's count, which carries the time of earlier processes across a resume
+                     "train_s": trained.train_seconds, "peak_memory_mb": memory.peak_mb})
         print(f"    search {run.model}:{run.variant} {overrides} -> valid "
               f"{cfg.eval.selection_metric}={trained.valid_value:.4f}", flush=True)
         if D.is_main():
