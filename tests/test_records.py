@@ -395,3 +395,28 @@ def test_a_patience_stop_within_the_curves_own_noise_is_told_from_a_clear_declin
     assert run(declined).stopped_within_noise() is False
     assert run(noisy_rise, "max_epochs").stopped_within_noise() is None  # not a patience stop
     assert run([0.1, 0.2, 0.1, 0.15]).stopped_within_noise() is None  # too few epochs to judge
+
+
+def test_an_objective_run_at_chance_is_marked_as_such(tmp_path):
+    """The convergence lines of Table 2's objectives: a run whose per-impression test AUC is a coin
+    flip is marked at chance; one clearly above 0.5 is not; a record without arrays says n/a."""
+    from benchmark.tables.table2 import objective_convergence
+
+    rng = np.random.default_rng(0)
+    aucs = {"karma": 0.75 + 0.1 * rng.standard_normal(300), "objective_diffusion": rng.uniform(0, 1, 300)}
+    index = {}
+    for variant, auc in aucs.items():
+        model = "karma" if variant == "karma" else "karma_gen"
+        path = record_path(tmp_path, SUITE, "synthetic", "coarse", model, variant, 0)
+        write_per_impression(path.with_suffix(".npz"), {"rank": np.ones(300, dtype=int), "auc": auc})
+        rec = Record(make_record(dataset="synthetic", model=model, variant=variant, seed=0, mode="coarse",
+                                 per_impression=path.with_suffix(".npz").name), path)
+        index[("synthetic", "coarse", model, variant)] = {0: rec}
+    index[("synthetic", "coarse", "karma_gen", "objective_mse")] = {0: Record(make_record(
+        dataset="synthetic", model="karma_gen", variant="objective_mse", mode="coarse"))}
+    lines = "\n".join(objective_convergence(index, [("synthetic", "coarse")])).splitlines()
+    row = lambda label: next(line for line in lines if line.startswith(f"| {label}"))  # noqa: E731
+    assert row("discriminative KARMA").rstrip(" |").endswith("yes")
+    assert "at chance" not in row("discriminative KARMA") and "at chance" in row("diffusion (ε) generates u")
+    assert row("AR + MSE generates u").rstrip(" |").endswith("n/a")  # no arrays: not judged
+    assert "3 / 5" in row("AR + MSE generates u")  # selected / last epoch
