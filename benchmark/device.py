@@ -37,6 +37,22 @@ def resolve(name: str) -> torch.device:
     return torch.device(name)
 
 
+def place(model, name: str):
+    """``model`` moved to the device ``name`` resolves to (a model that is not an ``nn.Module``, e.g. a
+    no-learning rule, stays where it is); returns that device."""
+    device = resolve(name)
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so that a clock read after it times the work (CUDA runs
+    asynchronously; a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's parameters (the CPU for a module without any)."""
     for p in module.parameters():

@@ -77,6 +77,7 @@ def _measure_in_child(entry: str, dataset: str, suite: str, mode: str, overrides
 
 
 def measure_model(entry: str, log, cfg, steps: int, repeats: int) -> dict:
+    from benchmark.device import place, synchronize
     from benchmark.evaluate import evaluate
     from benchmark.models import build
     from benchmark.runner.execute import embed
@@ -89,12 +90,14 @@ def measure_model(entry: str, log, cfg, steps: int, repeats: int) -> dict:
     with R.PeakMemory() as memory:
         generator = seed_everything(0)
         model = build(name, variant or "default", log, cfg.model, cache_dir=cache_root() / "models")
+        device = place(model, cfg.device)  # device=cuda measures the GPU path; ranking stays on the CPU
         train_cfg = train_config(cfg, getattr(model, "config", None))
         out = {"training": time_training_steps(model, log, train_cfg, generator, steps)
                if any(p.requires_grad for p in getattr(model, "parameters", list)()) else None}
         model.eval()
         start = time.perf_counter()
-        items, users = embed(model, log, "test")
+        items, users = embed(model, log, "test")  # back on the CPU, so the encoder's work is done
+        synchronize(device)
         encode_s = time.perf_counter() - start
         ks = list(cfg.eval.ks)
         rank_times = []
@@ -109,7 +112,8 @@ def measure_model(entry: str, log, cfg, steps: int, repeats: int) -> dict:
         "rank_over_plain_topk": rank_s / plain_s if plain_s > 0 else None,
         "users_per_s": len(test) / (encode_s + rank_s),
         "ms_per_request": 1000.0 * (encode_s + rank_s) / len(test)}
-    out["peak_memory_mb"] = memory.peak_mb
+    out["peak_memory_mb"] = memory.peak_mb  # host memory; a GPU's own memory is not counted
+    out["compute_device"] = str(device)
     return out
 
 

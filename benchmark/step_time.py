@@ -30,9 +30,11 @@ def time_training_steps(model, log, train_cfg, generator: torch.Generator, steps
     """Time ``steps`` optimiser steps (forward, backward, AdamW) on the trainer's own batches, after one
     untimed step (one-off allocations): median seconds per step, impressions/s, and decoder tokens/s
     for the models that count them (``tokens_seen``)."""
+    from benchmark.device import module_device, synchronize, to_device
     from benchmark.trainer import _loader
 
     model.train()
+    device = module_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     loader = _loader(model.train_dataset(log, generator), model, train_cfg, generator)
@@ -44,11 +46,13 @@ def time_training_steps(model, log, train_cfg, generator: torch.Generator, steps
             batches = iter(loader)
             batch = next(batches)
         seen = getattr(model, "tokens_seen", 0)
+        synchronize(device)
         start = time.perf_counter()
-        loss = sum(model.losses(batch, generator).values())
+        loss = sum(model.losses(to_device(batch, device), generator).values())  # the move is part of a step
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        synchronize(device)
         if step:
             times.append(time.perf_counter() - start)
             sizes.append(len(batch.get("targets", batch.get("items"))))
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_module
 
     from benchmark.config import typed
+    from benchmark.device import place
     from benchmark.models import build
     from benchmark.runner import load_log
     from benchmark.seed import seed_everything
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, variant = entry.partition(":")
         generator = seed_everything(0)
         model = build(name, variant or "default", log, cfg.model, cache_dir=cache_root() / "models")
+        place(model, cfg.device)  # --override device=cuda times the GPU path
         timed = time_training_steps(model, log, train_cfg, generator, args.steps)
         per_step, rate = timed["median_s_per_step"], timed["impressions_per_s"]
         result["models"][entry] = {**timed, "projected_s_per_epoch": n_train / rate}

@@ -159,3 +159,12 @@ def test_device_setting_is_checked_and_resolved():
             dev.check("cuda")
     batch = dev.to_device({"ids": torch.arange(3), "name": "x"}, torch.device("cpu"))
     assert batch["name"] == "x" and torch.equal(batch["ids"], torch.arange(3))
+
+
+def test_place_moves_modules_only_and_synchronize_is_a_no_op_on_the_cpu():
+    module, rule = torch.nn.Linear(2, 2), object()
+    assert dev.place(module, "cpu") == torch.device("cpu") and dev.module_device(module).type == "cpu"
+    assert dev.place(rule, "auto") == dev.resolve("auto")  # a no-learning rule is left as it is
+    dev.synchronize(torch.device("cpu"))
+    with pytest.raises(ValueError, match="device must be one of"):
+        dev.place(module, "tpu")

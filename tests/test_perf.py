@@ -23,6 +23,7 @@ def test_perf_measures_training_evaluation_and_inference(tmp_path):
         m = result["models"][name]
         assert m["training"]["impressions_per_s"] > 0 and m["evaluation"]["users_per_s"] > 0
         assert m["evaluation"]["rank_over_plain_topk"] > 0 and m["peak_memory_mb"] > 0
+        assert m["compute_device"] == "cpu"  # the default; device=cuda moves the timed model
     assert result["models"]["action_llm:default"]["training"]["tokens_per_s"] > 0  # the LLM counts its tokens
     assert result["models"]["sasrec:default"]["training"]["tokens_per_s"] is None
     assert result["karma_vs_action_only"]["identical_scores"] is True

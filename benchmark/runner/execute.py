@@ -22,8 +22,7 @@ from benchmark.data.images import resolve_images
 from benchmark.data.report import DataReport
 from benchmark.data.schema import SearchLog
 from benchmark.data.text import terms
-from benchmark.device import module_device
-from benchmark.device import resolve as resolve_device
+from benchmark.device import module_device, place
 from benchmark.evaluate import evaluate, summarize
 from benchmark.funnel.runs import embeddings_path, keeps_embeddings, save_embeddings
 from benchmark.generators_eval import table2_metrics
@@ -112,8 +111,7 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     torch.set_num_threads(cfg.threads)
     generator = seed_everything(run.seed)
     model = build(run.model, run.variant, search_log, cfg.model, run.tuned, cache_dir=cache_root() / "models")
-    if isinstance(model, torch.nn.Module):  # built on the CPU, where the weights load; then computes on the device
-        model.to(resolve_device(cfg.device))
+    place(model, cfg.device)  # built on the CPU, where the weights load; then computes on the device
     metric = cfg.eval.selection_metric
 
     def validate(m) -> float:
