@@ -184,8 +184,8 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
                    "peak_memory_mb": max(memory.peak_mb, trial[1] if trial else 0.0),
                    "reused_search_trial": trial is not None, "processes": D.world_size(),
                    "train_impressions_per_s": trained.examples_per_second,
-                   "train_tokens_per_s": (getattr(model, "tokens_seen", 0) / trained.step_seconds
-                                          if getattr(model, "tokens_seen", 0) and trained.step_seconds else None),
+                   "train_tokens_per_s": (trained.tokens_seen / trained.step_seconds
+                                          if trained.tokens_seen and trained.step_seconds else None),
                    "eval_users_per_s": len(test_imp) / eval_s if eval_s > 0 else None},
         "selection": {"metric": cfg.eval.selection_metric, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
                       "valid_value": trained.valid_value, "stopped_by": trained.stopped_by,
