@@ -55,6 +55,9 @@ class TrainResult:
     train_seconds: float = 0.0
     examples_per_second: float | None = None
     step_seconds: float = 0.0  # training passes of every stage, without validation
+    # decoder positions the training steps fed (for models that count ``tokens_seen``), across resumes;
+    # None when not counted or a resumed checkpoint predates the count
+    tokens_seen: int | None = None
     stopped_by: str = "nothing to train"
     converged: bool | None = None  # False when the best epoch is the last allowed one (None: nothing trained)
     history: list[dict] = field(default_factory=list)  # per epoch: losses and validation value
@@ -113,6 +116,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     start = time.perf_counter()
     best_state, best_value, since_best = None, -math.inf, 0
     train_time, seen, first_epoch = 0.0, 0, 1
+    tokens_counted = True
     stages = model.stages(log_, generator) if isinstance(model, StagedTraining) else []
     resumed = _load_checkpoint(checkpoint, identity)
     if resumed is not None:
@@ -126,6 +130,9 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         train_time, seen, first_epoch = resumed["train_time"], resumed["seen"], resumed["epoch"] + 1
         result.history, result.best_epoch = resumed["history"], resumed["best_epoch"]
         result.epochs_run, result.step_seconds = resumed["epoch"], resumed["step_seconds"]
+        if resumed.get("tokens_seen") is not None:  # the model counts in memory: carry the earlier processes'
+            model.tokens_seen = resumed["tokens_seen"]
+        tokens_counted = "tokens_seen" in resumed  # a checkpoint written before the count carried it
         start -= resumed.get("elapsed", 0.0)  # train_seconds counts the earlier processes' time too
         stages = []  # checkpoints are written after the stages
         print(f"{desc}: resumed after epoch {resumed['epoch']} from {checkpoint}", flush=True)
@@ -140,7 +147,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
                 "best_state": best_state, "best_value": best_value,
                 "since_best": since_best, "best_epoch": result.best_epoch, "history": result.history,
                 "train_time": train_time, "seen": seen, "step_seconds": result.step_seconds,
-                "elapsed": time.perf_counter() - start})
+                "tokens_seen": getattr(model, "tokens_seen", None), "elapsed": time.perf_counter() - start})
 
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
     for name, stage_data, epochs in stages:
@@ -192,6 +199,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     result.train_seconds = time.perf_counter() - start
     result.examples_per_second = seen / train_time if train_time > 0 else None
     result.step_seconds += train_time
+    result.tokens_seen = (getattr(model, "tokens_seen", None) or None) if tokens_counted else None
     if checkpoint is not None and checkpoint.exists() and D.is_main():
         checkpoint.unlink()
     return result

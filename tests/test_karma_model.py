@@ -456,6 +456,7 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_bits(tm
     resumed, resumed_result = run(path)
     assert not path.exists()  # removed once training ended
     assert resumed_result.train_seconds > elapsed > 0  # the interrupted process's time is counted
+    assert resumed_result.tokens_seen == plain_result.tokens_seen == plain.tokens_seen > 0  # and its tokens
     assert resumed_result.history == plain_result.history and resumed_result.best_epoch == plain_result.best_epoch
     a, b = plain.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

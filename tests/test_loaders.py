@@ -528,6 +528,22 @@ def test_every_family_is_one_metadata_object_whose_card_exists():
         assert (cards / family.card).is_file() and family.terms
 
 
+def test_the_embedded_set_is_a_generated_family_found_by_name_only(tmp_path):
+    from benchmark.data import registry
+
+    family = registry.FAMILY["synthetic"]
+    assert family.generated and family.is_present(tmp_path, "") and family.image_folder(tmp_path, "") is None
+    (tmp_path / "synthetic" / "x").mkdir(parents=True)  # a folder of its name is not a dataset
+    assert registry.discover(tmp_path) == []
+    assert registry.parse("synthetic@300users").name == "synthetic@300users"
+    assert registry.has_text(tmp_path, "synthetic") and registry.has_images(tmp_path, "synthetic")
+    assert registry.query_modes(tmp_path, "synthetic") == ["none", "coarse", "hem"]
+    for bad in ("synthetic/Beauty", "nosuch/Beauty", "unisrec"):
+        with pytest.raises(DataError, match=r"valid: \['synthetic'\]"):
+            registry.parse(bad)
+    assert not registry.is_present(tmp_path, "unisrec/Scientific")
+
+
 def test_family_metadata_decides_text_and_modes_from_the_files(tmp_path):
     from benchmark.data import registry
 

@@ -60,10 +60,9 @@ def content_digest(log_: SearchLog) -> str:
 
 def card_path(dataset: str) -> Path:
     """The dataset card of ``dataset``'s family (``datasets/<card>``)."""
-    from benchmark.data.registry import EMBEDDED, FAMILY, parse
+    from benchmark.data.registry import FAMILY, parse
 
-    family = parse(dataset).family
-    return CARDS / ("synthetic.md" if family == EMBEDDED else FAMILY[family].card)
+    return CARDS / FAMILY[parse(dataset).family].card
 
 
 def export(log_: SearchLog, out: str | Path, *, suite: str, suite_version: str, mode: str,

@@ -528,6 +528,11 @@ def _has_image(path: Path, size: int) -> bool:
         return False
 
 
+def FILES(category: str) -> list:  # noqa: N802 (the loader protocol's name)
+    """Nothing to download: the log is generated."""
+    return []
+
+
 def load(root: Path, config: SyntheticConfig, report: DataReport) -> RawLog:
     """Generate the synthetic search log and render its images under ``root/synthetic/<fp>/images``."""
     world = generate(config)

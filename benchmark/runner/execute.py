@@ -16,7 +16,7 @@ from benchmark import distributed as D
 from benchmark import records as R
 from benchmark.collapse_eval import attention_before_training, collapse_diagnostics, epoch_probe
 from benchmark.data import adapt as A
-from benchmark.data import registry, synthetic
+from benchmark.data import registry
 from benchmark.data.download import cache_root
 from benchmark.data.images import resolve_images
 from benchmark.data.report import DataReport
@@ -40,12 +40,12 @@ def load_log(name: str, cfg, root: Path) -> SearchLog:
     report = DataReport(name, strict=cfg.strict)
     adapt_cfg = cfg.adapt
     spec = registry.parse(name)
-    if spec.family == registry.EMBEDDED:
-        syn_cfg = cfg.synthetic
-        raw = synthetic.load(cache_root(), syn_cfg, report)  # generated: images go to the cache
-        source_config = dataclasses.asdict(syn_cfg)
+    module = registry.loader(spec.family)
+    if registry.FAMILY[spec.family].generated:  # built from the suite's section of its name; images go to the cache
+        gen_cfg = getattr(cfg, spec.family)
+        raw = module.load(cache_root(), gen_cfg, report)
+        source_config = dataclasses.asdict(gen_cfg)
     else:
-        module = registry.loader(spec.family)
         raw = module.load(root, spec.category, report, allow_download=cfg.allow_download)
         # a loader that changed how it reads the same files declares PARSER_VERSION: it enters the data
         # fingerprint (and so the cache key), which the raw files' checksums alone would not change
@@ -71,7 +71,7 @@ def attach_images(search_log: SearchLog, cfg, root: Path) -> None:
     """Resolve every item's image to a local file (``catalog["image_file"]``, None when there is none)
     and record the counts in the log's adaptation (so every run record states them)."""
     spec = registry.parse(search_log.name)
-    local = None if spec.family == registry.EMBEDDED else root / spec.family / spec.category / "images"
+    local = registry.FAMILY[spec.family].image_folder(root, spec.category)
     files, stats = resolve_images(search_log.catalog["item_id"].astype(str).tolist(),
                                   search_log.catalog["image"].tolist(), local,
                                   cache_root() / "images" / search_log.name.replace("/", "__"),
@@ -184,8 +184,8 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
                    "peak_memory_mb": max(memory.peak_mb, trial[1] if trial else 0.0),
                    "reused_search_trial": trial is not None, "processes": D.world_size(),
                    "train_impressions_per_s": trained.examples_per_second,
-                   "train_tokens_per_s": (getattr(model, "tokens_seen", 0) / trained.step_seconds
-                                          if getattr(model, "tokens_seen", 0) and trained.step_seconds else None),
+                   "train_tokens_per_s": (trained.tokens_seen / trained.step_seconds
+                                          if trained.tokens_seen and trained.step_seconds else None),
                    "eval_users_per_s": len(test_imp) / eval_s if eval_s > 0 else None},
         "selection": {"metric": cfg.eval.selection_metric, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
                       "valid_value": trained.valid_value, "stopped_by": trained.stopped_by,

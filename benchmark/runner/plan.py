@@ -25,7 +25,7 @@ def plan(cfg) -> tuple[list[RunSpec], dict[str, str]]:
     problems = {}
     for name in datasets:
         spec = registry.parse(name)
-        if spec.family != registry.EMBEDDED and not registry._present(root, spec.family, spec.category):
+        if not registry.is_present(root, name):
             problems[name] = f"no files under {root / spec.family / spec.category}"
     runs, memo = [], {}
     for name in datasets:
