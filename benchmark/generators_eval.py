@@ -23,6 +23,10 @@ impressions and measures, in the item-embedding space:
   the training clicks under the same query (the "stable centroid" of the paper's reading);
 - the same retrieval metrics for the sample mean: if averaging samples (moving from a mode towards
   the mean) retrieves better than one sample, retrieval rewards mean-seeking, as the paper argues.
+
+A run *trained* with a sampled generator objective (``karma_gen:objective_diffusion`` and the like, Table 2
+as training objectives) gets the same analysis from ``objective_analysis``: its head's draws against the
+discriminative u the same run trained beside it, on the same impressions.
 """
 
 from __future__ import annotations
@@ -55,13 +59,14 @@ def plausible_centroids(log: SearchLog, impressions: pd.DataFrame, item_emb: np.
     return np.stack([means.get(q, zero) for q in impressions["query"]]) if len(impressions) else zero[None, :0]
 
 
-def mode_mean_analysis(samples: dict[str, np.ndarray], mse: np.ndarray, targets: np.ndarray,
+def mode_mean_analysis(samples: dict[str, np.ndarray], references: dict[str, np.ndarray], targets: np.ndarray,
                        centroids: np.ndarray) -> dict:
-    """samples: name -> (n, S, R) normalised draws of one sampled generator; mse, targets, centroids (n, R).
+    """samples: name -> (n, S, R) normalised draws of one sampled generator; references: name -> (n, R)
+    deterministic embeddings (``ar_mse``, a discriminative ``u``); targets, centroids (n, R).
 
     Per sampled generator: ``spread`` (mean pairwise cosine distance between an impression's draws),
     and the cosine of one draw (``<name>_sample``) and of the normalised mean of the draws
-    (``<name>_mean``) to the target and to the centroid; the same cosines for ``ar_mse``."""
+    (``<name>_mean``) to the target and to the centroid; the same cosines for each reference."""
     has_c = np.linalg.norm(centroids, axis=1) > 0
 
     def cos(a: np.ndarray, b: np.ndarray, rows=slice(None)) -> float:
@@ -73,8 +78,8 @@ def mode_mean_analysis(samples: dict[str, np.ndarray], mse: np.ndarray, targets:
         sims = np.einsum("nsr,ntr->nst", draws, draws)
         spread[name] = float((1 - sims[:, ~np.eye(s, dtype=bool)]).mean()) if s > 1 else 0.0
         vectors[f"{name}_sample"], vectors[f"{name}_mean"] = draws[:, 0], _unit(draws.mean(1))
-    vectors["ar_mse"] = mse
-    return {"impressions": int(len(mse)), "samples": int(next(iter(samples.values())).shape[1]), "spread": spread,
+    vectors.update(references)
+    return {"impressions": int(len(targets)), "samples": int(next(iter(samples.values())).shape[1]), "spread": spread,
             "cos_target": {k: cos(v, targets) for k, v in vectors.items()},
             "cos_centroid": {k: cos(v, centroids, has_c) for k, v in vectors.items()},
             "with_centroid": int(has_c.sum())}
@@ -119,19 +124,118 @@ def table2_metrics(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.n
     sub = test_imp.head(cfg.funnel.generator_impressions)
     draws = model.generated_user_embeddings(log, sub, samples=cfg.funnel.generator_samples)
     samples = {name: draws[f"{name}_samples"].cpu().numpy() for name in SAMPLED_GENERATORS}
-    mse = draws["ar_mse"].cpu().numpy()
+    path = Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__{run.mode}__seed{run.seed}.png"
+    out["analysis"] = _analyse(samples, {"ar_mse": draws["ar_mse"].cpu().numpy()}, log, sub, item_emb, cfg, path,
+                               f"{log.name}: generated retrieval embeddings, seed {run.seed}")
+    return out
+
+
+def objective_analysis(model, log: SearchLog, test_imp: pd.DataFrame, item_emb: np.ndarray, cfg, run,
+                       figures_dir: Path) -> dict | None:
+    """The mode/mean analysis of a run trained with a sampled generator objective (diffusion, flow):
+    several draws of its generated retrieval embedding per test impression, against the discriminative
+    u the same run trained beside it. None for the other models."""
+    objective_draws = getattr(model, "objective_draws", None)
+    sub = test_imp.head(cfg.funnel.generator_impressions)
+    drawn = objective_draws(sub, cfg.funnel.generator_samples) if objective_draws is not None else None
+    if drawn is None:
+        return None
+    draws, u = (x.float().cpu().numpy() for x in drawn)
+    name = model.config.retrieval_objective
+    return _analyse({name: draws}, {"u": u}, log, sub, item_emb, cfg,
+                    Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__{run.mode}__{run.variant}"
+                    f"__seed{run.seed}.png", f"{log.name}: {run.variant}, seed {run.seed}")
+
+
+REFERENCE_LABELS = {"ar_mse": GENERATOR_LABELS["ar_mse"], "u": "discriminative u (same run)"}
+
+
+def _analyse(samples: dict[str, np.ndarray], references: dict[str, np.ndarray], log: SearchLog, sub: pd.DataFrame,
+             item_emb: np.ndarray, cfg, path: Path, title: str) -> dict:
+    """mode_mean_analysis of ``samples`` against ``references`` on impressions ``sub``, with each embedding's
+    retrieval metrics on that subset and the histogram figure at ``path``."""
     centroids = plausible_centroids(log, sub, item_emb)
-    analysis = mode_mean_analysis(samples, mse, item_emb[sub["target"].to_numpy()], centroids)
+    analysis = mode_mean_analysis(samples, references, item_emb[sub["target"].to_numpy()], centroids)
     k = cfg.funnel.generator_samples
     vectors, labels = {}, {}  # key -> (n, R) embedding, key -> figure label
     for name, draws_n in samples.items():
         vectors[f"{name}_sample"], labels[f"{name}_sample"] = draws_n[:, 0], f"{GENERATOR_LABELS[name]}, one sample"
         vectors[f"{name}_mean"], labels[f"{name}_mean"] = _unit(draws_n.mean(1)), f"{GENERATOR_LABELS[name]}, mean of {k}"
-    vectors["ar_mse"], labels["ar_mse"] = mse, "AR + MSE"
+    for name, x in references.items():
+        vectors[name], labels[name] = x, REFERENCE_LABELS[name]
+    ks, js_k = list(cfg.eval.ks), cfg.eval.js_k
     analysis["subset_metrics"] = {key: evaluate(item_emb, users, sub, ks=ks, js_k=js_k, item_terms=None,
                                                 topk_lists=False).metrics for key, users in vectors.items()}
-    path = Path(figures_dir) / "mode_mean" / f"{log.name.replace('/', '__')}__{run.mode}__seed{run.seed}.png"
-    analysis["figure"] = str(analysis_figure({labels[k]: v for k, v in vectors.items()}, centroids, path,
-                                             f"{log.name}: generated retrieval embeddings, seed {run.seed}"))
-    out["analysis"] = analysis
-    return out
+    analysis["figure"] = str(analysis_figure({labels[k]: v for k, v in vectors.items()}, centroids, path, title))
+    return analysis
+
+
+def backfill_objective_analysis(record_file: str | Path, data_dir: str | None = None) -> dict | None:
+    """Add ``objective_analysis`` to the record of a sampled-objective run that landed before the
+    analysis existed, from its saved artifact (the trained state), and return it (None when the run's
+    objective is not a sampled one, or it already has one). The rebuilt model must reproduce the
+    user embeddings the run stored, or nothing is written."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmark import records as R
+    from benchmark.data.download import cache_root, data_root
+    from benchmark.models import model_config, model_spec
+    from benchmark.run import compose_config
+    from benchmark.runner import load_log
+    from benchmark.runner.execute import artifact_path
+    from benchmark.runner.spec import mode_config
+
+    path = Path(record_file)
+    record = R.read_record(path)
+    mc = record["config"]["model_config"]
+    if record.get("objective_analysis") is not None or mc.get("retrieval_objective") not in SAMPLED_GENERATORS:
+        return None
+    cfg = mode_config(compose_config(record["suite"], [f"data_dir={data_dir}"] if data_dir else []), record["mode"])
+    torch.set_num_threads(cfg.threads)
+    log = load_log(record["dataset"], cfg, data_root(cfg.data_dir))
+    if log.fingerprint != record["data_fingerprint"]:
+        raise ValueError(f"{path}: the data now loads as {log.fingerprint}, the run saw {record['data_fingerprint']}")
+    spec = model_spec(record["model"])
+    config = dataclasses.replace(model_config(record["model"], record["variant"], cfg.model),
+                                 **{k: tuple(v) if isinstance(v, list) else v for k, v in mc.items()})
+    model = spec.cls(log, config, cache_root() / "models")
+    artifact = artifact_path(path, cfg.results_dir)
+    blob = torch.load(artifact, map_location="cpu", weights_only=False)
+    model.load_state_dict(blob["state"], strict=False)
+    model.eval()
+    test_imp = log.split("test")
+    stored = np.asarray(blob["user_embeddings_test"], dtype=np.float32)
+    rebuilt = model.user_embeddings(log, test_imp).float().cpu().numpy()
+    if not np.allclose(rebuilt, stored, atol=1e-4):
+        raise ValueError(f"{artifact}: the rebuilt model does not reproduce the run's test user embeddings "
+                         f"(max |diff| {np.abs(rebuilt - stored).max():.2e}); not written")
+    run = SimpleNamespace(mode=record["mode"], variant=record["variant"], seed=record["seed"])
+    analysis = objective_analysis(model, log, test_imp, np.asarray(blob["item_embeddings"]), cfg, run,
+                                  Path(cfg.results_dir) / "figures")
+    analysis["computed_after_the_run"] = {"from": str(artifact.relative_to(cfg.results_dir)),
+                                          "max_abs_diff_of_rebuilt_u": float(np.abs(rebuilt - stored).max())}
+    record["objective_analysis"] = analysis
+    R.write_record(path, record)
+    return analysis
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Add the mode/mean analysis to sampled-objective run records "
+                                                 "that landed before it existed (from their artifacts).")
+    parser.add_argument("records", nargs="+", help="record JSON files (results/records/...)")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    for record_file in args.records:
+        done = backfill_objective_analysis(record_file, args.data_dir)
+        print(f"{record_file}: " + ("nothing to add" if done is None else
+                                   f"spread {done['spread']}, figure {done['figure']}"), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -518,8 +518,11 @@ class ContinuousTokenModel(nn.Module):
         return self._user_states(impressions, batch_size)[0]
 
     @torch.no_grad()
-    def _user_states(self, impressions: pd.DataFrame, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u (n, R), h (n, D)) in input order, computed in batches of similar history length (less padding)."""
+    def _user_states(self, impressions: pd.DataFrame, batch_size: int = 256,
+                     generate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u (n, R), h (n, D)) in input order, computed in batches of similar history length (less padding).
+        With a generator objective u is its generated embedding, unless ``generate`` is False (then the
+        discriminative u the action loss trains beside it)."""
         u = torch.zeros(len(impressions), self.config.retrieval_dim, device=self.device)
         h = torch.zeros(len(impressions), self.user_llm.hidden_size, device=self.device)
         for rows in length_batches(impressions, batch_size):
@@ -527,7 +530,7 @@ class ContinuousTokenModel(nn.Module):
             u_b, _, h_b, _ = self.user_vectors(batch["histories"], batch["query"], return_states=True)
             index = torch.from_numpy(rows).to(self.device)
             u[index], h[index] = u_b, h_b
-        if self.config.retrieval_objective != "discriminative":
+        if generate and self.config.retrieval_objective != "discriminative":
             # one sample per impression from a fixed noise stream: the same embeddings on every call
             u = self._generate(h, torch.Generator().manual_seed(GENERATOR_SEED_OFFSET))
         return u, h
@@ -547,6 +550,19 @@ class ContinuousTokenModel(nn.Module):
     def item_encoder_attention(self, items: torch.Tensor):
         """The item encoder's last trainable block: attention (M, heads, L, L) and the token mask (M, L)."""
         return self.item_encoder.attention(items)
+
+    @torch.no_grad()
+    def objective_draws(self, impressions: pd.DataFrame, samples: int,
+                        batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A sampled generator objective (Table 2 as a training objective): ``samples`` draws (n, samples, R)
+        of its generated retrieval embedding, each from a noise stream of its own (the first is the stream
+        ``user_embeddings`` uses), and the discriminative u (n, R) trained beside it, for the mode/mean
+        analysis. None for the other objectives, which have one deterministic output."""
+        if self.config.retrieval_objective not in SAMPLED_GENERATORS:
+            return None
+        u, h = self._user_states(impressions, batch_size, generate=False)
+        draws = [self._generate(h, torch.Generator().manual_seed(GENERATOR_SEED_OFFSET + k)) for k in range(samples)]
+        return torch.stack(draws, 1), u
 
     @torch.no_grad()
     def generated_user_embeddings(self, log: SearchLog, impressions: pd.DataFrame, batch_size: int = 256,

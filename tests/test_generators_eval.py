@@ -8,7 +8,7 @@ from benchmark.generators_eval import mode_mean_analysis
 def test_identical_samples_have_no_spread_and_match_the_mean():
     e = np.eye(3)
     samples = np.stack([np.stack([e[0]] * 4), np.stack([e[1]] * 4)])  # (2 impressions, 4 samples, 3)
-    out = mode_mean_analysis({"diffusion": samples}, mse=e[[0, 1]], targets=e[[0, 2]], centroids=e[[0, 1]])
+    out = mode_mean_analysis({"diffusion": samples}, references={"ar_mse": e[[0, 1]]}, targets=e[[0, 2]], centroids=e[[0, 1]])
     assert out["spread"] == {"diffusion": 0.0}
     assert out["cos_target"]["diffusion_sample"] == out["cos_target"]["diffusion_mean"] == 0.5  # (1 + 0) / 2
     assert out["cos_centroid"]["ar_mse"] == 1.0 and out["with_centroid"] == 2
@@ -18,7 +18,7 @@ def test_samples_around_a_centroid_are_farther_from_it_than_their_mean():
     # two opposite modes at +-45 degrees from the centroid (1, 0): each sample has cosine 0.707, their
     # normalised mean lies exactly on the centroid (cosine 1), and the pairwise distance is 1 - cos 90 = 1
     s = np.array([[[1.0, 1.0], [1.0, -1.0]]]) / np.sqrt(2)
-    out = mode_mean_analysis({"diffusion": s}, mse=np.array([[1.0, 0.0]]), targets=np.array([[1.0, 0.0]]),
+    out = mode_mean_analysis({"diffusion": s}, references={"ar_mse": np.array([[1.0, 0.0]])}, targets=np.array([[1.0, 0.0]]),
                              centroids=np.array([[1.0, 0.0]]))
     assert np.isclose(out["spread"]["diffusion"], 1.0)
     assert np.isclose(out["cos_centroid"]["diffusion_sample"], np.sqrt(0.5))
@@ -27,5 +27,5 @@ def test_samples_around_a_centroid_are_farther_from_it_than_their_mean():
 
 def test_impressions_without_a_centroid_are_left_out_of_the_centroid_cosine():
     s = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
-    out = mode_mean_analysis({"flow": s}, mse=s[:, 0], targets=s[:, 0], centroids=np.array([[1.0, 0.0], [0.0, 0.0]]))
+    out = mode_mean_analysis({"flow": s}, references={"u": s[:, 0]}, targets=s[:, 0], centroids=np.array([[1.0, 0.0], [0.0, 0.0]]))
     assert out["with_centroid"] == 1 and out["cos_centroid"]["flow_sample"] == 1.0

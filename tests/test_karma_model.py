@@ -1,6 +1,7 @@
 """The continuous-token family on tiny random backbones: training, schedule, zero inference overhead."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -487,6 +488,14 @@ def test_a_generator_objective_trains_with_karma_and_produces_the_retrieval_embe
     assert u.shape == (len(imp), 16) and torch.allclose(u.norm(dim=-1), torch.ones(len(imp)), atol=1e-5)
     assert torch.equal(u, model.user_embeddings(log, imp))  # a fixed noise stream: the same sample every call
     assert not torch.allclose(u, _model("karma").user_embeddings(log, imp))  # not the discriminative u
+    drawn = model.objective_draws(imp, samples=3)
+    if objective == "mse":  # one deterministic output: nothing to sample
+        assert drawn is None
+    else:  # the mode/mean analysis: draw 0 is what retrieval uses; the others differ; u is the discriminative one
+        draws, own_u = drawn
+        assert draws.shape == (len(imp), 3, 16) and torch.equal(draws[:, 0], u)
+        assert not torch.allclose(draws[:, 1], draws[:, 0])
+        assert torch.equal(own_u, model._user_states(imp, generate=False)[0]) and not torch.allclose(own_u, u)
     with pytest.raises(ValueError, match="retrieval_objective must be one of"):
         KarmaConfig(retrieval_objective="gan")
 
@@ -576,3 +585,24 @@ def test_the_decoded_target_is_path_brand_title_and_its_digit_share_is_recorded(
     cfg = dataclasses.replace(KarmaConfig(tiny=True, retrieval_dim=16, item_tokens=8, text_tokens=30), **VARIANTS["karma"])
     share = ContinuousTokenModel(log, cfg).info["target_text"]["digit_token_share"]
     assert 0.3 < share < 1.0  # digits dominate; the separators and the category word do not count
+
+
+def test_a_sampled_objective_run_gets_the_mode_mean_analysis_against_its_own_u(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmark.config import RunConfig
+    from benchmark.generators_eval import objective_analysis
+
+    log, cfg = _log(), RunConfig()
+    imp = log.split("test")
+    run = SimpleNamespace(mode="coarse", variant="objective_flow", seed=0)
+    model = _model("karma", retrieval_objective="flow").eval()
+    items = model.item_embeddings(log).numpy()
+    out = objective_analysis(model, log, imp, items, cfg, run, tmp_path)
+    n = min(len(imp), cfg.funnel.generator_impressions)
+    assert out["impressions"] == n and out["samples"] == cfg.funnel.generator_samples and out["spread"]["flow"] > 0
+    assert set(out["cos_target"]) == set(out["subset_metrics"]) == {"flow_sample", "flow_mean", "u"}
+    assert Path(out["figure"]) == tmp_path / "mode_mean" / f"{log.name}__coarse__objective_flow__seed0.png"
+    assert Path(out["figure"]).is_file()
+    assert objective_analysis(_model("karma", retrieval_objective="mse"), log, imp, items, cfg, run, tmp_path) is None
+    assert objective_analysis(_model("karma"), log, imp, items, cfg, run, tmp_path) is None

@@ -420,3 +420,29 @@ def test_an_objective_run_at_chance_is_marked_as_such(tmp_path):
     assert "at chance" not in row("discriminative KARMA") and "at chance" in row("diffusion (ε) generates u")
     assert row("AR + MSE generates u").rstrip(" |").endswith("n/a")  # no arrays: not judged
     assert "3 / 5" in row("AR + MSE generates u")  # selected / last epoch
+
+
+def test_the_objective_runs_mode_mean_rows_average_the_landed_seeds_and_name_them():
+    """Table 2 (objectives): a sampled objective's analysis is averaged over the seeds that have it; u,
+    the run's discriminative embedding, is a row of its own without a spread."""
+    from benchmark.tables.table2 import objective_mode_mean
+
+    def analysis(spread, cos_one, hr):
+        names = ["flow_sample", "flow_mean", "u"]
+        return {"samples": 4, "spread": {"flow": spread}, "cos_target": dict.fromkeys(names, cos_one),
+                "cos_centroid": dict.fromkeys(names, 0.5), "impressions": 8, "with_centroid": 8,
+                "subset_metrics": {n: {"HR@10": hr} for n in names}}
+
+    runs = {seed: Record(make_record(dataset="synthetic", model="karma_gen", variant="objective_flow", seed=seed,
+                                     mode="coarse", objective_analysis=analysis(0.2 * (seed + 1), 0.1 * seed, 0.25)))
+            for seed in (0, 2)}
+    runs[1] = Record(make_record(dataset="synthetic", model="karma_gen", variant="objective_flow", seed=1,
+                                 mode="coarse"))  # landed before the analysis existed: left out
+    lines = objective_mode_mean({("synthetic", "coarse", "karma_gen", "objective_flow"): runs},
+                                [("synthetic", "coarse")], 10, Path("."))
+    rows = [line for line in "\n".join(lines).splitlines() if line.startswith(("| synthetic", "|  "))]
+    assert len(rows) == 3 and "flow matching generates u" in rows[0] and "| 0, 2 " in rows[0]
+    assert "0.400" in rows[0] and "1 sample" in rows[0]  # spread: mean of 0.2 and 0.6
+    assert "0.100" in rows[0] and "25.00" in rows[0]  # cos -> target: mean of 0 and 0.2; HR@10 in points
+    assert "discriminative u (same run)" in rows[2] and "0.400" not in rows[2]
+    assert objective_mode_mean({}, [("synthetic", "coarse")], 10, Path(".")) == []

@@ -25,7 +25,7 @@ from benchmark.data.text import terms
 from benchmark.device import module_device, place
 from benchmark.evaluate import evaluate, summarize
 from benchmark.funnel.runs import embeddings_path, keeps_embeddings, save_embeddings
-from benchmark.generators_eval import table2_metrics
+from benchmark.generators_eval import objective_analysis, table2_metrics
 from benchmark.model import Describes
 from benchmark.models import build, model_spec
 from benchmark.runner.plan import train_config
@@ -160,6 +160,8 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
                                            Path(cfg.results_dir) / "figures")
         table2 = table2_metrics(model, search_log, test_imp, test_emb[0], item_terms, cfg, run,
                                 Path(cfg.results_dir) / "figures")
+        sampled = objective_analysis(model, search_log, test_imp, test_emb[0], cfg, run,
+                                     Path(cfg.results_dir) / "figures")
     tail = search_log.catalog["train_count"].to_numpy()[test_imp["target"].to_numpy()] <= cfg.eval.tail_max_train
     users = test_imp["user"].to_numpy()
     tail_metrics = summarize({k: v[tail] for k, v in test.per_impression.items()}, users[tail],
@@ -199,6 +201,8 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
     }
     if table2 is not None:
         record["table2"] = table2
+    if sampled is not None:
+        record["objective_analysis"] = sampled
     spec = model_spec(run.model) if source is None else None
     if source is not None or spec.external:  # bring your own model: where its code came from
         from benchmark.byo import model_source

@@ -134,7 +134,8 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
         if any(r.model == "karma_gen" and r.variant.startswith("objective_") for r in runs):
             views = sorted({(r.dataset, r.mode) for r in runs if r.model == "karma_gen" and r.dataset not in problems})
             sections.append(render_table2_objectives(current, suite=suite, suite_version=str(suite_cfg.suite_version),
-                                                     views=views, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1])))
+                                                     views=views, seeds=list(suite_cfg.seeds), ks=(ks[0], ks[-1]),
+                                                     link_base=link_base))
         if any(r.model == "karma_gen" for r in runs):
             sections.append(render_table2(current, suite=suite,
                                           suite_version=str(suite_cfg.suite_version), seeds=list(suite_cfg.seeds),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from benchmark.generators_eval import GENERATOR_LABELS
+from benchmark.generators_eval import GENERATOR_LABELS, REFERENCE_LABELS
 from benchmark.leaderboard import index_records
 from benchmark.records import Record
 from benchmark.stats import mean_ci
@@ -30,7 +30,8 @@ OBJECTIVE_ROWS = {("karma_gen", f"objective_{name}"): label for name, label in (
 
 
 def render_table2_objectives(records: list[Record], *, suite: str, suite_version: str,
-                             views: list[tuple[str, str]], seeds: list[int], ks: tuple[int, int]) -> str:
+                             views: list[tuple[str, str]], seeds: list[int], ks: tuple[int, int],
+                             link_base: Path = Path(".")) -> str:
     """Table 2 as training objectives: each generator variant − discriminative KARMA, paired over the
     test impressions (seeds pooled), Holm over each view's table."""
     index, _ = index_records(records, suite, suite_version)
@@ -44,7 +45,7 @@ def render_table2_objectives(records: list[Record], *, suite: str, suite_version
            f"underperforms, AR + MSE does better. {MIXED_NOTE}", ""]
     out += _paired_views(index, views, REFERENCE, OBJECTIVE_ROWS, seeds, metrics, "objective",
                          "No objective has every seed (and KARMA) yet.")
-    return "\n".join(out + objective_convergence(index, views))
+    return "\n".join(out + objective_convergence(index, views) + objective_mode_mean(index, views, ks[0], link_base))
 
 
 def above_chance(record: Record) -> tuple[float, float | None, bool | None]:
@@ -140,22 +141,55 @@ def render_table2(records: list[Record], *, suite: str, suite_version: str, seed
     return "\n".join(out)
 
 
-def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k_hr: int) -> tuple[list[list[str]], str | None]:
-    """Rows of the mode/mean analysis (means over seeds) and the first seed's figure."""
-    stats = [runs[s].get("table2.analysis") for s in seeds]
-    if any(a is None for a in stats):
+def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k_hr: int,
+                    key: str = "table2.analysis") -> tuple[list[list[str]], str | None]:
+    """Rows of the mode/mean analysis stored under ``key`` (means over seeds) and the first seed's figure."""
+    stats = [runs[s].get(key) for s in seeds]
+    if not stats or any(a is None for a in stats):
         return [], None
     rows = []
     k = stats[0]["samples"]
-    mean = lambda path: float(np.mean([runs[s].number(f"table2.analysis.{path}") for s in seeds]))  # noqa: E731
+    mean = lambda path: float(np.mean([runs[s].number(f"{key}.{path}") for s in seeds]))  # noqa: E731
     labels = {}
-    for family in stats[0]["spread"]:  # the sampled generators this run had
-        labels[f"{family}_sample"] = f"{GENERATOR_LABELS.get(family, family)}, 1 sample"
-        labels[f"{family}_mean"] = f"{GENERATOR_LABELS.get(family, family)}, mean of {k}"
-    labels["ar_mse"] = GENERATOR_LABELS["ar_mse"]
+    for name in stats[0]["cos_target"]:  # the draws' summaries first, then the deterministic references
+        family, _, kind = name.rpartition("_")
+        if kind == "sample" and family in stats[0]["spread"]:
+            labels[name] = f"{GENERATOR_LABELS.get(family, family)}, 1 sample"
+        elif kind == "mean" and family in stats[0]["spread"]:
+            labels[name] = f"{GENERATOR_LABELS.get(family, family)}, mean of {k}"
+    labels.update({name: REFERENCE_LABELS.get(name, name) for name in stats[0]["cos_target"] if name not in labels})
     for i, (name, label) in enumerate(labels.items()):
         family = name.rsplit("_", 1)[0]
-        spread = f"{mean(f'spread.{family}'):.3f}" if name.endswith("_sample") else ""
+        spread = f"{mean(f'spread.{family}'):.3f}" if name.endswith("_sample") and family in stats[0]["spread"] else ""
         rows.append([dataset if i == 0 else "", spread, label, f"{mean(f'cos_target.{name}'):.3f}",
                      f"{mean(f'cos_centroid.{name}'):.3f}", f"{100 * mean(f'subset_metrics.{name}.HR@{k_hr}'):.2f}"])
     return rows, stats[0].get("figure")
+
+
+def objective_mode_mean(index: dict, views: list[tuple[str, str]], k_hr: int, link_base: Path) -> list[str]:
+    """The mode/mean analysis of the runs trained with a sampled generator objective, per view and
+    objective, over the seeds that have landed (their count is shown)."""
+    rows, figures = [], []
+    for dataset, mode in views:
+        for (model, variant), label in OBJECTIVE_ROWS.items():
+            runs = {s: r for s, r in index.get((dataset, mode, model, variant), {}).items()
+                    if r.get("objective_analysis") is not None}
+            found, figure = _mode_mean_rows(f"{dataset} · {mode}", runs, sorted(runs), k_hr, "objective_analysis")
+            for i, row in enumerate(found):
+                rows.append([*row[:1], label if i == 0 else "", ", ".join(map(str, sorted(runs))) if i == 0 else "",
+                             *row[1:]])
+            if figure and Path(figure).exists():
+                figures.append(f"![{dataset} {variant} mode/mean]"
+                               f"({os.path.relpath(Path(figure).resolve(), Path(link_base).resolve())})")
+    if not rows:
+        return []
+    return ["### Mode-seeking vs mean-seeking, in the runs trained with a sampled objective", "",
+            "Per run, on the first test impressions: several draws of the generated retrieval embedding "
+            "(independent noise), against the discriminative u the same run trained beside its generator head. "
+            "`spread`: mean pairwise cosine distance between an impression's draws; `cos → target` / `cos → "
+            "centroid`: cosine of one draw, of the normalised mean of the draws and of u to the clicked item and "
+            f"to the centroid of plausible targets (training clicks under the same query); HR@{k_hr} of each on "
+            "that subset. Means over the seeds listed (not yet every seed where fewer are listed).", "",
+            tabulate(rows, headers=["view", "objective", "seeds", "spread", "embedding", "cos → target",
+                                    "cos → centroid", f"HR@{k_hr}"], tablefmt="github", disable_numparse=True),
+            "", *figures, ""]
