@@ -444,5 +444,5 @@ def test_the_objective_runs_mode_mean_rows_average_the_landed_seeds_and_name_the
     assert len(rows) == 3 and "flow matching generates u" in rows[0] and "| 0, 2 " in rows[0]
     assert "0.400" in rows[0] and "1 sample" in rows[0]  # spread: mean of 0.2 and 0.6
     assert "0.100" in rows[0] and "25.00" in rows[0]  # cos -> target: mean of 0 and 0.2; HR@10 in points
-    assert "discriminative u (same run)" in rows[2] and "0.400" not in rows[2]
+    assert "mean of 4" in rows[1] and "discriminative u (same run)" in rows[2] and "0.400" not in rows[2]
     assert objective_mode_mean({}, [("synthetic", "coarse")], 10, Path(".")) == []

@@ -151,12 +151,9 @@ def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k_hr: int,
     k = stats[0]["samples"]
     mean = lambda path: float(np.mean([runs[s].number(f"{key}.{path}") for s in seeds]))  # noqa: E731
     labels = {}
-    for name in stats[0]["cos_target"]:  # the draws' summaries first, then the deterministic references
-        family, _, kind = name.rpartition("_")
-        if kind == "sample" and family in stats[0]["spread"]:
-            labels[name] = f"{GENERATOR_LABELS.get(family, family)}, 1 sample"
-        elif kind == "mean" and family in stats[0]["spread"]:
-            labels[name] = f"{GENERATOR_LABELS.get(family, family)}, mean of {k}"
+    for family in stats[0]["spread"]:  # the draws' summaries first (one draw, then their mean), then references
+        labels[f"{family}_sample"] = f"{GENERATOR_LABELS.get(family, family)}, 1 sample"
+        labels[f"{family}_mean"] = f"{GENERATOR_LABELS.get(family, family)}, mean of {k}"
     labels.update({name: REFERENCE_LABELS.get(name, name) for name in stats[0]["cos_target"] if name not in labels})
     for i, (name, label) in enumerate(labels.items()):
         family = name.rsplit("_", 1)[0]
