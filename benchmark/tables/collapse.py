@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from benchmark.records import Record
 from benchmark.tables.common import (
     _mean_cell,
     _view_index,
+    figure_link,
 )
 
 COLLAPSE_COLUMNS = {
@@ -94,7 +94,7 @@ def render_collapse_profiles(records: list[Record], *, suite: str, suite_version
                 out = (Path(figures_dir) / "collapse" /
                        f"{dataset.replace(' · ', '__').replace('/', '__')}__{source}__{stat}.png")
                 D.layer_profiles(curves, out, unit, label, title=f"{dataset}: {label} per {unit}")
-                lines += [f"![{dataset} {unit} {label}]({os.path.relpath(out.resolve(), Path(link_base).resolve())})", ""]
+                lines += [figure_link(f"{dataset} {unit} {label}", out, link_base), ""]
         lines += _collapse_at_equal_epochs(index, dataset)
     if not lines:
         return ""
@@ -145,8 +145,7 @@ def render_attention_comparison(records: list[Record], *, suite: str, suite_vers
             out = Path(figures_dir) / "attention_compare" / f"{dataset.replace(' · ', '__').replace('/', '__')}__{source}.png"
             compare_heatmaps(np.load(arrays[0]), np.load(arrays[1]), ["action-only LLM", "KARMA"], out,
                              title=f"{dataset}: {label} attention, seed {seed}")
-            lines += [f"**{dataset}, {label}**", "", f"![{dataset} {label} attention]"
-                      f"({os.path.relpath(out.resolve(), Path(link_base).resolve())})", ""]
+            lines += [f"**{dataset}, {label}**", "", figure_link(f"{dataset} {label} attention", out, link_base), ""]
     if not lines:
         return ""
     return "\n".join(["### Attention heat maps: action-only LLM vs KARMA", "",

@@ -3,7 +3,9 @@ the paired-test table of a view and the mixed-CPU mark."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from tabulate import tabulate
 
@@ -26,6 +28,11 @@ SCALE = 100.0  # show metrics in points, like the paper
 MIXED_DEVICES = "§"
 MIXED_NOTE = (f"`{MIXED_DEVICES}`: the row's runs and its reference's ran on more than one kind of CPU (`environment.device` "
               "in the records); bf16 arithmetic differs between them, so part of that delta may be the machine.")
+
+
+def figure_link(alt: str, figure: str | Path, link_base: str | Path) -> str:
+    """Markdown image of ``figure``, linked relative to the leaderboard's folder ``link_base``."""
+    return f"![{alt}]({os.path.relpath(Path(figure).resolve(), Path(link_base).resolve())})"
 
 
 def _processor(record: Record) -> str:

@@ -3,7 +3,6 @@ discriminative KARMA) and as a post-hoc readout with its mode-seeking vs mean-se
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from benchmark.tables.common import (
     _fmt,
     _paired_views,
     _view_index,
+    figure_link,
 )
 
 OBJECTIVE_ROWS = {("karma_gen", f"objective_{name}"): label for name, label in (
@@ -127,7 +127,7 @@ def render_table2(records: list[Record], *, suite: str, suite_version: str, seed
         rows, figure = _mode_mean_rows(dataset, runs, seeds, k1)
         analysis += rows
         if figure and Path(figure).exists():
-            figures.append(f"![{dataset} mode/mean]({os.path.relpath(Path(figure).resolve(), Path(link_base).resolve())})")
+            figures.append(figure_link(f"{dataset} mode/mean", figure, link_base))
     if analysis:
         out += ["### Mode-seeking vs mean-seeking", "",
                 "Per dataset, mean over seeds, on the first test impressions: `spread` is the mean pairwise cosine "
@@ -157,7 +157,7 @@ def _mode_mean_rows(dataset: str, runs: dict, seeds: list[int], k_hr: int,
     labels.update({name: REFERENCE_LABELS.get(name, name) for name in stats[0]["cos_target"] if name not in labels})
     for i, (name, label) in enumerate(labels.items()):
         family = name.rsplit("_", 1)[0]
-        spread = f"{mean(f'spread.{family}'):.3f}" if name.endswith("_sample") and family in stats[0]["spread"] else ""
+        spread = f"{mean(f'spread.{family}'):.3f}" if name.endswith("_sample") else ""
         rows.append([dataset if i == 0 else "", spread, label, f"{mean(f'cos_target.{name}'):.3f}",
                      f"{mean(f'cos_centroid.{name}'):.3f}", f"{100 * mean(f'subset_metrics.{name}.HR@{k_hr}'):.2f}"])
     return rows, stats[0].get("figure")
@@ -176,8 +176,7 @@ def objective_mode_mean(index: dict, views: list[tuple[str, str]], k_hr: int, li
                 rows.append([*row[:1], label if i == 0 else "", ", ".join(map(str, sorted(runs))) if i == 0 else "",
                              *row[1:]])
             if figure and Path(figure).exists():
-                figures.append(f"![{dataset} {variant} mode/mean]"
-                               f"({os.path.relpath(Path(figure).resolve(), Path(link_base).resolve())})")
+                figures.append(figure_link(f"{dataset} {variant} mode/mean", figure, link_base))
     if not rows:
         return []
     return ["### Mode-seeking vs mean-seeking, in the runs trained with a sampled objective", "",
