@@ -352,9 +352,24 @@ class PeakMemory:
     process needs a per-run sampler; falls back to ``peak_memory_mb()`` where /proc is missing.
     """
 
+    _active: list[PeakMemory] = []  # the samplers open now, innermost last (the trainer reads the run's)
+
     def __init__(self, interval: float = 0.1):
         self.interval = interval
-        self.peak_mb = 0.0
+        self._sampled = 0.0
+        self._carried = 0.0  # the peak of earlier processes of the same run, from its checkpoint
+
+    @property
+    def peak_mb(self) -> float:
+        return max(self._sampled, self._carried)
+
+    def include(self, earlier_mb: float) -> None:
+        """Count a peak this process did not see: a resumed run's earlier processes (``benchmark.trainer``)."""
+        self._carried = max(self._carried, float(earlier_mb))
+
+    @classmethod
+    def innermost(cls) -> PeakMemory | None:
+        return cls._active[-1] if cls._active else None
 
     @staticmethod
     def _rss_mb() -> float | None:
@@ -371,25 +386,24 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             rss = self._rss_mb()
             if rss is not None:
-                self.peak_mb = max(self.peak_mb, rss)
+                self._sampled = max(self._sampled, rss)
 
     def __enter__(self) -> PeakMemory:
         import threading
 
         self._stop = threading.Event()
-        self.peak_mb = self._rss_mb() or 0.0
+        self._sampled = self._rss_mb() or 0.0
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
+        PeakMemory._active.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
+        PeakMemory._active.remove(self)
         self._stop.set()
         self._thread.join()
         rss = self._rss_mb()
-        if rss is None:
-            self.peak_mb = peak_memory_mb()
-        else:
-            self.peak_mb = max(self.peak_mb, rss)
+        self._sampled = peak_memory_mb() if rss is None else max(self._sampled, rss)
 
 
 # --------------------------------------------------------------------------- typed view

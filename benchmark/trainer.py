@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from benchmark import distributed as D
 from benchmark.device import module_device, to_device
 from benchmark.model import RankingModel, StagedTraining
+from benchmark.records import PeakMemory
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         if resumed.get("tokens_seen") is not None:  # the model counts in memory: carry the earlier processes'
             model.tokens_seen = resumed["tokens_seen"]
         tokens_counted = "tokens_seen" in resumed  # a checkpoint written before the count carried it
+        if resumed.get("peak_memory_mb") and PeakMemory.innermost() is not None:  # the run's record counts
+            PeakMemory.innermost().include(resumed["peak_memory_mb"])  # the earlier processes' peak too
         start -= resumed.get("elapsed", 0.0)  # train_seconds counts the earlier processes' time too
         stages = []  # checkpoints are written after the stages
         print(f"{desc}: resumed after epoch {resumed['epoch']} from {checkpoint}", flush=True)
@@ -147,7 +150,8 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
                 "best_state": best_state, "best_value": best_value,
                 "since_best": since_best, "best_epoch": result.best_epoch, "history": result.history,
                 "train_time": train_time, "seen": seen, "step_seconds": result.step_seconds,
-                "tokens_seen": getattr(model, "tokens_seen", None), "elapsed": time.perf_counter() - start})
+                "tokens_seen": getattr(model, "tokens_seen", None), "elapsed": time.perf_counter() - start,
+                "peak_memory_mb": PeakMemory.innermost().peak_mb if PeakMemory.innermost() is not None else None})
 
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
     for name, stage_data, epochs in stages:

@@ -10,6 +10,7 @@ import torch
 
 from baselines.hllm import HLLM, HLLMConfig
 from benchmark.data.schema import SearchLog
+from benchmark.records import PeakMemory
 from benchmark.seed import seed_everything
 from benchmark.trainer import TrainConfig, train
 from karma.model import VARIANTS, ContinuousTokenModel, KarmaConfig, effective_decode_fraction
@@ -450,11 +451,17 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_bits(tm
 
     plain, plain_result = run(None)
     path = tmp_path / "ckpt.pt"
-    with pytest.raises(_Interrupt):
+    with pytest.raises(_Interrupt), PeakMemory():
         run(path, stop_after=2)
     assert path.exists()
-    elapsed = torch.load(path, weights_only=False)["elapsed"]
-    resumed, resumed_result = run(path)
+    blob = torch.load(path, weights_only=False)
+    elapsed = blob["elapsed"]
+    assert blob["peak_memory_mb"] > 0  # the run's sampler, as of its last checkpoint
+    blob["peak_memory_mb"] = 1e7  # as if the interrupted process had peaked far above this one
+    torch.save(blob, path)
+    with PeakMemory() as memory:
+        resumed, resumed_result = run(path)
+    assert memory.peak_mb == 1e7  # the record's peak counts every process that trained the run
     assert not path.exists()  # removed once training ended
     assert resumed_result.train_seconds > elapsed > 0  # the interrupted process's time is counted
     assert resumed_result.tokens_seen == plain_result.tokens_seen == plain.tokens_seen > 0  # and its tokens
