@@ -138,7 +138,7 @@ class HLLM(nn.Module):
                      "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad)}
 
     def describe(self) -> dict:
-        return dict(self.info)
+        return {**self.info, "dtype": self.user_llm.precision()}
 
     @property
     def device(self) -> torch.device:

@@ -311,7 +311,7 @@ class ContinuousTokenModel(nn.Module):
 
     def describe(self) -> dict:
         """What the record keeps about the network: weights' source, dtype, init LM loss, target text."""
-        return dict(self.info)
+        return {**self.info, "dtype": self.user_llm.precision()}
 
     @property
     def device(self) -> torch.device:

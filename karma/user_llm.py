@@ -93,10 +93,12 @@ def native_bf16() -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def resolved_autocast(cfg: UserLLMConfig) -> str:
-    """``bfloat16`` or ``none``: what ``cfg.autocast`` means on this machine."""
+def resolved_autocast(cfg: UserLLMConfig, device_type: str = "cpu") -> str:
+    """``bfloat16`` or ``none``: what ``cfg.autocast`` means on a device of ``device_type`` here (``auto``:
+    bf16 where that device computes it natively: the CPU's flags, or the GPU's own capability)."""
     if cfg.autocast == "auto":
-        return "bfloat16" if native_bf16() else "none"
+        native = torch.cuda.is_bf16_supported() if device_type == "cuda" else native_bf16()
+        return "bfloat16" if native else "none"
     return cfg.autocast
 
 
@@ -112,9 +114,10 @@ def slow_bf16_warning(cfg: UserLLMConfig) -> str | None:
 def autocast(cfg: UserLLMConfig, device: torch.device | str):
     """The mixed-precision context the backbones run under on ``device`` (a no-op when it resolves to
     ``none``)."""
-    if resolved_autocast(cfg) == "none":
+    device_type = torch.device(device).type
+    if resolved_autocast(cfg, device_type) == "none":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 def load_user_decoder(cfg: UserLLMConfig, texts: list[str], cache_dir: Path):
@@ -218,15 +221,8 @@ class UserLLM(nn.Module):
             raise ValueError(f"fp32_blocks={cfg.fp32_blocks} but the decoder has {len(decoder.model.layers)} blocks")
         for block in decoder.model.layers[:cfg.fp32_blocks]:
             backbones.compute_in_fp32(block)
-        precision = resolved_autocast(cfg)
-        dtype = "fp32" if precision == "none" else "fp32 weights, bf16 autocast"
-        if precision != "none" and cfg.fp32_blocks:
-            dtype += f" (first {cfg.fp32_blocks} of {len(decoder.model.layers)} decoder blocks in fp32)"
-        if cfg.autocast == "auto":
-            dtype += ", chosen by autocast=auto on this CPU"
         if (warning := slow_bf16_warning(cfg)) is not None:
             logger.warning(warning)
-        self.info["dtype"] = dtype
         self.decoder = decoder
         queries = sorted(set(log.impressions["query"].astype(str)))
         self.query_index = {q: i for i, q in enumerate(queries)}
@@ -248,6 +244,20 @@ class UserLLM(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.decoder.get_input_embeddings().weight.device
+
+    def precision(self) -> str:
+        """The record's dtype: what the decoder computes in on the device it is on now (the harness
+        describes a model after moving it there, so ``autocast=auto`` names the GPU's choice on a GPU)."""
+        cfg, device_type = self.config, self.device.type
+        if resolved_autocast(cfg, device_type) == "none":
+            label = "fp32"
+        else:
+            label = "fp32 weights, bf16 autocast"
+            if cfg.fp32_blocks:
+                label += f" (first {cfg.fp32_blocks} of {len(self.decoder.model.layers)} decoder blocks in fp32)"
+        if cfg.autocast == "auto":
+            label += f", chosen by autocast=auto on this {'GPU' if device_type == 'cuda' else 'CPU'}"
+        return label
 
     def batch(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
         """The impressions' tensors (``impression_batch``), on the decoder's device."""

@@ -1,6 +1,7 @@
 """The continuous-token family on tiny random backbones: training, schedule, zero inference overhead."""
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,28 @@ def test_autocast_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypat
     runs = [RunSpec(dataset="d", mode="coarse", model="action_llm", variant="default", seed=0, record="r.json")]
     cfg = type("Cfg", (), {"model": ModelsConfig(), "overwrite": False})()
     assert set(precision_warnings(cfg, runs)) == (set() if native else {"karma"})
+
+
+@pytest.mark.parametrize("gpu_bf16", [True, False])
+def test_autocast_auto_on_a_gpu_follows_the_gpu_not_the_cpu(monkeypatch, gpu_bf16):
+    """On CUDA, auto asks the GPU (torch.cuda.is_bf16_supported), whatever the host CPU computes, and the
+    record's dtype names the device the model was described on (checked without a GPU: the device is faked)."""
+    import karma.user_llm as U
+
+    monkeypatch.setattr(U, "native_bf16", lambda: not gpu_bf16)  # the host CPU says the opposite
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu_bf16)
+    model = _model("action_only", autocast="auto")
+    cfg = model.config
+    assert U.resolved_autocast(cfg, "cuda") == ("bfloat16" if gpu_bf16 else "none")
+    assert U.resolved_autocast(cfg, "cpu") == ("none" if gpu_bf16 else "bfloat16")
+    with warnings.catch_warnings():  # torch warns that it disables CUDA autocast on a machine without CUDA
+        warnings.simplefilter("ignore", UserWarning)
+        assert isinstance(U.autocast(cfg, "cuda"), torch.autocast) is gpu_bf16
+    assert model.describe()["dtype"].endswith("autocast=auto on this CPU")
+    monkeypatch.setattr(U.UserLLM, "device", property(lambda self: torch.device("cuda")))
+    on_gpu = model.describe()["dtype"]
+    assert on_gpu.endswith("autocast=auto on this GPU")
+    assert on_gpu.startswith("fp32 weights, bf16 autocast" if gpu_bf16 else "fp32,")
 
 
 def test_first_decoder_blocks_compute_in_fp32_as_configured_and_the_record_says_so():
