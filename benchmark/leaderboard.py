@@ -212,7 +212,7 @@ def paired_rows(index, view_keys: list[tuple], seeds_of: dict, references: list[
 
 def _cells(done: list[Record], metrics: list[str]) -> list[str]:
     """Metric cells of one row, marked when any seed selected its last allowed epoch (†) or its training
-    loss rose above its first epoch's (‡)."""
+    loss ended above its first epoch's (‡)."""
     mark = (f" {CONVERGENCE_MARK}" if any(r.converged is False for r in done) else "") \
         + (f" {DIVERGENCE_MARK}" if any(r.diverged for r in done) else "")
     cells = []
@@ -279,8 +279,8 @@ def render_leaderboard(records: list[Record], plan: list[dict], *, suite: str, s
                "`n/a`: the metric is undefined (null/NaN) in at least one seed. "
                f"Metrics without a split prefix are on the `{DEFAULT_SPLIT}` split. `{CONVERGENCE_MARK}`: at "
                "least one seed selected its last allowed epoch (not converged); "
-               f"`{DIVERGENCE_MARK}`: at least one seed's training loss rose above its first epoch's value (the "
-               "run went unstable; its numbers are what it selected, but read it as a failed run); `epochs`: the selected epoch "
+               f"`{DIVERGENCE_MARK}`: at least one seed's training loss ended above its first epoch's value (the "
+               "run went unstable and did not recover; its numbers are what it selected, but read it as a failed run); `epochs`: the selected epoch "
                "per seed, of the cap.")
     out.append("- **query modes** (`benchmark.data.adapt`): `coarse`, the target's category path cut to its "
                "deepest prefix that max(50, 2% of the catalog) items share (the headline search setting); "

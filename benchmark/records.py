@@ -448,11 +448,13 @@ class Record:
 
     @property
     def diverged(self) -> bool:
-        """True when the training loss (the sum of the main stage's loss terms) rose, at some later epoch,
-        above its value after the first epoch: the run went unstable, whatever its stopping rule said."""
+        """True when the training loss (the sum of the main stage's loss terms) ended above its value after
+        the first epoch: the run went unstable and did not recover, whatever its stopping rule said. A rise
+        that training then undoes (HLLM's InfoNCE on synthetic@300users: 4.67, 5.36 at epoch 3, then down
+        to 2.56) is the optimiser's early transient, not a failed run."""
         totals = [sum(v for k, v in h.items() if k not in HISTORY_NON_LOSS and isinstance(v, int | float))
                   for h in self.history if h.get("stage", "main") == "main"]
-        return len(totals) > 1 and max(totals[1:]) > totals[0]
+        return len(totals) > 1 and totals[-1] > totals[0]
 
     def stopped_within_noise(self, patience: int = 3) -> bool | None:
         """True when the run's patience stop came on a drop no larger than its own validation noise: the

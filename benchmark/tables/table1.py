@@ -65,7 +65,7 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
         noise = [r for r in runs_llm if r.stopped_within_noise()]
         judged = [r for r in runs_llm if r.stopped_within_noise() is not None]
         out += [f"Convergence: {len(at_end)} of {len(runs_llm)} runs in this table selected their last allowed epoch "
-                f"(not converged; `selection` in each record); {len(unstable)} went unstable (training loss rose "
+                f"(not converged; `selection` in each record); {len(unstable)} went unstable (training loss ended "
                 f"above its first epoch's value: {', '.join(unstable) or 'none'}); {len(noise)} of the {len(judged)} "
                 "stopped by patience (with at least 6 epochs) stopped on a drop smaller than their own "
                 "epoch-to-epoch validation noise (best − mean of the last 3 values < SD of the epoch-to-epoch "
