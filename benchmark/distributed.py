@@ -82,6 +82,16 @@ def agree(value):
     return box[0]
 
 
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true in any process (``flag`` itself in one process): a decision every process
+    must take together although only some saw its cause (e.g. rank 0's evaluation failed)."""
+    if world_size() == 1:
+        return flag
+    box = torch.tensor([int(flag)])
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
 def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
     """Each value averaged over the processes (an epoch's loss terms: the whole batch's, not one shard's)."""
     if world_size() == 1 or not values:

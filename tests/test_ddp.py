@@ -75,3 +75,29 @@ def test_a_gpu_node_joins_with_gloo_while_tensors_stay_on_the_cpu(monkeypatch):
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: chosen.append(backend))
     assert distributed.init_from_env() and chosen == ["gloo"]
+
+
+def _strict_decision(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from benchmark import distributed as D
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:  # only rank 0 saw a failure (its evaluation crashed): every process must stop with it
+        Path(out, str(rank)).write_text(json.dumps([D.any_process(rank == 0), D.any_process(False)]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_failure_seen_by_one_process_stops_every_process(tmp_path):
+    """strict=true under torchrun: a stop decided on rank 0 alone would leave the others waiting in the
+    next run's collectives, so the decision is reduced over the processes (``any_process``)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_strict_decision, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    assert [json.loads((tmp_path / str(r)).read_text()) for r in range(2)] == [[True, False], [True, False]]

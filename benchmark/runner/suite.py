@@ -104,11 +104,10 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
                       + (" (the search's selected trial: same settings and seed)" if trial else ""), flush=True)
                 record = run_one(dataclasses.replace(run, tuned=tuned), logs[view], run_cfg, environment, summary,
                                  trial)
-            if record is None:  # a DDP follower: rank 0 evaluated and wrote it
-                continue
-            m = record["metrics"]["test"]
-            print(f"    {tag}test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
-                  f"train {record['timing']['train_s']:.0f}s", flush=True)
+            if record is not None:  # None in a DDP follower: rank 0 evaluated and wrote it
+                m = record["metrics"]["test"]
+                print(f"    {tag}test NDCG@10={m['NDCG@10']:.4f} HR@10={m['HR@10']:.4f} gAUC={m['gAUC']:.4f} "
+                      f"train {record['timing']['train_s']:.0f}s", flush=True)
         except DataError as err:
             failures.append(f"{name}: {err}")
             problems[name] = str(err).splitlines()[0]
@@ -121,8 +120,11 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
                             f"{type(err).__name__}: {err}")
             print(f"    failed: {type(err).__name__}: {err}", flush=True)
             traceback.print_exc()
-        if cfg.strict and failures:  # strict: the first bad record, skipped or failed run ends the suite
-            raise StrictStop(f"strict mode: stopped at the first failed or skipped run, {failures[-1]}; "
+        # strict: the first bad record, skipped or failed run ends the suite, in every DDP process at once
+        # (rank 0 alone evaluates, so a failure there is not seen by the others)
+        if cfg.strict and D.any_process(bool(failures)):
+            where = failures[-1] if failures else "in rank 0 (see its log)"
+            raise StrictStop(f"strict mode: stopped at the first failed or skipped run, {where}; "
                              f"{len(todo) - i} later runs not run (without strict=true bad records are counted "
                              "and skipped, and the other runs finish)")
     return problems, failures
