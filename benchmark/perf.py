@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if {"action_llm:default", "karma:karma"} <= set(args.models) and log.has_text:
         latency = measure_latency(log, cfg, args.latency_impressions, args.repeats)
         result["karma_vs_action_only"] = {k: latency[k] for k in ("identical_scores", "ratio_karma_over_action_only",
-                                                                  "ratio_range_over_rounds", "median_seconds",
+                                                                  "ratio_range_over_rounds", "first_per_round", "median_seconds",
                                                                   "impressions", "repeats")}
     result["visual_cache"] = measure_visual_cache(log, cfg)
     result["machine"] = {**R.environment(), "cpu_count": os.cpu_count(), "load_average_before": load_before,

@@ -127,7 +127,9 @@ def render_perf(results_dir: Path, records: list[Record], *, suite: str, figures
             out += ["", f"KARMA / action-only at inference, median of alternating rounds: catalog embedding "
                         f"{cell['items']}, user embedding {cell['users']} ({latency['impressions']} impressions; "
                         f"identical scores: {latency['identical_scores']})"
-                        + ("" if spread else "; measured before the per-round spread was recorded") + "."]
+                        + ("" if spread else "; measured before the per-round spread was recorded")
+                        + ("; the rounds alternate which model goes first" if latency.get("first_per_round")
+                           else "; action-only went first in every round") + "."]
         visual = perf.get("visual_cache") or {}
         if "skipped" in visual:
             out += ["", f"Visual-feature cache: not measured ({visual['skipped']})."]

@@ -29,6 +29,7 @@ def test_perf_measures_training_evaluation_and_inference(tmp_path):
     assert result["karma_vs_action_only"]["identical_scores"] is True
     low, high = result["karma_vs_action_only"]["ratio_range_over_rounds"]["users"]
     assert 0 < low <= result["karma_vs_action_only"]["ratio_karma_over_action_only"]["users"] <= high
+    assert result["karma_vs_action_only"]["first_per_round"] == ["action_llm", "karma", "action_llm"]  # A B, B A
     assert result["machine"]["cpu_count"] >= 1 and "git_revision" in result["machine"]
     section = render_perf(tmp_path, [], suite="smoke", figures_dir=tmp_path / "figures", link_base=tmp_path)
     assert "## Speed and memory" in section and "karma:karma" in section and "KARMA / action-only" in section
