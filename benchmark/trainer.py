@@ -104,6 +104,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     ``probe`` (optional) measures the model after each epoch's validation; what it returns is kept in
     that epoch's history entry under "probe"."""
     result = TrainResult()
+    memory = PeakMemory.innermost()  # the run's sampler, if the caller opened one: checkpoints carry its peak
     dataset = model.train_dataset(log_, generator)
     if dataset is None or len(dataset) == 0 or not any(p.requires_grad for p in model.parameters()):
         if hasattr(model, "eval"):  # a model need not be an nn.Module (e.g. a fitted item-kNN)
@@ -134,8 +135,8 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         if resumed.get("tokens_seen") is not None:  # the model counts in memory: carry the earlier processes'
             model.tokens_seen = resumed["tokens_seen"]
         tokens_counted = "tokens_seen" in resumed  # a checkpoint written before the count carried it
-        if resumed.get("peak_memory_mb") and PeakMemory.innermost() is not None:  # the run's record counts
-            PeakMemory.innermost().include(resumed["peak_memory_mb"])  # the earlier processes' peak too
+        if resumed.get("peak_memory_mb") and memory is not None:  # the record counts the earlier processes' peak
+            memory.include(resumed["peak_memory_mb"])
         start -= resumed.get("elapsed", 0.0)  # train_seconds counts the earlier processes' time too
         stages = []  # checkpoints are written after the stages
         print(f"{desc}: resumed after epoch {resumed['epoch']} from {checkpoint}", flush=True)
@@ -151,7 +152,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
                 "since_best": since_best, "best_epoch": result.best_epoch, "history": result.history,
                 "train_time": train_time, "seen": seen, "step_seconds": result.step_seconds,
                 "tokens_seen": getattr(model, "tokens_seen", None), "elapsed": time.perf_counter() - start,
-                "peak_memory_mb": PeakMemory.innermost().peak_mb if PeakMemory.innermost() is not None else None})
+                "peak_memory_mb": None if memory is None else memory.peak_mb})
 
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
     for name, stage_data, epochs in stages:

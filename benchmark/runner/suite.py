@@ -123,7 +123,7 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
         # strict: the first bad record, skipped or failed run ends the suite, in every DDP process at once
         # (rank 0 alone evaluates, so a failure there is not seen by the others)
         if cfg.strict and D.any_process(bool(failures)):
-            where = failures[-1] if failures else "in rank 0 (see its log)"
+            where = failures[-1] if failures else "in another process (see its log)"
             raise StrictStop(f"strict mode: stopped at the first failed or skipped run, {where}; "
                              f"{len(todo) - i} later runs not run (without strict=true bad records are counted "
                              "and skipped, and the other runs finish)")
