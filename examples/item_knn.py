@@ -35,6 +35,7 @@ class ItemKNN(NothingToTrain):
         return torch.eye(self.n_items)
 
     def user_embeddings(self, log, impressions):
-        rows = [self.similarity[np.asarray(h[-self.config.max_history:], dtype=np.int64)].sum(0)
+        # the harness hands read-only histories; index with a tensor of our own
+        rows = [self.similarity[torch.tensor(h[-self.config.max_history:], dtype=torch.long)].sum(0)
                 for h in impressions["history"]]
         return torch.stack(rows) if rows else torch.zeros(0, self.n_items)
