@@ -192,6 +192,18 @@ def _generator_head(objective: str, cfg: KarmaConfig, hidden: int) -> nn.Module:
                          **({"prediction": "sample"} if objective == "diffusion_x0" else {}))
 
 
+def generator_blind_bound(objective: str) -> float:
+    """The training loss (one unit of w_generator) that the best affine generator ignoring h reaches at
+    most, for a generator objective (karma.visual_heads.blind_linear_mse): a run whose generator loss
+    stays above it has not yet learned to use h. AR + MSE: |E v - v|^2 = 1 - |E v|^2 <= 1 for unit v."""
+    if objective not in RETRIEVAL_OBJECTIVES[1:]:
+        raise ValueError(f"no generator for objective {objective!r}; valid: {', '.join(RETRIEVAL_OBJECTIVES[1:])}")
+    if objective == "mse":
+        return 1.0
+    # the objective (schedule, interpolation, target) of the head a run builds; the network's size is moot
+    return _generator_head(objective, KarmaConfig(retrieval_dim=4, head_hidden=4), hidden=4).objective.blind_loss_bound()
+
+
 class _Impressions(Dataset):
     def __init__(self, rows: pd.DataFrame, max_history: int):
         self.rows = rows.reset_index(drop=True)

@@ -46,6 +46,7 @@ __all__ = [
     "DiffusionHead",
     "FlowMatchingHead",
     "RectifiedFlow",
+    "blind_linear_mse",
     "masked_mean",
     "masked_mse",
     "timestep_embedding",
@@ -153,6 +154,17 @@ def _rand(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torc
     return torch.rand(n, generator=generator, device=dev).to(like.device, like.dtype)
 
 
+def blind_linear_mse(x0_coef, noise_coef, target_x0, target_noise) -> torch.Tensor | float:
+    """Per-coordinate MSE of the best affine predictor of ``target_x0 * x0 + target_noise * noise`` from
+    ``x_t = x0_coef * x0 + noise_coef * noise`` alone (not the condition), for unit-variance isotropic x0
+    and noise. For data whose per-coordinate second moment averages 1 (the heads' scaled x0) it is an
+    upper bound: the MSE grows and is concave in each eigenvalue of the data's covariance, so any
+    anisotropy or non-zero mean only lowers it. A head whose loss stays above it has not yet done better
+    than ignoring its condition."""
+    cov = target_x0 * x0_coef + target_noise * noise_coef
+    return target_x0 ** 2 + target_noise ** 2 - cov ** 2 / (x0_coef ** 2 + noise_coef ** 2)
+
+
 class RectifiedFlow:
     """Rectified-flow objective: x_t = (1 - t) x0 + t * noise, network predicts v = noise - x0.
 
@@ -179,6 +191,13 @@ class RectifiedFlow:
         t = _rand(x0.shape[0], x0, generator) if t is None else t
         pred = net(self.interpolate(x0, noise, t), t, c_sel)
         return masked_mse(pred, self.target(x0, noise), None)
+
+    @staticmethod
+    def blind_loss_bound(points: int = 100_000) -> float:
+        """The loss (t ~ U[0, 1]) of the best affine velocity predictor that ignores the condition
+        (:func:`blind_linear_mse`; pi / 2 for this interpolation), by the midpoint rule."""
+        t = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+        return float(blind_linear_mse(1.0 - t, t, -1.0, 1.0).mean())
 
     @torch.no_grad()
     def sample(self, net: nn.Module, c: torch.Tensor, feature_dim: int, steps: int = 50,
@@ -219,6 +238,15 @@ class DDPMObjective:
         if kind == "epsilon":
             return noise
         return x0 if kind == "sample" else self.scheduler.get_velocity(x0, noise, timesteps)
+
+    def blind_loss_bound(self) -> float:
+        """The loss (timesteps uniform, as in training) of the best affine predictor of the network's
+        target that ignores the condition (:func:`blind_linear_mse`): mean abar_t for noise prediction
+        (0.276 for the default schedule), mean (1 - abar_t) for x0, 1 for velocity."""
+        abar = self.scheduler.alphas_cumprod.to(torch.float64)
+        signal, noise = abar.sqrt(), (1.0 - abar).sqrt()
+        target = {"epsilon": (0.0, 1.0), "sample": (1.0, 0.0), "v_prediction": (-noise, signal)}
+        return float(blind_linear_mse(signal, noise, *target[self.scheduler.config.prediction_type]).mean())
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return self.scheduler.add_noise(x0, noise, timesteps.to(x0.device))

@@ -417,12 +417,24 @@ def test_an_objective_run_at_chance_is_marked_as_such(tmp_path):
         index[("synthetic", "coarse", model, variant)] = {0: rec}
     index[("synthetic", "coarse", "karma_gen", "objective_mse")] = {0: Record(make_record(
         dataset="synthetic", model="karma_gen", variant="objective_mse", mode="coarse"))}
+    # generator losses: eps stays above what an affine map ignoring h scores (mean abar, 0.276); AR + MSE
+    # falls below its 1.0
+    curves = {"objective_diffusion": [0.98, 0.72, 0.60], "objective_mse": [2.79, 0.39, 0.27]}
+    for variant, curve in curves.items():
+        index[("synthetic", "coarse", "karma_gen", variant)][0].data["selection"]["history"] = [
+            {"epoch": 1, "stage": "warmup", "warmup": 3.0},
+            *({"epoch": e + 1, "stage": "main", "action": 0.5, "generator": v, "valid": 0.01}
+              for e, v in enumerate(curve))]
     lines = "\n".join(objective_convergence(index, [("synthetic", "coarse")])).splitlines()
     row = lambda label: next(line for line in lines if line.startswith(f"| {label}"))  # noqa: E731
     assert row("discriminative KARMA").rstrip(" |").endswith("yes")
     assert "at chance" not in row("discriminative KARMA") and "at chance" in row("diffusion (ε) generates u")
     assert row("AR + MSE generates u").rstrip(" |").endswith("n/a")  # no arrays: not judged
     assert "3 / 5" in row("AR + MSE generates u")  # selected / last epoch
+    cells = lambda label: [c.strip() for c in row(label).strip(" |").split("|")]  # noqa: E731
+    assert cells("diffusion (ε) generates u")[5:7] == ["0.980 → 0.600", "0.276 **not reached**"]
+    assert cells("AR + MSE generates u")[5:7] == ["2.790 → 0.270", "1.000"]
+    assert cells("discriminative KARMA")[5:7] == ["n/a", "n/a"]  # no generator
 
 
 def test_the_objective_runs_mode_mean_rows_average_the_landed_seeds_and_name_them():

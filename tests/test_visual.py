@@ -18,6 +18,7 @@ from karma.visual_heads import (
     DiffusionHead,
     FlowMatchingHead,
     RectifiedFlow,
+    blind_linear_mse,
     masked_mean,
     timestep_embedding,
 )
@@ -312,3 +313,48 @@ def test_head_learns_a_toy_conditional_distribution(cls):
     s = torch.nn.functional.normalize(head.sample(c, steps=20, generator=torch.Generator().manual_seed(1)), dim=1)
     acc = ((s @ protos.T).argmax(1) == torch.arange(n_cls).repeat(16)).float().mean().item()
     assert acc > 0.6, acc
+
+
+def _affine_fit_mse(x_t: torch.Tensor, target: torch.Tensor) -> float:
+    """Per-coordinate MSE of the least-squares affine map x_t -> target (what a head ignoring c can fit)."""
+    design = torch.cat([x_t, torch.ones(len(x_t), 1, dtype=x_t.dtype)], dim=1)
+    coef = torch.linalg.lstsq(design, target).solution
+    return float((design @ coef - target).pow(2).mean())
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_the_h_blind_bound_is_what_an_affine_map_of_x_t_fits_and_anisotropy_only_lowers_it(prediction):
+    """The bound the Table 2 convergence lines read: at fixed noise levels, least squares from x_t alone
+    reaches blind_linear_mse on isotropic unit-variance data, and the lower per-eigenvalue value on
+    anisotropic data of the same average second moment (so it is an upper bound); over the schedule it
+    is the mean (abar for eps)."""
+    g = torch.Generator().manual_seed(0)
+    objective = DDPMObjective(prediction=prediction)
+    abar = objective.scheduler.alphas_cumprod.double()
+    variances = torch.linspace(0.05, 1.95, 8, dtype=torch.float64)  # mean 1, anisotropic
+    for ts in (50, 400, 900):
+        signal, noise_coef = abar[ts].sqrt(), (1 - abar[ts]).sqrt()
+        to_x0, to_noise = {"epsilon": (0.0, 1.0), "sample": (1.0, 0.0), "v_prediction": (-noise_coef, signal)}[prediction]
+        bound = float(blind_linear_mse(signal, noise_coef, to_x0, to_noise))
+        anisotropic = float(blind_linear_mse(signal * variances.sqrt(), noise_coef, to_x0 * variances.sqrt(),
+                                             to_noise).mean())
+        assert anisotropic <= bound + 1e-12
+        for variance, expected in ((torch.ones(8, dtype=torch.float64), bound), (variances, anisotropic)):
+            x0 = torch.randn(40_000, 8, generator=g, dtype=torch.float64) * variance.sqrt()
+            eps = torch.randn(40_000, 8, generator=g, dtype=torch.float64)
+            timesteps = torch.full((40_000,), ts)
+            fitted = _affine_fit_mse(objective.add_noise(x0, eps, timesteps), objective._target(x0, eps, timesteps))
+            assert fitted == pytest.approx(expected, rel=0.02, abs=1e-4)
+    expected_mean = {"epsilon": abar.mean(), "sample": (1 - abar).mean(), "v_prediction": 1.0}[prediction]
+    assert objective.blind_loss_bound() == pytest.approx(float(expected_mean), rel=1e-9)
+
+
+def test_the_flow_h_blind_bound_is_pi_over_two_and_matches_an_affine_fit():
+    g = torch.Generator().manual_seed(1)
+    assert RectifiedFlow.blind_loss_bound() == pytest.approx(math.pi / 2, rel=1e-6)
+    for t in (0.2, 0.5, 0.8):
+        x0 = torch.randn(40_000, 8, generator=g, dtype=torch.float64)
+        eps = torch.randn(40_000, 8, generator=g, dtype=torch.float64)
+        tt = torch.full((40_000,), t, dtype=torch.float64)
+        fitted = _affine_fit_mse(RectifiedFlow.interpolate(x0, eps, tt), RectifiedFlow.target(x0, eps))
+        assert fitted == pytest.approx(float(blind_linear_mse(1 - t, t, -1.0, 1.0)), abs=0.01)

@@ -23,6 +23,7 @@ from benchmark.tables.common import (
     _view_index,
     figure_link,
 )
+from karma.model import generator_blind_bound
 
 OBJECTIVE_ROWS = {("karma_gen", f"objective_{name}"): label for name, label in (
     ("mse", "AR + MSE generates u"), ("diffusion", "diffusion (ε) generates u"),
@@ -59,10 +60,22 @@ def above_chance(record: Record) -> tuple[float, float | None, bool | None]:
     return mean, half, None if half is None else bool(mean - half > 0.5)
 
 
+def generator_loss(record: Record) -> tuple[float, float, float] | None:
+    """(first epoch's, last epoch's generator training loss, the loss of the best affine generator that
+    ignores h: :func:`karma.model.generator_blind_bound` x w_generator) of an objective run; None for
+    discriminative KARMA or a record without per-epoch losses."""
+    values = [h["generator"] for h in record.history if h.get("stage", "main") == "main" and "generator" in h]
+    if not values or not record.variant.startswith("objective_"):
+        return None
+    weight = float(record.data["config"].get("model_config", {}).get("w_generator", 1.0))
+    return values[0], values[-1], weight * generator_blind_bound(record.variant.removeprefix("objective_"))
+
+
 def objective_convergence(index: dict, views: list[tuple[str, str]]) -> list[str]:
-    """One line per objective run (and KARMA's): how its training ended and whether its test ranking is
-    distinguishable from a random one. A generator head that never learned (too few updates before the
-    patience stop) retrieves at chance; its delta then says nothing about the objective as such."""
+    """One line per objective run (and KARMA's): how its training ended, whether its generator learned to
+    use h, and whether its test ranking is distinguishable from a random one. A generator head that never
+    learned (too few updates before the patience stop) retrieves at chance; its delta then says nothing
+    about the objective as such."""
     out = []
     for dataset, mode in views:
         rows = []
@@ -71,20 +84,29 @@ def objective_convergence(index: dict, views: list[tuple[str, str]]) -> list[str
                 mean, half, above = above_chance(rec)
                 within = rec.stopped_within_noise()
                 selection = rec.data["selection"]
+                loss = generator_loss(rec)
                 rows.append([OBJECTIVE_ROWS.get((model, variant), "discriminative KARMA"), seed,
                              f"{selection.get('best_epoch')} / {selection.get('epochs_run')}",
                              selection.get("stopped_by") or "n/a",
                              "n/a" if within is None else "yes" if within else "no",
+                             "n/a" if loss is None else f"{loss[0]:.3f} → {loss[1]:.3f}",
+                             "n/a" if loss is None else f"{loss[2]:.3f}"
+                             + ("" if loss[1] < loss[2] else " **not reached**"),
                              "n/a" if mean is None else f"{mean:.4f}" + ("" if half is None else f" ± {half:.4f}"),
                              "n/a" if above is None else "yes" if above else "**no: at chance**"])
         if rows:
             out += [f"### Convergence of the objective runs, {dataset} · {mode}", "",
                     "Selected / last epoch, what stopped the run, whether the patience stop came within the "
-                    "run's own validation noise, and the test gAUC over its impressions (95% t interval): a run "
-                    "whose interval does not lie above 0.5 (a random ranking of the exposures) retrieves at "
-                    "chance, so its row above measures an untrained generator, not the objective.", "",
+                    "run's own validation noise, the generator's training loss (first → last epoch) against "
+                    "the most that the best affine generator ignoring h would score (`h-blind bound`: for "
+                    "unit-variance isotropic targets, an upper bound for any targets of that scale; a loss "
+                    "still above it means the head did no better than an affine map that ignores h), and the test gAUC over its "
+                    "impressions (95% t interval): a run whose interval does not lie above 0.5 (a random "
+                    "ranking of the exposures) retrieves at chance, so its row above measures an untrained "
+                    "generator, not the objective.", "",
                     tabulate(rows, headers=["objective", "seed", "epoch (selected / run)", "stopped by",
-                                            "stop within noise", "test gAUC", "above chance"],
+                                            "stop within noise", "generator loss", "h-blind bound",
+                                            "test gAUC", "above chance"],
                              tablefmt="github", disable_numparse=True), ""]
     return out
 
