@@ -67,7 +67,7 @@ def generator_loss(record: Record) -> tuple[float, float, float] | None:
     values = [h["generator"] for h in record.history if h.get("stage", "main") == "main" and "generator" in h]
     if not values or not record.variant.startswith("objective_"):
         return None
-    weight = float(record.data["config"].get("model_config", {}).get("w_generator", 1.0))
+    weight = float(record.get("config.model_config.w_generator", 1.0))
     return values[0], values[-1], weight * generator_blind_bound(record.variant.removeprefix("objective_"))
 
 
