@@ -448,7 +448,7 @@ class ContinuousTokenModel(nn.Module):
         rows = log.split("train")
         h = self._user_states(rows, batch_size)[1]  # (n, D)
         with torch.no_grad():
-            v = self.item_vectors(torch.as_tensor(rows["target"].to_numpy(), device=self.device))  # (n, R), unit
+            v = self.item_vectors(torch.tensor(rows["target"].to_numpy(), device=self.device))  # (n, R), unit (a copy: the log is read-only)
         heads = [self.heads[k] for k in GENERATOR_HEADS]
         for head in heads:
             head.train()
