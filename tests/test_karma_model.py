@@ -367,7 +367,7 @@ def test_generators_are_fitted_on_the_frozen_model_and_learn_the_target_embeddin
     model = _mm_model(log, tmp_path, generators=True)
     before = {k: v.clone() for k, v in model.inference_state_dict().items()}
     rows = log.split("train")
-    targets = model.item_vectors(torch.as_tensor(rows["target"].to_numpy())).detach()
+    targets = model.item_vectors(torch.tensor(rows["target"].to_numpy())).detach()
     cos = lambda: float((model.generated_user_embeddings(log, rows)["ar_mse"] * targets).sum(-1).mean())  # noqa: E731
     start = cos()
     losses = model.fit_generators(log, updates=60 * -(-len(rows) // 16), batch_size=16)  # 60 epochs' worth
