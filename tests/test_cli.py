@@ -67,11 +67,11 @@ def test_a_scope_plans_a_model_only_on_its_datasets_and_modes(tmp_path, capsys):
     base = ["--suite", "full", "--dry-run", *_args(tmp_path), "datasets=[synthetic,synthetic@300users]",
             "models=[bm25,hllm]", "seeds=[0]"]
     assert main([*base, "scope.hllm.datasets=[]", "scope.hllm.modes=[]"]) == 0  # empty: all of the suite's
-    planned = [line.split()[:3] for line in capsys.readouterr().out.splitlines() if "[to run]" in line]
+    planned = [line.split()[2:5] for line in capsys.readouterr().out.splitlines() if "[to run]" in line]
     assert sorted(p for p in planned if p[2] == "hllm") == sorted([d, m, "hllm"] for m in ("coarse", "hem", "none")
                                                                   for d in ("synthetic", "synthetic@300users"))
     assert main([*base, "scope={hllm: {datasets: [synthetic@300users], modes: [coarse]}}"]) == 0
-    planned = [line.split()[:3] for line in capsys.readouterr().out.splitlines() if "[to run]" in line]
+    planned = [line.split()[2:5] for line in capsys.readouterr().out.splitlines() if "[to run]" in line]
     assert [p for p in planned if p[2] == "hllm"] == [["synthetic@300users", "coarse", "hllm"]]
     assert len([p for p in planned if p[2] == "bm25"]) == 4  # an unscoped model still runs everywhere
     from benchmark.config import RunConfig, Scope
@@ -113,7 +113,22 @@ def test_smoke_suite_writes_records_and_leaderboard_then_skips_done_runs(tmp_pat
     capsys.readouterr()
     before = records[1].stat().st_mtime_ns
     assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), *TINY]) == 0
-    assert capsys.readouterr().out.count("[done]") == 2
+    out = capsys.readouterr().out
+    assert out.count("[done]") == 2 and "runs to do" not in out
+    # the plan numbers its units and estimates what is left from the done runs' own times
+    assert main(["--suite", "smoke", "--dry-run", *_args(tmp_path), *TINY, "seeds=[0,1]"]) == 0
+    out = capsys.readouterr().out
+    assert "unit 1   synthetic" in out and "2 runs to do in 2 units" in out and "for the 2 with a done run" in out
+    from benchmark.runner.plan import estimate_seconds
+    from benchmark.runner.spec import RunSpec
+
+    done = [RunSpec("synthetic", "none", m, "default", 0, records[i]) for i, m in enumerate(["popularity", "sasrec"])]
+    timing = json.loads(records[1].read_text())["timing"]
+    todo = [RunSpec("synthetic", "none", "sasrec", "default", 1, Path("a")),  # its unit's time
+            RunSpec("synthetic", "coarse", "sasrec", "default", 0, Path("b")),  # the same model in another mode
+            RunSpec("synthetic", "none", "bm25", "default", 0, Path("c"))]  # nothing to go by
+    total, unknown = estimate_seconds(todo, done)
+    assert total == pytest.approx(2 * (timing["train_s"] + timing["eval_s"])) and unknown == 1
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
     assert records[1].stat().st_mtime_ns == before  # not re-run
     # a run restricted to one model regenerates the whole suite's leaderboard, not just that model

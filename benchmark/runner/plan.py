@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 
 from benchmark import records as R
 from benchmark.data import adapt as A
@@ -142,20 +143,62 @@ def settings_agree(want: dict, got: dict) -> bool:
 
 def format_plan(cfg) -> str:
     runs, problems = plan(cfg)
+    units = {unit: i for i, unit in enumerate(plan_units(runs))}
     lines = [f"suite {cfg.suite} v{cfg.suite_version}: {cfg.description}",
              f"data root: {data_root(cfg.data_dir)}   results: {cfg.results_dir}",
              f"{len({r.dataset for r in runs})} datasets x {len(expand(list(cfg.models)))} models/variants x "
-             f"{len(cfg.seeds)} seeds"]
+             f"{len(cfg.seeds)} seeds; `unit=N` runs one unit (its search, then its seeds)"]
     for r in runs:
         state = ("done" if r.done and not cfg.overwrite else "missing data" if r.dataset in problems
                  else "stale: the suite changed since it ran; to re-run" if r.stale else "to run")
-        lines.append(f"  {r.dataset:<30} {r.mode:<7} {r.model:<12} {r.variant:<8} seed {r.seed}  [{state}]")
+        lines.append(f"  unit {units[r.unit]:<3} {r.dataset:<30} {r.mode:<7} {r.model:<12} {r.variant:<8} "
+                     f"seed {r.seed}  [{state}]")
+    todo = [r for r in runs if (cfg.overwrite or not r.done) and r.dataset not in problems]
+    if todo:
+        lines.append(estimate_line(todo, [r for r in runs if r.done]))
     lines += [f"  ! {name}: {why}" for name, why in problems.items()]
     planned = {r.dataset for r in runs}
     lines += [f"  ! scope.{model}.datasets names {name}, not a dataset of this plan (a typo, or left out here)"
               for model, where in cfg.scope.items() for name in where.datasets if name not in planned]
     lines += [f"  ! model.{node}: {why}" for node, why in precision_warnings(cfg, runs).items()]
     return "\n".join(lines)
+
+
+def run_seconds(record: dict) -> float | None:
+    """A record's training + evaluation time (seconds on one process), if it has both."""
+    timing = record.get("timing") or {}
+    if timing.get("train_s") is None or timing.get("eval_s") is None:
+        return None
+    return float(timing["train_s"]) + float(timing["eval_s"])
+
+
+def estimate_seconds(todo: list[RunSpec], done: list[RunSpec]) -> tuple[float, int]:
+    """The summed time of the runs still to do, each estimated by the median time of the done runs of
+    its unit, else of the same model and variant on its dataset (any mode); and how many runs had
+    neither. A planning aid only: the time a run takes depends on when its stopping rule fires, on
+    the machine, and on what ran beside it, and tuning searches still to run are not counted."""
+    times: dict[tuple, list[float]] = {}
+    for r in done:
+        if (seconds := run_seconds(R.read_record(r.record))) is not None:
+            times.setdefault(r.unit, []).append(seconds)
+            times.setdefault((r.dataset, r.model, r.variant), []).append(seconds)
+    total, unknown = 0.0, 0
+    for r in todo:
+        known = times.get(r.unit) or times.get((r.dataset, r.model, r.variant))
+        if known:
+            total += statistics.median(known)
+        else:
+            unknown += 1
+    return total, unknown
+
+
+def estimate_line(todo: list[RunSpec], done: list[RunSpec]) -> str:
+    seconds, unknown = estimate_seconds(todo, done)
+    units = len({r.unit for r in todo})
+    line = (f"{len(todo)} runs to do in {units} units: about {seconds / 3600:.1f} core-hours for the "
+            f"{len(todo) - unknown} with a done run of the same model on the same dataset (median train + eval "
+            f"time; searches not counted)")
+    return line + (f", {unknown} without one" if unknown else "")
 
 
 def precision_warnings(cfg, runs) -> dict[str, str]:
