@@ -36,6 +36,7 @@ class TrainConfig:
     batch_size: int = 128  # training examples per step
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     patience: int = 3  # epochs without validation gain before stopping
+    min_epochs: int = 0  # patience may stop a run only once it has trained this many epochs
     grad_clip: float = 5.0  # max gradient norm; 0 disables
     progress: bool = True  # tqdm bars
 
@@ -43,6 +44,8 @@ class TrainConfig:
         if self.max_epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError(f"train.max_epochs, train.batch_size and train.patience must be >= 1, got "
                              f"{self.max_epochs}, {self.batch_size}, {self.patience}")
+        if self.min_epochs < 0:
+            raise ValueError(f"train.min_epochs must be >= 0 (0: patience may stop any epoch), got {self.min_epochs}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"train.weight_decay and train.grad_clip must be >= 0 (grad_clip 0 disables it), got "
                              f"{self.weight_decay}, {self.grad_clip}")
@@ -62,6 +65,13 @@ class TrainResult:
     stopped_by: str = "nothing to train"
     converged: bool | None = None  # False when the best epoch is the last allowed one (None: nothing trained)
     history: list[dict] = field(default_factory=list)  # per epoch: losses and validation value
+
+
+def patience_stops(config: TrainConfig, epoch: int, since_best: int) -> bool:
+    """Whether the stopping rule ends a run after ``epoch`` with ``since_best`` epochs without a
+    validation gain. Before ``min_epochs`` it never does: a noisy validation curve can otherwise stop
+    a run at its first epochs (patience 3 after a peak at epoch 1), long before most runs peak."""
+    return since_best >= config.patience and epoch >= config.min_epochs
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -168,7 +178,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         save(0)
     result.stopped_by = "max_epochs"
     for epoch in range(first_epoch, config.max_epochs + 1):
-        if since_best >= config.patience:  # resumed after the epoch that stopped it
+        if patience_stops(config, epoch - 1, since_best):  # resumed after the epoch that stopped it
             result.stopped_by = "patience"
             break
         model.train()
@@ -193,7 +203,7 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         else:
             since_best += 1
         save(epoch)
-        if since_best >= config.patience:
+        if patience_stops(config, epoch, since_best):
             result.stopped_by = "patience"
             break
     if best_state is not None:

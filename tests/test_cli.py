@@ -404,7 +404,10 @@ def test_a_setting_a_variant_never_reads_does_not_make_its_records_stale():
         want = untuned_settings(cfg, model, variant)
         recorded = {**want, "model_config": {**want["model_config"], "decode_budget": 1000}}  # a record made at 1000
         assert ("decode_budget" in want["model_config"]) is reads
-        assert settings_agree(want, recorded) is not reads  # stale only where Task 1 / Task 2 read the budget
+        assert settings_agree(want, recorded, ('patience', 9)) is not reads  # stale only where Task 1 / Task 2 read the budget
+
+
+PATIENCE_9 = ("patience", 9)  # a run that patience stopped after epoch 9
 
 
 def test_a_field_added_with_a_new_behaviour_makes_older_records_stale_and_others_do_not():
@@ -415,11 +418,12 @@ def test_a_field_added_with_a_new_behaviour_makes_older_records_stale_and_others
     want = untuned_settings(cfg, "hllm", "default")
     assert want["model_config"]["match_input_norm"] is True
     older = {**want, "model_config": {k: v for k, v in want["model_config"].items() if k != "match_input_norm"}}
-    assert not settings_agree(want, older)  # saved before the field: it ran with the items as they were
-    assert settings_agree({**want, "model_config": {**want["model_config"], "match_input_norm": False}}, older)
+    assert not settings_agree(want, older, PATIENCE_9)  # saved before the field: it ran with the items as they were
+    assert settings_agree({**want, "model_config": {**want["model_config"], "match_input_norm": False}}, older,
+                          PATIENCE_9)
     no_use_exposures = {**want, "model_config": {k: v for k, v in want["model_config"].items()
                                                  if k != "use_exposures"}}
-    assert settings_agree(want, no_use_exposures)  # a field added with the old behaviour as its default
+    assert settings_agree(want, no_use_exposures, PATIENCE_9)  # a field added with the old behaviour as its default
 
 
 def test_baselines_never_import_the_evaluation_stage():
@@ -436,3 +440,49 @@ def test_baselines_never_import_the_evaluation_stage():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             found += [f"{file.name}: {n}" for n in names if n.startswith(banned)]
     assert not found, found
+
+
+def test_a_raised_epoch_floor_retires_only_the_runs_patience_stopped_below_it():
+    from benchmark.run import compose_config
+    from benchmark.runner.plan import settings_agree, trial_stop, untuned_settings
+
+    want = untuned_settings(compose_config("full", ["train.min_epochs=8"]), "sasrec", "default")
+    assert want["train"]["min_epochs"] == 8
+    older = {**want, "train": {k: v for k, v in want["train"].items() if k != "min_epochs"}}  # ran with no floor
+    assert settings_agree(want, older, ("patience", 8)) and settings_agree(want, older, ("patience", 15))
+    assert not settings_agree(want, older, ("patience", 7))  # the floor would have trained it on
+    assert settings_agree(want, older, ("max_epochs", 5)) and settings_agree(want, older, ("nothing to train", None))
+    assert not settings_agree(want, older, ("unknown", None))
+    higher = {**want, "train": {**want["train"], "min_epochs": 10}}
+    assert not settings_agree(want, higher, ("patience", 12))  # a lower floor might have stopped it sooner
+    assert not settings_agree(want, {**older, "train": {**older["train"], "patience": 5}}, ("patience", 15))
+    # a trial stops at max(best + patience, its floor), capped: best 1 + patience 3 stops after epoch 4
+    stamped = {"settings": {"train": {"patience": 3, "max_epochs": 30}}}
+    assert trial_stop({**stamped, "best_epoch": 1}) == ("patience", 4)
+    assert trial_stop({**stamped, "best_epoch": 28}) == ("max_epochs", 30)
+    floored = {"settings": {"train": {"patience": 3, "max_epochs": 30, "min_epochs": 8}}, "best_epoch": 1}
+    assert trial_stop(floored) == ("patience", 8) and trial_stop({**stamped, "best_epoch": None})[0] == "nothing to train"
+
+
+def test_a_search_that_selects_another_setting_makes_the_old_selection_stale(tmp_path, capsys):
+    from benchmark.run import compose_config
+    from benchmark.runner.plan import record_is_current
+    from benchmark.runner.spec import mode_config
+
+    grid = ["search.enabled=true", "search.trials=2", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.0001]}"]
+    args = [*_args(tmp_path), *TINY, "models=[sasrec]", *grid]
+    assert main(["--suite", "smoke", *args]) == 0
+    cfg = compose_config("smoke", [f"data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}", *TINY,
+                                   "models=[sasrec]", *grid])
+    search_file = tmp_path / "results" / "search" / "smoke" / "synthetic" / "none" / "sasrec__default.json"
+    record_file = tmp_path / "results" / "records" / "smoke" / "synthetic" / "none" / "sasrec__default__seed0.json"
+    record, saved = json.loads(record_file.read_text()), json.loads(search_file.read_text())
+    cfg = mode_config(cfg, record["mode"])
+    assert record_is_current(record, cfg)
+    other = next(t for t in saved["trials"] if t["overrides"] != record["search"]["selected"])
+    other["valid"] = max(t["valid"] for t in saved["trials"]) + 1.0  # the other setting now wins
+    search_file.write_text(json.dumps(saved))
+    assert not record_is_current(record, cfg)
+    saved["trials"].remove(other)  # its trial must train again: the record is not judged meanwhile
+    search_file.write_text(json.dumps(saved))
+    assert record_is_current(record, cfg)

@@ -328,7 +328,7 @@ def test_visual_loss_ignores_targets_without_an_image(tmp_path):
     log = _image_log(tmp_path, with_image=lambda i: False)
     model = _mm_model(log, tmp_path, w_visual=0.1)
     visual = model.losses(_batch(model, log), torch.Generator())["visual"]
-    assert float(visual) == 0.0 and visual.requires_grad  # exact zero, still attached to the head
+    assert float(visual.detach()) == 0.0 and visual.requires_grad  # exact zero, still attached to the head
     visual.backward()
     assert all(p.grad is not None for p in model.heads["visual"].parameters())
 
@@ -392,7 +392,7 @@ def test_decode_budget_lowers_the_decoded_share_on_large_logs_only():
     assert model.decode_fraction == 2 / len(log.split("train"))
 
 
-def test_training_stops_on_patience_never_on_the_clock_and_records_convergence():
+def test_training_stops_on_patience_never_on_the_clock_and_records_convergence(tmp_path):
     model, log, values = _model("action_only"), _log(), iter([0.5, 0.4, 0.3, 0.2, 0.1])
     cfg = TrainConfig(max_epochs=10, batch_size=4, patience=3, progress=False)
     assert not hasattr(cfg, "max_minutes") and not hasattr(cfg, "lr")  # no wall-clock rule, no unused lr
@@ -400,6 +400,28 @@ def test_training_stops_on_patience_never_on_the_clock_and_records_convergence()
     assert (result.best_epoch, result.epochs_run, result.stopped_by, result.converged) == (1, 4, "patience", True)
     with pytest.raises(ValueError, match="max_epochs"):
         TrainConfig(max_epochs=-3)
+    # with a floor, patience waits for it: the same falling curve trains 6 epochs, and keeps epoch 1
+    model, values = _model("action_only"), iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01])
+    floored = dataclasses.replace(cfg, min_epochs=6)
+    result = train(model, log, floored, torch.Generator(), validate=lambda m: next(values), lr=1e-3)
+    assert (result.best_epoch, result.epochs_run, result.stopped_by) == (1, 6, "patience")
+    # ... also across a resume from the checkpoint of epoch 4, where patience alone would have stopped it
+    path, curve = tmp_path / "floor.pt", [0.5, 0.4, 0.3, 0.2]
+
+    def dies_at_epoch_5(m):
+        if not curve:
+            raise _Interrupt
+        return curve.pop(0)
+
+    with pytest.raises(_Interrupt):
+        train(_model("action_only"), log, floored, torch.Generator(), dies_at_epoch_5, lr=1e-3, checkpoint=path,
+              identity="floor")
+    values = iter([0.1, 0.05])
+    result = train(_model("action_only"), log, floored, torch.Generator(), lambda m: next(values), lr=1e-3,
+                   checkpoint=path, identity="floor")
+    assert (result.best_epoch, result.epochs_run, result.stopped_by) == (1, 6, "patience")
+    with pytest.raises(ValueError, match="min_epochs"):
+        TrainConfig(min_epochs=-1)
 
 
 def test_bf16_autocast_follows_the_fp32_loss_curve():

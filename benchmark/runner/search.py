@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 from benchmark import distributed as D
@@ -14,17 +13,13 @@ from benchmark.data.schema import SearchLog
 from benchmark.models import tuned_source
 from benchmark.runner.execute import catalog_terms, fit
 from benchmark.runner.grids import grid_for, with_overrides
-from benchmark.runner.plan import record_is_current, settings_agree, untuned_settings
+from benchmark.runner.plan import best_trial, current_trials, record_is_current, search_path, untuned_settings
 from benchmark.runner.spec import RunSpec
 
 
 def search_file(cfg, run: RunSpec) -> Path | None:
     """The search file a run's search reads and writes (its ``tuned_like`` source's), None without one."""
-    model, variant = tuned_source(run.model, run.variant) or (run.model, run.variant)
-    if not grid_for(cfg, model, variant):
-        return None
-    return (Path(cfg.results_dir) / "search" / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
-            / f"{model}__{variant}.json")
+    return search_path(cfg, run.dataset, run.mode, run.model, run.variant)
 
 
 def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None, tuple | None]:
@@ -47,15 +42,13 @@ def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None
         return (cfg, {}), None, None
     path = search_file(cfg, run)
     # Trials are kept only if they ran with the suite's current settings (a suite edit re-runs the
-    # search; the funnel's settings do not enter a trial's validation score, so they are not stamped).
-    # Trials saved without a settings stamp count while the search seed's record is current.
-    memo = {(run.model, run.variant, run.mode): untuned_settings(cfg, run.model, run.variant)}
-    settings = {k: v for k, v in memo[run.model, run.variant, run.mode].items() if k != "funnel"}
+    # search). Trials saved without a settings stamp count while the search seed's record is current.
+    memo = {}
+    settings = {k: v for k, v in untuned_settings(cfg, run.model, run.variant).items() if k != "funnel"}
     seed_record = R.record_path(cfg.results_dir, cfg.suite, run.dataset, run.mode, run.model,
                                 run.variant, cfg.search.seed)
     unstamped_ok = seed_record.exists() and record_is_current(R.read_record(seed_record), cfg, memo)
-    done = [t for t in (json.loads(path.read_text())["trials"] if path.exists() else [])
-            if (settings_agree(settings, t["settings"]) if isinstance(t.get("settings"), dict) else unstamped_ok)]
+    done = current_trials(cfg, run.dataset, run.mode, run.model, run.variant, memo, unstamped_ok)
     item_terms = catalog_terms(search_log)
     kept = None  # (overrides, fit, peak memory) of the best trial trained in this process
     for overrides in grid:
@@ -83,8 +76,3 @@ def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None
     return (with_overrides(cfg, run.model, best["overrides"]),
             {"metric": cfg.eval.selection_metric, "seed": cfg.search.seed, "trials": done,
              "selected": best["overrides"]}, reusable)
-
-
-def best_trial(trials: list[dict]) -> dict:
-    return max(trials, key=lambda t: -math.inf if t["valid"] is None else t["valid"])
-
