@@ -486,3 +486,6 @@ def test_a_search_that_selects_another_setting_makes_the_old_selection_stale(tmp
     saved["trials"].remove(other)  # its trial must train again: the record is not judged meanwhile
     search_file.write_text(json.dumps(saved))
     assert record_is_current(record, cfg)
+    untuned = compose_config("smoke", [f"data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}",
+                                       *TINY, "models=[sasrec]"])
+    assert not record_is_current(record, mode_config(untuned, record["mode"]))  # the grid is gone: defaults now

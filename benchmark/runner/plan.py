@@ -170,6 +170,8 @@ def selection_agrees(record: dict, cfg, memo: dict) -> bool:
     args = (record["dataset"], record["mode"], record["model"], record["variant"])
     grid = grid_for(cfg, *(tuned_source(*args[2:]) or args[2:]))
     trials = current_trials(cfg, *args, memo, unstamped_ok=True)
+    if not grid:
+        return False  # searched once, but the suite no longer tunes it: its settings are the suite's defaults now
     if any(not any(t["overrides"] == overrides for t in trials) for overrides in grid):
         return True
     return best_trial(trials)["overrides"] == selected
