@@ -575,7 +575,7 @@ def test_a_generator_that_outputs_the_discriminative_embedding_recovers_its_hr()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.2 * first
+    assert float(loss.detach()) < 0.2 * first
 
 
 def test_attention_before_training_changes_nothing_about_the_training_that_follows():
