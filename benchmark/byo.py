@@ -55,7 +55,7 @@ def evaluate_model(model: RankingModel | Callable[[SearchLog], RankingModel], da
 
     from benchmark.run import compose_config
     from benchmark.runner.execute import evaluate_split, load_log, run_one
-    from benchmark.runner.plan import train_config
+    from benchmark.runner.settings import train_config
     from benchmark.runner.spec import RunSpec, mode_config
     from benchmark.seed import seed_everything
     from benchmark.trainer import train

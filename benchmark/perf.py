@@ -81,7 +81,7 @@ def measure_model(entry: str, log, cfg, steps: int, repeats: int) -> dict:
     from benchmark.evaluate import evaluate
     from benchmark.models import build
     from benchmark.runner.execute import embed
-    from benchmark.runner.plan import train_config
+    from benchmark.runner.settings import train_config
     from benchmark.seed import seed_everything
     from benchmark.step_time import time_training_steps
 

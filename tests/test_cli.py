@@ -396,7 +396,8 @@ def test_bad_settings_fail_when_the_config_is_composed_with_the_valid_choices(tm
 
 def test_a_setting_a_variant_never_reads_does_not_make_its_records_stale():
     from benchmark.run import compose_config
-    from benchmark.runner.plan import settings_agree, untuned_settings
+    from benchmark.runner.settings import untuned_settings
+    from benchmark.runner.staleness import settings_agree
 
     cfg = compose_config("full", ["model.karma.decode_budget=300"])
     for model, variant, reads in (("action_llm", "default", False), ("action_llm", "warmup", False),
@@ -412,7 +413,8 @@ PATIENCE_9 = ("patience", 9)  # a run that patience stopped after epoch 9
 
 def test_a_field_added_with_a_new_behaviour_makes_older_records_stale_and_others_do_not():
     from benchmark.run import compose_config
-    from benchmark.runner.plan import settings_agree, untuned_settings
+    from benchmark.runner.settings import untuned_settings
+    from benchmark.runner.staleness import settings_agree
 
     cfg = compose_config("full", [])
     want = untuned_settings(cfg, "hllm", "default")
@@ -444,7 +446,8 @@ def test_baselines_never_import_the_evaluation_stage():
 
 def test_a_raised_epoch_floor_retires_only_the_runs_patience_stopped_below_it():
     from benchmark.run import compose_config
-    from benchmark.runner.plan import settings_agree, trial_stop, untuned_settings
+    from benchmark.runner.settings import untuned_settings
+    from benchmark.runner.staleness import settings_agree, trial_stop
 
     want = untuned_settings(compose_config("full", ["train.min_epochs=8"]), "sasrec", "default")
     assert want["train"]["min_epochs"] == 8
@@ -466,8 +469,8 @@ def test_a_raised_epoch_floor_retires_only_the_runs_patience_stopped_below_it():
 
 def test_a_search_that_selects_another_setting_makes_the_old_selection_stale(tmp_path, capsys):
     from benchmark.run import compose_config
-    from benchmark.runner.plan import record_is_current
     from benchmark.runner.spec import mode_config
+    from benchmark.runner.staleness import record_is_current
 
     grid = ["search.enabled=true", "search.trials=2", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.0001]}"]
     args = [*_args(tmp_path), *TINY, "models=[sasrec]", *grid]

@@ -125,8 +125,8 @@ def run_funnel_pass(cfg) -> list[Path]:
     """Funnel results for every current record of ``cfg.suite`` with stored embeddings, in each
     search mode of the suite that its dataset has; up-to-date results are kept. Returns the paths written."""
     from benchmark.runner.execute import load_log  # the runner's one loader (and cache) of a dataset view
-    from benchmark.runner.plan import record_is_current
     from benchmark.runner.spec import mode_config
+    from benchmark.runner.staleness import record_is_current
 
     results = Path(cfg.results_dir)
     settings = pass_settings(cfg.funnel)

@@ -28,7 +28,7 @@ from benchmark.funnel.runs import embeddings_path, keeps_embeddings, save_embedd
 from benchmark.generators_eval import objective_analysis, table2_metrics
 from benchmark.model import Describes
 from benchmark.models import build, model_spec
-from benchmark.runner.plan import train_config
+from benchmark.runner.settings import train_config
 from benchmark.runner.spec import RunSpec
 from benchmark.seed import seed_everything
 from benchmark.trainer import train, trainable_state

@@ -14,8 +14,9 @@ from benchmark.leaderboard import render_leaderboard, write_leaderboard
 from benchmark.models import model_spec
 from benchmark.paper_comparison import render_paper_comparison
 from benchmark.perf_report import render_perf
-from benchmark.runner.plan import plan, record_is_current
+from benchmark.runner.plan import plan
 from benchmark.runner.spec import mode_config
+from benchmark.runner.staleness import record_is_current
 from benchmark.tables import (
     render_attention_comparison,
     render_collapse_profiles,

@@ -13,8 +13,9 @@ from benchmark.data.schema import SearchLog
 from benchmark.models import tuned_source
 from benchmark.runner.execute import catalog_terms, fit
 from benchmark.runner.grids import grid_for, with_overrides
-from benchmark.runner.plan import best_trial, current_trials, record_is_current, search_path, untuned_settings
+from benchmark.runner.settings import untuned_settings
 from benchmark.runner.spec import RunSpec
+from benchmark.runner.staleness import best_trial, current_trials, record_is_current, search_path
 
 
 def search_file(cfg, run: RunSpec) -> Path | None:

@@ -18,10 +18,11 @@ from benchmark.data.schema import SearchLog
 from benchmark.funnel.runs import run_funnel_pass
 from benchmark.models import MODELS
 from benchmark.runner.execute import attach_images, load_log, run_one
-from benchmark.runner.plan import format_plan, plan, plan_units, record_is_current, unit_key
+from benchmark.runner.plan import format_plan, plan, plan_units, unit_key
 from benchmark.runner.report import regenerate_leaderboard
 from benchmark.runner.search import search, search_file
 from benchmark.runner.spec import RunSpec, mode_config
+from benchmark.runner.staleness import record_is_current
 from karma.visual import VisualEncoderError
 
 
