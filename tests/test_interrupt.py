@@ -82,3 +82,25 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_a_carried_checkpoin
     assert "resumed after epoch" in done.stdout
     assert _records(root) == uninterrupted
     assert not list((root / "carried").rglob("*.pt"))  # finished runs leave none
+
+
+def test_a_checkpoint_identity_ignores_progress_bars_but_not_a_setting_that_changes_the_run():
+    import dataclasses
+
+    from benchmark import records as R
+    from benchmark.runner.execute import checkpoint_identity
+    from benchmark.runner.spec import RunSpec
+    from benchmark.trainer import TrainConfig
+
+    run = RunSpec("synthetic", "coarse", "sasrec", "default", 0, Path("r.json"))
+    quiet = TrainConfig(max_epochs=3, progress=False)
+    identity = checkpoint_identity(run, quiet, None, "data")
+    # a run started without bars (as the suite's long runs are) resumes with them, and back
+    assert checkpoint_identity(run, dataclasses.replace(quiet, progress=True), None, "data") == identity
+    # the stamp of checkpoints written before: the whole train config, bars off
+    assert identity == R.config_hash(json.loads(json.dumps(
+        {"run": run.label, "tuned": run.tuned, "train": dataclasses.asdict(quiet), "model_config": {},
+         "data": "data"}, default=str)))
+    assert checkpoint_identity(run, dataclasses.replace(quiet, weight_decay=0.5), None, "data") != identity
+    assert checkpoint_identity(run, quiet, None, "other data") != identity
+    assert checkpoint_identity(dataclasses.replace(run, seed=1), quiet, None, "data") != identity

@@ -31,7 +31,7 @@ from benchmark.models import build, model_spec
 from benchmark.runner.settings import train_config
 from benchmark.runner.spec import RunSpec
 from benchmark.seed import seed_everything
-from benchmark.trainer import train, trainable_state
+from benchmark.trainer import TrainConfig, train, trainable_state
 
 
 def load_log(name: str, cfg, root: Path) -> SearchLog:
@@ -123,16 +123,24 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
         model.initial_item_embeddings = model.item_embeddings(search_log).float().cpu().numpy()
     model.initial_attention = attention_before_training(model, search_log, cfg.funnel)
-    settings = {"run": run.label, "tuned": run.tuned, "train": dataclasses.asdict(train_cfg),
-                "model_config": dataclasses.asdict(model.config) if hasattr(model, "config") else {},
-                "data": search_log.fingerprint}
-    identity = R.config_hash(json.loads(json.dumps(settings, default=str)))
+    identity = checkpoint_identity(run, train_cfg, getattr(model, "config", None), search_log.fingerprint)
     checkpoint = (checkpoint_dir(cfg) / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
                   / f"{run.model}__{run.variant}__seed{run.seed}__{identity[:12]}.pt")
     trained = train(model, search_log, train_cfg, generator, validate,
                     lr=getattr(getattr(model, "config", None), "lr", 1e-3), desc=desc,
                     checkpoint=checkpoint, identity=identity, probe=epoch_probe(search_log, cfg.funnel))
     return model, trained, train_cfg
+
+
+def checkpoint_identity(run: RunSpec, train_cfg: TrainConfig, model_cfg, data_fingerprint: str) -> str:
+    """The settings an epoch checkpoint must share with the run that resumes it. Whether bars are drawn
+    changes nothing a run computes, so it is left out (as ``False``, the value every checkpoint so far was
+    stamped with under the suite's runs): a run started without bars resumes with them, and back."""
+    settings = {"run": run.label, "tuned": run.tuned,
+                "train": dataclasses.asdict(dataclasses.replace(train_cfg, progress=False)),
+                "model_config": dataclasses.asdict(model_cfg) if model_cfg is not None else {},
+                "data": data_fingerprint}
+    return R.config_hash(json.loads(json.dumps(settings, default=str)))
 
 
 def catalog_terms(search_log: SearchLog):
