@@ -456,6 +456,16 @@ class Record:
                   for h in self.history if h.get("stage", "main") == "main"]
         return len(totals) > 1 and totals[-1] > totals[0]
 
+    @property
+    def never_improved(self) -> bool:
+        """True when a run that trained more than one epoch selected its first: validation never beat what one
+        epoch gave (Scientific's warm-up seed 1 under the 8-epoch floor: 0.030 after epoch 1, at most 0.016
+        over the next 7, its training loss up from 0.355 to 0.66 by epoch 3 and back to 0.18). The loss can
+        recover while the model does not, so ``diverged`` misses it; the selected model saw one epoch."""
+        values = [h["valid"] for h in self.history
+                  if h.get("stage", "main") == "main" and isinstance(h.get("valid"), int | float)]
+        return len(values) > 1 and max(range(len(values)), key=values.__getitem__) == 0
+
     def stopped_within_noise(self, patience: int = 3) -> bool | None:
         """True when the run's patience stop came on a drop no larger than its own validation noise: the
         best value minus the mean of the last ``patience`` values is below the standard deviation of the

@@ -461,3 +461,25 @@ def test_the_objective_runs_mode_mean_rows_average_the_landed_seeds_and_name_the
     assert "0.100" in rows[0] and "25.00" in rows[0]  # cos -> target: mean of 0 and 0.2; HR@10 in points
     assert "mean of 4" in rows[1] and "discriminative u (same run)" in rows[2] and "0.400" not in rows[2]
     assert objective_mode_mean({}, [("synthetic", "coarse")], 10, Path(".")) == []
+
+
+def test_a_run_that_never_beat_its_first_epoch_is_told_apart_from_one_that_trained():
+    failed = [0.030, 0.004, 0.005, 0.014, 0.013, 0.015, 0.011, 0.016]  # Scientific warm-up seed 1's shape
+    trained = [0.030, 0.035, 0.04, 0.038, 0.037, 0.036]
+    assert _curve_record("action_llm", "warmup", 1, failed).never_improved
+    assert not _curve_record("action_llm", "warmup", 0, trained).never_improved
+    assert not _curve_record("action_llm", "warmup", 0, [0.03]).never_improved  # one epoch: nothing to beat
+    # a warm-up stage before the main one does not count as the first epoch
+    assert _curve_record("karma", "task2", 0, failed, stages=("warmup", "main")).never_improved
+
+
+def test_table1_names_the_runs_that_failed_to_train():
+    from benchmark.tables import render_table1
+    recs = [_curve_record("action_llm", "default", s, [0.3, 0.4, 0.5]) for s in (0, 1)]
+    recs += [_curve_record("action_llm", "warmup", 0, [0.3, 0.35]),
+             _curve_record("action_llm", "warmup", 1, [0.3, 0.1, 0.2])]
+    line = next(line for line in render_table1(recs, suite=SUITE, suite_version=VERSION, seeds=[0, 1], ks=(10, 50),
+                                                 datasets=["synthetic · coarse"]).splitlines()
+                if line.startswith("Convergence:"))
+    assert "1 never beat their first epoch's validation value" in line
+    assert "synthetic action_llm:warmup seed 1 (3 epochs)" in line and "warmup seed 0" not in line

@@ -61,12 +61,16 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
                 for r in recs.values()]
     at_end = [r for r in runs_llm if r.converged is False]
     unstable = sorted(f"{r.dataset} {r.model}:{r.variant} seed {r.seed}" for r in runs_llm if r.diverged)
+    untrained = sorted(f"{r.dataset} {r.model}:{r.variant} seed {r.seed} ({r.data['selection'].get('epochs_run')} epochs)"
+                       for r in runs_llm if r.never_improved)
     if runs_llm:
         noise = [r for r in runs_llm if r.stopped_within_noise()]
         judged = [r for r in runs_llm if r.stopped_within_noise() is not None]
         out += [f"Convergence: {len(at_end)} of {len(runs_llm)} runs in this table selected their last allowed epoch "
                 f"(not converged; `selection` in each record); {len(unstable)} went unstable (training loss ended "
-                f"above its first epoch's value: {', '.join(unstable) or 'none'}); {len(noise)} of the {len(judged)} "
+                f"above its first epoch's value: {', '.join(unstable) or 'none'}); {len(untrained)} never beat their "
+                f"first epoch's validation value and so selected it (failed to train: their row's delta is that "
+                f"failure's, whatever the loss did later: {', '.join(untrained) or 'none'}); {len(noise)} of the {len(judged)} "
                 "stopped by patience (with at least 6 epochs) stopped on a drop smaller than their own "
                 "epoch-to-epoch validation noise (best − mean of the last 3 values < SD of the epoch-to-epoch "
                 "changes): for those the rule could not tell a plateau from noise, so they may be under-trained "
