@@ -33,6 +33,9 @@ Deviations from the published code (forced by a 2-core CPU budget or by the shar
   added only when ``use_exposures`` is on (off by default: not in the published loss).
 - Published HLLM uses 1B-7B LLMs, 5-10 epochs and sequences of 50-150 items; here 135M, early
   stopping on validation and ``max_history`` items.
+- The optimiser is the suite's one trainer for every model: AdamW at a constant lr (the search picks it),
+  no weight decay, gradient norm clipped at 5 (published: a cosine schedule after a 10% linear warm-up,
+  lr 1e-4, weight decay 0.01; ``scheduler_args`` in its ``overall/LLM_*.yaml``).
 
 Why ``match_input_norm`` (issue 16): without it this HLLM barely learned in the cpu preset. On
 unisrec/Scientific@1020users its first search trial (lr 3e-4) reached validation NDCG@10 0.0033 (the
