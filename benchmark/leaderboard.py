@@ -272,7 +272,7 @@ def render_leaderboard(records: list[Record], plan: list[dict], *, suite: str, s
     out.append(f"- built from {len(records)} records under results/records/{suite}"
                + (f" ({other_suite} of another suite or version ignored)" if other_suite else "")
                + (f" ({unplanned} outside the plan ignored)" if unplanned else "")
-               + (f"; {stale} stale records (made before the suite file last changed) left out until re-run"
+               + (f"; {stale} stale records (the suite file, or the setting their tuning search selects, changed since they ran) left out until re-run"
                   if stale else ""))
     out.append(f"- cells: mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over seeds; "
                "`missing (k/n)`: only k of n planned seeds have records (never averaged in); "

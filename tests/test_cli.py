@@ -129,6 +129,9 @@ def test_smoke_suite_writes_records_and_leaderboard_then_skips_done_runs(tmp_pat
             RunSpec("synthetic", "none", "bm25", "default", 0, Path("c"))]  # nothing to go by
     total, unknown = estimate_seconds(todo, done)
     assert total == pytest.approx(2 * (timing["train_s"] + timing["eval_s"])) and unknown == 1
+    # a stale run with no done peer goes by its own old record
+    stale = RunSpec("synthetic", "hem", "sasrec2", "default", 0, records[1], stale=True)
+    assert estimate_seconds([stale], done) == (pytest.approx(timing["train_s"] + timing["eval_s"]), 0)
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
     assert records[1].stat().st_mtime_ns == before  # not re-run
     # a run restricted to one model regenerates the whole suite's leaderboard, not just that model

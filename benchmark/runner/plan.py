@@ -79,7 +79,7 @@ def format_plan(cfg) -> str:
              f"{len(cfg.seeds)} seeds; `unit=N` runs one unit (its search, then its seeds)"]
     for r in runs:
         state = ("done" if r.done and not cfg.overwrite else "missing data" if r.dataset in problems
-                 else "stale: the suite changed since it ran; to re-run" if r.stale else "to run")
+                 else "stale: the suite or its search's selection changed since it ran; to re-run" if r.stale else "to run")
         lines.append(f"  unit {units[r.unit]:<3} {r.dataset:<30} {r.mode:<7} {r.model:<12} {r.variant:<8} "
                      f"seed {r.seed}  [{state}]")
     todo = [r for r in runs if (cfg.overwrite or not r.done) and r.dataset not in problems]
@@ -103,8 +103,8 @@ def run_seconds(record: dict) -> float | None:
 
 def estimate_seconds(todo: list[RunSpec], done: list[RunSpec]) -> tuple[float, int]:
     """The summed time of the runs still to do, each estimated by the median time of the done runs of
-    its unit, else of the same model and variant on its dataset (any mode); and how many runs had
-    neither. A planning aid only: the time a run takes depends on when its stopping rule fires, on
+    its unit, else of the same model and variant on its dataset (any mode), else by its own stale
+    record's time; and how many runs had none of these. A planning aid only: the time a run takes depends on when its stopping rule fires, on
     the machine, and on what ran beside it, and tuning searches still to run are not counted."""
     times: dict[tuple, list[float]] = {}
     for r in done:
@@ -114,6 +114,8 @@ def estimate_seconds(todo: list[RunSpec], done: list[RunSpec]) -> tuple[float, i
     total, unknown = 0.0, 0
     for r in todo:
         known = times.get(r.unit) or times.get((r.dataset, r.model, r.variant))
+        if not known and r.stale and (seconds := run_seconds(R.read_record(r.record))) is not None:
+            known = [seconds]  # its own stale record: the same run under older settings, a fair guess
         if known:
             total += statistics.median(known)
         else:
@@ -125,7 +127,7 @@ def estimate_line(todo: list[RunSpec], done: list[RunSpec]) -> str:
     seconds, unknown = estimate_seconds(todo, done)
     units = len({r.unit for r in todo})
     line = (f"{len(todo)} runs to do in {units} units: about {seconds / 3600:.1f} core-hours for the "
-            f"{len(todo) - unknown} with a done run of the same model on the same dataset (median train + eval "
+            f"{len(todo) - unknown} with a done run of the same model on the same dataset or a stale record of their own (median train + eval "
             f"time; searches not counted)")
     return line + (f", {unknown} without one" if unknown else "")
 
