@@ -462,8 +462,7 @@ class Record:
         epoch gave (Scientific's warm-up seed 1 under the 8-epoch floor: 0.030 after epoch 1, at most 0.016
         over the next 7, its training loss up from 0.355 to 0.66 by epoch 3 and back to 0.18). The loss can
         recover while the model does not, so ``diverged`` misses it; the selected model saw one epoch."""
-        values = [h["valid"] for h in self.history
-                  if h.get("stage", "main") == "main" and isinstance(h.get("valid"), int | float)]
+        values = self.valid_curve
         return len(values) > 1 and max(range(len(values)), key=values.__getitem__) == 0
 
     def stopped_within_noise(self, patience: int = 3) -> bool | None:
@@ -472,8 +471,7 @@ class Record:
         curve's epoch-to-epoch changes, so the stopping rule could not tell the stop from noise (a plateau
         and a still-rising noisy curve both qualify; a clear decline does not). None without a patience
         stop or with fewer than ``patience + 3`` epochs."""
-        values = [h["valid"] for h in self.history
-                  if h.get("stage", "main") == "main" and isinstance(h.get("valid"), int | float)]
+        values = self.valid_curve
         if self.data["selection"].get("stopped_by") != "patience" or len(values) < patience + 3:
             return None
         drop = max(values) - float(np.mean(values[-patience:]))
@@ -487,6 +485,12 @@ class Record:
     def history(self) -> list[dict]:
         """The trainer's per-epoch log (stages, losses, validation values)."""
         return self.data["selection"].get("history") or []
+
+    @property
+    def valid_curve(self) -> list[float]:
+        """The validation value after each joint-training ("main") epoch, from the per-epoch log."""
+        return [h["valid"] for h in self.history
+                if h.get("stage", "main") == "main" and isinstance(h.get("valid"), int | float)]
 
     def get(self, path: str, default=None):
         """The value at a dotted path (``"table2.flow.HR@10"``), ``default`` where any step is missing

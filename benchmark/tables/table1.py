@@ -115,16 +115,11 @@ def render_table1_paired(records: list[Record], *, suite: str, suite_version: st
                                           "No variant has every seed (and action-only) yet."))
 
 
-def _main_curve(record: Record) -> list[float]:
-    """Validation value after each joint-training ("main") epoch, from the record's selection history."""
-    return [h["valid"] for h in record.history if h.get("stage", "main") == "main" and h.get("valid") is not None]
-
-
 def equal_epoch_delta(run: Record, base: Record) -> tuple[int, float] | None:
     """(e, run's validation value minus base's after epoch e), e = the last epoch both reached; None when
     either has no curve. Runs stop on patience at different epochs: this separates what the heads do
     per epoch from how many epochs a run took."""
-    a, b = _main_curve(run), _main_curve(base)
+    a, b = run.valid_curve, base.valid_curve
     if not a or not b:
         return None
     e = min(len(a), len(b))
@@ -140,7 +135,7 @@ def _equal_epoch_view(index: dict, dataset: str, seeds: list[int]) -> list[str]:
         pairs = [equal_epoch_delta(runs[s], base[s]) for s in seeds if s in runs and s in base]
         if len(pairs) < len(seeds) or any(p is None for p in pairs):
             continue
-        epochs = np.mean([len(_main_curve(runs[s])) for s in seeds]), np.mean([len(_main_curve(base[s])) for s in seeds])
+        epochs = np.mean([len(runs[s].valid_curve) for s in seeds]), np.mean([len(base[s].valid_curve) for s in seeds])
         metric = runs[seeds[0]].get("selection.metric", "valid")
         rows.append([label, f"{epochs[0]:.1f} / {epochs[1]:.1f}", ", ".join(str(e) for e, _ in pairs),
                      _fmt([d for _, d in pairs]), metric])
