@@ -452,9 +452,32 @@ class Record:
         the first epoch: the run went unstable and did not recover, whatever its stopping rule said. A rise
         that training then undoes (HLLM's InfoNCE on synthetic@300users: 4.67, 5.36 at epoch 3, then down
         to 2.56) is the optimiser's early transient, not a failed run."""
-        totals = [sum(v for k, v in h.items() if k not in HISTORY_NON_LOSS and isinstance(v, int | float))
-                  for h in self.history if h.get("stage", "main") == "main"]
+        totals = [loss for _, loss in self.loss_curve()]
         return len(totals) > 1 and totals[-1] > totals[0]
+
+    def loss_curve(self, term: str | None = None) -> list[tuple[int, float]]:
+        """(epoch, training loss) after each joint-training ("main") epoch: the sum of the loss terms, or
+        the one ``term`` (e.g. ``"action"``) where given; epochs that lack the term are left out."""
+        main = [h for h in self.history if h.get("stage", "main") == "main"]
+        if term is not None:
+            return [(int(h.get("epoch", i + 1)), float(h[term])) for i, h in enumerate(main)
+                    if isinstance(h.get(term), int | float)]
+        return [(int(h.get("epoch", i + 1)), sum(v for k, v in h.items()
+                                                 if k not in HISTORY_NON_LOSS and isinstance(v, int | float)))
+                for i, h in enumerate(main)]
+
+    def loss_spikes(self, rise: float = 0.3) -> list[int]:
+        """The main-stage epochs whose action loss (the retrieval objective; the sum where a run has no
+        ``action`` term) rose more than ``rise`` above its lowest value so far. At a constant lr such spikes
+        are the optimiser's, not overfitting's (training loss, not validation): Scientific Task 2 seed 1 went
+        0.071 -> 0.387 at its last epoch. One inside a run's patience window is part of what stopped it."""
+        curve = self.loss_curve("action") or self.loss_curve()
+        spikes, low = [], math.inf
+        for epoch, loss in curve:
+            if loss > (1 + rise) * low:
+                spikes.append(epoch)
+            low = min(low, loss)
+        return spikes
 
     @property
     def never_improved(self) -> bool:

@@ -473,6 +473,38 @@ def test_a_run_that_never_beat_its_first_epoch_is_told_apart_from_one_that_train
     assert _curve_record("karma", "task2", 0, failed, stages=("warmup", "main")).never_improved
 
 
+def test_loss_spikes_are_rises_above_the_running_minimum_of_the_action_loss():
+    def with_losses(action, task2=None, best=None):
+        rec = _curve_record("karma", "task2", 1, [0.1] * len(action), stages=("warmup", "main"))
+        for h, a in zip([h for h in rec.history if h["stage"] == "main"], action, strict=True):
+            h["action"] = a
+            if task2 is not None:
+                h["task2"] = task2
+        rec.data["selection"]["best_epoch"] = best or len(action)
+        return rec
+
+    # Scientific Task 2 seed 1's tail: 0.071 -> 0.387 at its last epoch; a 20% rise is not a spike
+    assert with_losses([0.36, 0.09, 0.071, 0.085, 0.387]).loss_spikes() == [5]
+    assert with_losses([0.36, 0.30, 0.25, 0.24]).loss_spikes() == []
+    assert with_losses([0.36, 0.10, 0.125, 0.14]).loss_spikes() == [4]  # 0.14 > 1.3 x 0.10; 0.125 is not
+    # the warm-up stage's loss is not the main stage's: a high warm-up loss is no running minimum
+    assert with_losses([0.5, 0.4]).loss_spikes() == []
+    # the action term alone is read: a large, falling task term cannot hide the action loss's spike
+    assert with_losses([0.20, 0.10, 0.20], task2=5.0).loss_spikes() == [3]
+    assert with_losses([0.20, 0.10, 0.20], task2=5.0).loss_curve()[-1] == (3, pytest.approx(5.2))
+
+    from benchmark.tables import render_table1
+    recs = [_curve_record("action_llm", "default", s, [0.3, 0.4, 0.5]) for s in (0, 1)]
+    recs += [with_losses([0.36, 0.09, 0.07, 0.39], best=2), with_losses([0.36, 0.5, 0.3, 0.2], best=4)]
+    recs[-1].data["seed"] = 0
+    line = next(line for line in render_table1(recs, suite=SUITE, suite_version=VERSION, seeds=[0, 1], ks=(10, 50),
+                                                 datasets=["synthetic · coarse"]).splitlines()
+                if line.startswith("Convergence:"))
+    assert "inside the patience window that stopped the run, in 1 of the 4 runs" in line
+    assert "synthetic karma:task2 seed 1 (epochs 4; selected 2)" in line
+    assert "at or before the selected epoch in 1 (synthetic karma:task2 seed 0)" in line
+
+
 def test_table1_names_the_runs_that_failed_to_train():
     from benchmark.tables import render_table1
     recs = [_curve_record("action_llm", "default", s, [0.3, 0.4, 0.5]) for s in (0, 1)]

@@ -39,6 +39,16 @@ ROWS = {WARMUP: WARMUP_LABEL, **{("karma", v): label for v, label in VARIANT_LAB
 PAPER_VISUAL_ROW = ["+1.38", "+10.83", "+8.41", "+0.40"]  # paper Table 1, over the best text-only KARMA
 
 
+def _name(r: Record) -> str:
+    return f"{r.dataset} {r.model}:{r.variant} seed {r.seed}"
+
+
+def _spiked(r: Record, after: bool) -> bool:
+    """Whether the run's action loss spiked after its selected epoch (``after``) or at or before it."""
+    best = r.data["selection"].get("best_epoch") or 0
+    return any((e > best) == after for e in r.loss_spikes())
+
+
 def render_table1(records: list[Record], *, suite: str, suite_version: str, seeds: list[int],
                   ks: tuple[int, int], datasets: list[str]) -> str:
     """Markdown for Table 1 over ``datasets`` (those with item text)."""
@@ -60,9 +70,12 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
     runs_llm = [r for (ds, model, _), recs in index.items() if ds in datasets and model in ("action_llm", "karma", "karma_visual")
                 for r in recs.values()]
     at_end = [r for r in runs_llm if r.converged is False]
-    unstable = sorted(f"{r.dataset} {r.model}:{r.variant} seed {r.seed}" for r in runs_llm if r.diverged)
-    untrained = sorted(f"{r.dataset} {r.model}:{r.variant} seed {r.seed} ({r.data['selection'].get('epochs_run')} epochs)"
+    unstable = sorted(_name(r) for r in runs_llm if r.diverged)
+    untrained = sorted(f"{_name(r)} ({r.data['selection'].get('epochs_run')} epochs)"
                        for r in runs_llm if r.never_improved)
+    spiked_after = sorted(f"{_name(r)} (epochs {', '.join(map(str, r.loss_spikes()))}; selected "
+                          f"{r.data['selection'].get('best_epoch')})" for r in runs_llm if _spiked(r, after=True))
+    spiked_before = sorted(_name(r) for r in runs_llm if _spiked(r, after=False))
     if runs_llm:
         noise = [r for r in runs_llm if r.stopped_within_noise()]
         judged = [r for r in runs_llm if r.stopped_within_noise() is not None]
@@ -74,7 +87,12 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
                 "stopped by patience (with at least 6 epochs) stopped on a drop smaller than their own "
                 "epoch-to-epoch validation noise (best − mean of the last 3 values < SD of the epoch-to-epoch "
                 "changes): for those the rule could not tell a plateau from noise, so they may be under-trained "
-                "and a delta between two such rows is partly that noise.", ""]
+                "and a delta between two such rows is partly that noise. Loss spikes (the action loss rose more "
+                "than 30% above its lowest value so far, at a constant lr) came after the selected epoch, inside "
+                f"the patience window that stopped the run, in {len(spiked_after)} of the {len(runs_llm)} runs, so "
+                "the optimiser's instability, not only a validation peak, is part of what ended them "
+                f"({', '.join(spiked_after) or 'none'}); at or before the selected epoch in {len(spiked_before)} "
+                f"({', '.join(spiked_before) or 'none'}).", ""]
     for dataset in datasets:
         base = index.get((dataset, *BASELINE), {})
         rows = []
