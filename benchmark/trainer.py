@@ -65,6 +65,8 @@ class TrainResult:
     stopped_by: str = "nothing to train"
     converged: bool | None = None  # False when the best epoch is the last allowed one (None: nothing trained)
     history: list[dict] = field(default_factory=list)  # per epoch: losses and validation value
+    # the finished run's last checkpoint, kept until the caller has written what it trained for (see train)
+    checkpoint: Path | None = None
 
 
 def patience_stops(config: TrainConfig, epoch: int, since_best: int) -> bool:
@@ -109,8 +111,11 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     With ``checkpoint``, the state after every epoch (trainable weights, optimizer, best state so far,
     history, and the random streams: the shuffling generator and torch's global one) is saved there,
     and a run interrupted at any point resumes from its last finished epoch to the same result as an
-    uninterrupted one; ``identity`` (the run's settings) must match, and the file is deleted when
-    training ends. (A model's own private generators, e.g. KARMA's visual-head noise, are not saved.)
+    uninterrupted one; ``identity`` (the run's settings) must match. The file outlives training: a
+    process killed while evaluating the trained model, or a search trial whose settings a later
+    process's run shares, resumes from it straight to the same result instead of training again. Its
+    path is ``result.checkpoint``; the caller deletes it once the record is written.
+    (A model's own private generators, e.g. KARMA's visual-head noise, are not saved.)
     ``probe`` (optional) measures the model after each epoch's validation; what it returns is kept in
     that epoch's history entry under "probe"."""
     result = TrainResult()
@@ -216,8 +221,15 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     result.step_seconds += train_time
     result.tokens_seen = (getattr(model, "tokens_seen", None) or None) if tokens_counted else None
     if checkpoint is not None and checkpoint.exists() and D.is_main():
-        checkpoint.unlink()
+        result.checkpoint = checkpoint
     return result
+
+
+def discard_checkpoint(result: TrainResult) -> None:
+    """Delete a finished run's checkpoint (``train`` keeps it) once nothing needs to resume from it."""
+    if result.checkpoint is not None and D.is_main():
+        result.checkpoint.unlink(missing_ok=True)
+        result.checkpoint = None
 
 
 def _run_epoch(losses, loader, device, optimizer, params, config: TrainConfig, generator,

@@ -182,6 +182,31 @@ def test_search_tunes_on_validation_and_the_record_names_the_selected_trial(tmp_
     assert json.loads((folder / "sasrec__default__seed0.json").read_text())["config"]["train"]["patience"] == 1
 
 
+def test_the_search_seeds_run_takes_the_selected_trial_from_a_search_another_process_ran(tmp_path, capsys):
+    """A unit whose search ran in another process (here: one that ran seed 1 only; in the full suite, a variant
+    tuned like this model) leaves the selected trial's finished checkpoint; seed 0's run resumes from it and
+    ends with the record training it in the search's own process gives."""
+    grid = ["search.enabled=true", "search.trials=2", "+search.grids.sasrec={model.sasrec.lr:[0.01,0.0001]}"]
+    args = [*_args(tmp_path), *TINY, "models=[sasrec]", *grid]
+    assert main(["--suite", "smoke", *args, "seeds=[1]"]) == 0
+    capsys.readouterr()
+    assert main(["--suite", "smoke", *args, "seeds=[0]"]) == 0
+    out = capsys.readouterr().out
+    assert "sasrec:default s0: resumed after epoch" in out and "search sasrec" not in out
+    folder = tmp_path / "results" / "records" / "smoke" / "synthetic" / "none"
+    taken = json.loads((folder / "sasrec__default__seed0.json").read_text())
+    reference = tmp_path / "reference"
+    assert main(["--suite", "smoke", *_args(reference), *TINY, "models=[sasrec]", *grid, "seeds=[0]"]) == 0
+    same_process = json.loads((reference / "results" / "records" / "smoke" / "synthetic" / "none"
+                               / "sasrec__default__seed0.json").read_text())
+    assert same_process["timing"]["reused_search_trial"] and not taken["timing"]["reused_search_trial"]
+    assert taken["metrics"] == same_process["metrics"] and taken["selection"] == same_process["selection"]
+    from benchmark.run import compose_config
+    from benchmark.runner.execute import checkpoint_dir
+    cfg = compose_config("smoke", [f"results_dir={tmp_path / 'results'}"])
+    assert not list(checkpoint_dir(cfg).rglob("*.pt"))  # the record is written: nothing left to resume
+
+
 def test_records_of_a_changed_suite_are_stale_rerun_and_left_off_the_leaderboard(tmp_path, capsys):
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
     capsys.readouterr()

@@ -13,7 +13,7 @@ from baselines.hllm import HLLM, HLLMConfig
 from benchmark.data.schema import SearchLog
 from benchmark.records import PeakMemory
 from benchmark.seed import seed_everything
-from benchmark.trainer import TrainConfig, train
+from benchmark.trainer import TrainConfig, discard_checkpoint, train
 from karma.model import VARIANTS, ContinuousTokenModel, KarmaConfig, effective_decode_fraction
 
 WORDS = ["red", "blue", "mug", "lamp", "steel", "wood", "chair", "cup", "soft", "hard"]
@@ -507,12 +507,22 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_bits(tm
     with PeakMemory() as memory:
         resumed, resumed_result = run(path)
     assert memory.peak_mb == 1e7  # the record's peak counts every process that trained the run
-    assert not path.exists()  # removed once training ended
+    assert resumed_result.checkpoint == path and path.exists()  # kept until the caller has written its record
     assert resumed_result.train_seconds > elapsed > 0  # the interrupted process's time is counted
     assert resumed_result.tokens_seen == plain_result.tokens_seen == plain.tokens_seen > 0  # and its tokens
     assert resumed_result.history == plain_result.history and resumed_result.best_epoch == plain_result.best_epoch
     a, b = plain.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # killed after training ended (while evaluating): a new process takes the finished run from its checkpoint,
+    # without training or validating again
+    again = _model("karma", warmup_epochs=1)
+    finished = train(again, log, cfg, torch.Generator().manual_seed(0), lambda m: pytest.fail("validated again"),
+                     lr=1e-3, checkpoint=path, identity="same settings")
+    assert (finished.history, finished.best_epoch, finished.valid_value, finished.tokens_seen) == (
+        plain_result.history, plain_result.best_epoch, plain_result.valid_value, plain_result.tokens_seen)
+    assert all(torch.equal(a[k], again.state_dict()[k]) for k in a)
+    discard_checkpoint(finished)
+    assert not path.exists() and finished.checkpoint is None
     # a checkpoint of other settings is not resumed from
     with pytest.raises(_Interrupt):
         run(path, stop_after=1)

@@ -31,7 +31,7 @@ from benchmark.models import build, model_spec
 from benchmark.runner.settings import train_config
 from benchmark.runner.spec import RunSpec
 from benchmark.seed import seed_everything
-from benchmark.trainer import TrainConfig, train, trainable_state
+from benchmark.trainer import TrainConfig, discard_checkpoint, train, trainable_state
 
 
 def load_log(name: str, cfg, root: Path) -> SearchLog:
@@ -224,6 +224,7 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
     if keeps_embeddings(test_emb[0]):  # the funnel pass reads these (benchmark.funnel.runs), not the model
         save_embeddings(embeddings_path(run.record, cfg.results_dir), test_emb[0], valid_emb[1], test_emb[1])
     R.write_record(run.record, record)
+    discard_checkpoint(trained)  # kept by the trainer until now: a kill while evaluating lost no training
     return record
 
 

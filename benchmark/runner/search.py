@@ -16,6 +16,7 @@ from benchmark.runner.grids import grid_for, with_overrides
 from benchmark.runner.settings import untuned_settings
 from benchmark.runner.spec import RunSpec
 from benchmark.runner.staleness import best_trial, current_trials, record_is_current, search_path
+from benchmark.trainer import discard_checkpoint
 
 
 def search_file(cfg, run: RunSpec) -> Path | None:
@@ -31,7 +32,8 @@ def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None
     applied to the config of every seed's final run. Returns ((config, tuned fields), search
     summary or None, the selected trial's fit or None). The selected trial trained exactly the
     search seed's final run (same settings, same seed), so that run reuses it instead of training
-    it again; a trial from an earlier, interrupted process is not kept, and its run trains anew.
+    it again: in this process from memory, in a later one (after an interruption, or when a unit tuned
+    like this one ran the search) from the trial's finished checkpoint, which the trainer keeps.
     """
     source = tuned_source(run.model, run.variant)
     if source is not None:  # the same settings as another variant, selected by that variant's search
@@ -69,8 +71,14 @@ def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None
         if D.is_main():
             R.write_text_atomic(path, json.dumps({"metric": cfg.eval.selection_metric, "seed": cfg.search.seed,
                                                   "trials": done}, indent=1, default=str))
+        # The best trial's finished checkpoint stays: the search seed's run has its exact settings and resumes
+        # from it, in this process or a later one (a unit of a variant tuned like this one runs the search).
         if best_trial(done)["overrides"] == overrides:
+            if kept is not None:
+                discard_checkpoint(kept[1][1])
             kept = (overrides, fitted, memory.peak_mb)
+        else:
+            discard_checkpoint(trained)
         del fitted
     best = best_trial(done)
     reusable = kept[1:] if kept is not None and kept[0] == best["overrides"] else None
