@@ -207,6 +207,39 @@ def test_the_search_seeds_run_takes_the_selected_trial_from_a_search_another_pro
     assert not list(checkpoint_dir(cfg).rglob("*.pt"))  # the record is written: nothing left to resume
 
 
+def test_a_run_that_dies_while_evaluating_is_not_trained_again(tmp_path, capsys, monkeypatch):
+    """Training ends before the trained state and the record are written: a process that dies in between
+    (here: saving the artifact fails) leaves the finished run's checkpoint, and the next one evaluates from
+    it, to the record an uninterrupted run writes, without training again."""
+    from benchmark.run import compose_config
+    from benchmark.runner import execute
+    from benchmark.runner.execute import checkpoint_dir
+
+    args = [*_args(tmp_path), *TINY, "models=[sasrec]"]
+    save = execute.save_artifacts
+
+    def dies(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(execute, "save_artifacts", dies)
+    assert main(["--suite", "smoke", *args]) != 0
+    checkpoints = checkpoint_dir(compose_config("smoke", [f"results_dir={tmp_path / 'results'}"]))
+    assert [p.name.split("__")[0] for p in checkpoints.rglob("*.pt")] == ["sasrec"]
+    monkeypatch.setattr(execute, "save_artifacts", save)
+    capsys.readouterr()
+    assert main(["--suite", "smoke", *args]) == 0
+    out = capsys.readouterr().out
+    assert "sasrec:default s0: resumed after epoch" in out and "s0 epoch 1:" not in out
+    assert not list(checkpoints.rglob("*.pt"))
+    taken = json.loads((tmp_path / "results" / "records" / "smoke" / "synthetic" / "none"
+                        / "sasrec__default__seed0.json").read_text())
+    reference = tmp_path / "reference"
+    assert main(["--suite", "smoke", *_args(reference), *TINY, "models=[sasrec]"]) == 0
+    plain = json.loads((reference / "results" / "records" / "smoke" / "synthetic" / "none"
+                        / "sasrec__default__seed0.json").read_text())
+    assert taken["metrics"] == plain["metrics"] and taken["selection"] == plain["selection"]
+
+
 def test_records_of_a_changed_suite_are_stale_rerun_and_left_off_the_leaderboard(tmp_path, capsys):
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
     capsys.readouterr()

@@ -70,18 +70,6 @@ def test_a_suite_killed_and_run_again_ends_with_the_uninterrupted_records(tmp_pa
     assert not list((interrupted / "cache" / "checkpoints").rglob("*.pt"))  # finished runs leave none
 
 
-def test_a_run_killed_while_evaluating_is_not_trained_again(tmp_path, uninterrupted):
-    """The trained state is saved (the artifact) before the record: a kill there, after training, leaves the
-    finished run's checkpoint, and the next process evaluates from it instead of training again."""
-    root = tmp_path / "killed"
-    assert _run_killed_when(root, "results/artifacts/**/sasrec__default__seed0.pt"), "the suite ended first"
-    assert list((root / "cache" / "checkpoints").rglob("sasrec__*.pt"))
-    out = subprocess.run(_command(root), env=_env(root), check=True, capture_output=True, text=True).stdout
-    assert "sasrec:default s0: resumed after epoch 4" in out and " s0 epoch 1:" not in out
-    assert _records(root) == uninterrupted
-    assert not list((root / "cache" / "checkpoints").rglob("*.pt"))
-
-
 def test_a_run_killed_on_one_machine_resumes_on_another_from_a_carried_checkpoint_dir(tmp_path, uninterrupted):
     """``checkpoint_dir`` outside the cache: the machine (its cache) is gone, the folder is carried over,
     and the run resumes mid-training there, to the records of an uninterrupted run."""
