@@ -43,10 +43,18 @@ def _name(r: Record) -> str:
     return f"{r.dataset} {r.model}:{r.variant} seed {r.seed}"
 
 
-def _spiked(r: Record, after: bool) -> bool:
-    """Whether the run's action loss spiked after its selected epoch (``after``) or at or before it."""
-    best = r.data["selection"].get("best_epoch") or 0
-    return any((e > best) == after for e in r.loss_spikes())
+def _spike_names(runs: list[Record]) -> tuple[list[str], list[str]]:
+    """The runs whose action loss spiked after their selected epoch (named with every spike epoch and the
+    selected one), and those with a spike at or before it."""
+    after, before = [], []
+    for r in runs:
+        spikes, best = r.loss_spikes(), r.data["selection"].get("best_epoch") or 0
+        if any(e > best for e in spikes):
+            after.append(f"{_name(r)} (epochs {', '.join(map(str, spikes))}; selected "
+                         f"{r.data['selection'].get('best_epoch')})")
+        if any(e <= best for e in spikes):
+            before.append(_name(r))
+    return sorted(after), sorted(before)
 
 
 def render_table1(records: list[Record], *, suite: str, suite_version: str, seeds: list[int],
@@ -73,9 +81,7 @@ def render_table1(records: list[Record], *, suite: str, suite_version: str, seed
     unstable = sorted(_name(r) for r in runs_llm if r.diverged)
     untrained = sorted(f"{_name(r)} ({r.data['selection'].get('epochs_run')} epochs)"
                        for r in runs_llm if r.never_improved)
-    spiked_after = sorted(f"{_name(r)} (epochs {', '.join(map(str, r.loss_spikes()))}; selected "
-                          f"{r.data['selection'].get('best_epoch')})" for r in runs_llm if _spiked(r, after=True))
-    spiked_before = sorted(_name(r) for r in runs_llm if _spiked(r, after=False))
+    spiked_after, spiked_before = _spike_names(runs_llm)
     if runs_llm:
         noise = [r for r in runs_llm if r.stopped_within_noise()]
         judged = [r for r in runs_llm if r.stopped_within_noise() is not None]
