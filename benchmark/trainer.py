@@ -30,6 +30,9 @@ from benchmark.records import PeakMemory
 log = logging.getLogger(__name__)
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
 @dataclass
 class TrainConfig:
     max_epochs: int = 30  # upper bound; early stopping usually ends sooner
@@ -38,6 +41,12 @@ class TrainConfig:
     patience: int = 3  # epochs without validation gain before stopping
     min_epochs: int = 0  # patience may stop a run only once it has trained this many epochs
     grad_clip: float = 5.0  # max gradient norm; 0 disables
+    # The learning rate over the main stage's steps: "constant" (suite v2), or a transformers schedule
+    # ("linear", "cosine") that decays to 0 over max_epochs epochs after a linear warm-up over
+    # ``warmup_ratio`` of them. Earlier stages (KARMA's warm-up) run at the base rate. With patience
+    # stopping, a decay reaches its end only at the epoch cap: set the cap the schedule should span.
+    lr_schedule: str = "constant"
+    warmup_ratio: float = 0.0
     progress: bool = True  # tqdm bars
 
     def __post_init__(self) -> None:
@@ -49,6 +58,9 @@ class TrainConfig:
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"train.weight_decay and train.grad_clip must be >= 0 (grad_clip 0 disables it), got "
                              f"{self.weight_decay}, {self.grad_clip}")
+        if self.lr_schedule not in LR_SCHEDULES or not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES} and train.warmup_ratio in [0, 1), got "
+                             f"{self.lr_schedule!r}, {self.warmup_ratio}")
 
 
 @dataclass
@@ -167,7 +179,8 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
                 "since_best": since_best, "best_epoch": result.best_epoch, "history": result.history,
                 "train_time": train_time, "seen": seen, "step_seconds": result.step_seconds,
                 "tokens_seen": getattr(model, "tokens_seen", None), "elapsed": time.perf_counter() - start,
-                "peak_memory_mb": None if memory is None else memory.peak_mb})
+                "peak_memory_mb": None if memory is None else memory.peak_mb,
+                "scheduler": None if scheduler is None else scheduler.state_dict()})
 
     # Earlier stages (e.g. KARMA's semantic warm-up) run first, without validation or selection.
     for name, stage_data, epochs in stages:
@@ -179,6 +192,11 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
             result.step_seconds += time.perf_counter() - stage_start
             result.history.append({"stage": name, "epoch": epoch, **sums})
             log.info("%s %s epoch %d: %s", desc, name, epoch, " ".join(f"{k}={v:.4f}" for k, v in sums.items()))
+    scheduler = _lr_scheduler(optimizer, config, len(loader))  # made after the stages: they run at the base rate
+    if scheduler is not None and resumed is not None:
+        scheduler.load_state_dict(resumed["scheduler"])
+        for group, rate in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = rate  # making the scheduler set its first rate; the run had reached this one
     if stages:
         save(0)
     result.stopped_by = "max_epochs"
@@ -188,7 +206,10 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
             break
         model.train()
         epoch_start = time.perf_counter()
-        sums = _run_epoch(losses, loader, device, optimizer, params, config, generator, f"{desc} epoch {epoch}")
+        sums = _run_epoch(losses, loader, device, optimizer, params, config, generator, f"{desc} epoch {epoch}",
+                          scheduler)
+        if scheduler is not None:
+            sums["lr"] = scheduler.get_last_lr()[0]  # the rate the next step uses
         seen += len(dataset)
         train_time += time.perf_counter() - epoch_start
         model.eval()
@@ -232,8 +253,21 @@ def discard_checkpoint(result: TrainResult) -> None:
         result.checkpoint = None
 
 
+def _lr_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+    """The main stage's rate schedule (transformers' schedules, stepped once per optimizer step), or None
+    for a constant rate without warm-up: suite v2's runs, which then step the optimizer alone."""
+    if config.lr_schedule == "constant" and config.warmup_ratio == 0:
+        return None
+    from transformers import get_scheduler
+
+    total = config.max_epochs * steps_per_epoch
+    name = "constant_with_warmup" if config.lr_schedule == "constant" else config.lr_schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=round(config.warmup_ratio * total),
+                         num_training_steps=total)
+
+
 def _run_epoch(losses, loader, device, optimizer, params, config: TrainConfig, generator,
-               desc: str) -> dict[str, float]:
+               desc: str, scheduler=None) -> dict[str, float]:
     """One pass over ``loader`` (``losses``: the model's, or its DDP wrapper); returns the mean of each
     named loss term (under DDP, averaged over the processes' shards)."""
     sums: dict[str, float] = {}
@@ -249,6 +283,8 @@ def _run_epoch(losses, loader, device, optimizer, params, config: TrainConfig, g
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")

@@ -97,10 +97,14 @@ def test_a_checkpoint_identity_ignores_progress_bars_but_not_a_setting_that_chan
     identity = checkpoint_identity(run, quiet, None, "data")
     # a run started without bars (as the suite's long runs are) resumes with them, and back
     assert checkpoint_identity(run, dataclasses.replace(quiet, progress=True), None, "data") == identity
-    # the stamp of checkpoints written before: the whole train config, bars off
+    # the stamp of checkpoints written before: the whole train config as it was then, bars off (a field added
+    # since enters only when it is set away from the value that keeps the old behaviour)
+    before = {k: v for k, v in dataclasses.asdict(quiet).items() if k not in ("lr_schedule", "warmup_ratio")}
     assert identity == R.config_hash(json.loads(json.dumps(
-        {"run": run.label, "tuned": run.tuned, "train": dataclasses.asdict(quiet), "model_config": {},
+        {"run": run.label, "tuned": run.tuned, "train": before, "model_config": {},
          "data": "data"}, default=str)))
+    assert checkpoint_identity(run, dataclasses.replace(quiet, lr_schedule="cosine"), None, "data") != identity
+    assert checkpoint_identity(run, dataclasses.replace(quiet, warmup_ratio=0.1), None, "data") != identity
     assert checkpoint_identity(run, dataclasses.replace(quiet, weight_decay=0.5), None, "data") != identity
     assert checkpoint_identity(run, quiet, None, "other data") != identity
     assert checkpoint_identity(dataclasses.replace(run, seed=1), quiet, None, "data") != identity

@@ -422,6 +422,10 @@ def test_training_stops_on_patience_never_on_the_clock_and_records_convergence(t
     assert (result.best_epoch, result.epochs_run, result.stopped_by) == (1, 6, "patience")
     with pytest.raises(ValueError, match="min_epochs"):
         TrainConfig(min_epochs=-1)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        TrainConfig(warmup_ratio=1.0)
 
 
 def test_bf16_autocast_follows_the_fp32_loss_curve():
@@ -475,10 +479,11 @@ class _Interrupt(Exception):
     pass
 
 
-def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_bits(tmp_path):
+@pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "cosine", "warmup_ratio": 0.3}])
+def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_bits(tmp_path, schedule):
     """Killed after epoch 2 of 4 (the checkpoint of epoch 2 survives), a fresh process resumes and ends
-    with exactly the weights, history and selection of an uninterrupted run."""
-    log, cfg = _log(), TrainConfig(max_epochs=4, batch_size=4, patience=4, progress=False)
+    with exactly the weights, history and selection of an uninterrupted run (a rate schedule included)."""
+    log, cfg = _log(), TrainConfig(max_epochs=4, batch_size=4, patience=4, progress=False, **schedule)
 
     def run(checkpoint, stop_after=None):
         model = _model("karma", warmup_epochs=1)  # seeded build: the same init every time
@@ -495,6 +500,11 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_to_the_same_bits(tm
         return model, result
 
     plain, plain_result = run(None)
+    rates = [h.get("lr") for h in plain_result.history if h["stage"] == "main"]
+    if schedule:  # 30% of the 4 epochs' steps warm up linearly, then a cosine decays to 0 at the last step
+        assert 0 < rates[0] < 1e-3 and rates[1] < 1e-3 and rates[1] > rates[2] > rates[3] == 0.0, rates
+    else:
+        assert rates == [None] * 4  # suite v2: no scheduler, the optimizer's constant rate
     path = tmp_path / "ckpt.pt"
     with pytest.raises(_Interrupt), PeakMemory():
         run(path, stop_after=2)

@@ -30,6 +30,7 @@ from benchmark.model import Describes
 from benchmark.models import build, model_spec
 from benchmark.runner.settings import train_config
 from benchmark.runner.spec import RunSpec
+from benchmark.runner.staleness import ADDED_FIELDS_BEFORE
 from benchmark.seed import seed_everything
 from benchmark.trainer import TrainConfig, discard_checkpoint, train, trainable_state
 
@@ -135,9 +136,13 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
 def checkpoint_identity(run: RunSpec, train_cfg: TrainConfig, model_cfg, data_fingerprint: str) -> str:
     """The settings an epoch checkpoint must share with the run that resumes it. Whether bars are drawn
     changes nothing a run computes, so it is left out (as ``False``, the value every checkpoint so far was
-    stamped with under the suite's runs): a run started without bars resumes with them, and back."""
-    settings = {"run": run.label, "tuned": run.tuned,
-                "train": dataclasses.asdict(dataclasses.replace(train_cfg, progress=False)),
+    stamped with under the suite's runs): a run started without bars resumes with them, and back. A trainer
+    field added later is left out while it has the value that keeps the old behaviour (``ADDED_FIELDS_BEFORE``),
+    so checkpoints written before it was added still resume."""
+    train = dataclasses.asdict(dataclasses.replace(train_cfg, progress=False))
+    train = {k: v for k, v in train.items() if ("train", k) not in ADDED_FIELDS_BEFORE
+             or v != ADDED_FIELDS_BEFORE[("train", k)]}
+    settings = {"run": run.label, "tuned": run.tuned, "train": train,
                 "model_config": dataclasses.asdict(model_cfg) if model_cfg is not None else {},
                 "data": data_fingerprint}
     return R.config_hash(json.loads(json.dumps(settings, default=str)))

@@ -91,6 +91,8 @@ def selection_agrees(record: dict, cfg, memo: dict) -> bool:
 # before the field existed ran with: such a record is compared as if it had stored that value.
 ADDED_FIELDS_BEFORE = {
     ("model_config", "match_input_norm"): False,  # HLLM, 2026-12-04: item states at the user LLM's input scale
+    ("train", "lr_schedule"): "constant",  # 2026-12-07: an opt-in rate schedule (suite v2 runs at a constant rate)
+    ("train", "warmup_ratio"): 0.0,
 }
 
 
