@@ -409,7 +409,7 @@ class PeakMemory:
 # --------------------------------------------------------------------------- typed view
 
 
-HISTORY_NON_LOSS = frozenset({"stage", "epoch", "valid", "probe"})  # history fields that are not losses
+HISTORY_NON_LOSS = frozenset({"stage", "epoch", "valid", "probe", "lr"})  # history fields that are not losses
 
 
 class Record:

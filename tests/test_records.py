@@ -492,6 +492,9 @@ def test_loss_spikes_are_rises_above_the_running_minimum_of_the_action_loss():
     # the action term alone is read: a large, falling task term cannot hide the action loss's spike
     assert with_losses([0.20, 0.10, 0.20], task2=5.0).loss_spikes() == [3]
     assert with_losses([0.20, 0.10, 0.20], task2=5.0).loss_curve()[-1] == (3, pytest.approx(5.2))
+    scheduled = with_losses([0.20, 0.10])
+    scheduled.history[-1]["lr"] = 3e-4  # a scheduled run's rate is kept beside its losses, never summed in
+    assert scheduled.loss_curve()[-1] == (2, pytest.approx(0.10))
 
     from benchmark.tables import render_table1
     recs = [_curve_record("action_llm", "default", s, [0.3, 0.4, 0.5]) for s in (0, 1)]
