@@ -292,3 +292,24 @@ def test_embeddings_are_stored_from_an_artifact_and_wide_ones_are_not(tmp_path):
     stored = np.load(written[0])
     assert np.array_equal(stored["item"], item.numpy()) and np.array_equal(stored["user_test"], test.numpy())
     assert embeddings_from_artifacts(tmp_path) == []  # already stored: nothing rewritten
+
+
+def test_the_leaderboard_reads_only_funnel_results_of_current_records(tmp_path):
+    """A run re-trained since its funnel pass (new selection, new floor) has a newer record: the old pass's
+    result describes a model the leaderboard no longer shows and is left out until the pass runs again."""
+    import json
+    from types import SimpleNamespace
+
+    from benchmark.funnel.runs import read_funnel_results
+
+    record = tmp_path / "records" / "full" / "d" / "coarse" / "karma__karma__seed0.json"
+    current = SimpleNamespace(path=record, data={"created": "2026-12-07T07:00:00"})
+    for name, created in (("seed0", "2026-12-07T07:00:00"), ("seed0_old", "2026-12-01T00:00:00")):
+        out = tmp_path / "funnel" / "full" / "d" / "coarse" / f"karma__karma__{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"seed": 0, "source": {"record": "records/full/d/coarse/karma__karma__seed0.json",
+                                                          "record_created": created}}))
+    assert len(read_funnel_results(tmp_path, "full")) == 2
+    kept = read_funnel_results(tmp_path, "full", [current])
+    assert [r["source"]["record_created"] for r in kept] == ["2026-12-07T07:00:00"]
+    assert read_funnel_results(tmp_path, "full", []) == []

@@ -176,9 +176,17 @@ def run_funnel_pass(cfg) -> list[Path]:
     return written
 
 
-def read_funnel_results(results_dir: str | Path, suite: str) -> list[dict]:
+def read_funnel_results(results_dir: str | Path, suite: str, records: list | None = None) -> list[dict]:
+    """The funnel pass's results of ``suite``; with ``records`` (the current run records), only those
+    computed from one of them: a result whose run was re-trained since (a new selection, a new floor)
+    describes a model the leaderboard no longer shows, until the pass runs again."""
     root = Path(results_dir) / "funnel" / suite
-    return [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
+    results = [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
+    if records is None:
+        return results
+    sources = {(str(r.path.relative_to(results_dir)), r.data.get("created")) for r in records}
+    return [r for r in results if (r.get("source", {}).get("record"), r.get("source", {}).get("record_created"))
+            in sources]
 
 
 def main(argv: list[str] | None = None) -> int:

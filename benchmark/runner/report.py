@@ -106,10 +106,10 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
             if r.dataset in problems:
                 entries[key]["status"] = f"dataset missing: {problems[r.dataset]}"
         records = R.read_run_records(results, suite)  # read once, rendered into every table
-        funnel_results = read_funnel_results(results, suite)
         memo = {}
         current = [r for r in records if r.suite != suite
                    or (r.mode in A.QUERY_MODES and record_is_current(r.data, mode_config(suite_cfg, r.mode), memo))]
+        funnel_results = read_funnel_results(results, suite, current)
         stale = len(records) - len(current)
         text = render_leaderboard(current, list(entries.values()), suite=suite, stale=stale,
                                   suite_version=str(suite_cfg.suite_version),
