@@ -184,9 +184,9 @@ def read_funnel_results(results_dir: str | Path, suite: str, records: list | Non
     results = [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
     if records is None:
         return results
-    sources = {(str(r.path.relative_to(results_dir)), r.data.get("created")) for r in records}
-    return [r for r in results if (r.get("source", {}).get("record"), r.get("source", {}).get("record_created"))
-            in sources]
+    current = {(str(record.path.relative_to(results_dir)), record.data.get("created")) for record in records}
+    return [result for result in results
+            if (result.get("source", {}).get("record"), result.get("source", {}).get("record_created")) in current]
 
 
 def main(argv: list[str] | None = None) -> int:
