@@ -120,6 +120,10 @@ class RunConfig:
     # per-epoch state of unfinished runs; None: the cache, one folder per results dir. A folder that
     # outlives the machine (synced or committed) lets a run resume on another machine
     checkpoint_dir: str | None = None
+    # keep a finished run's last checkpoint (about 100 MB for an LLM run) after its record is written: a
+    # later run of it under a looser stopping rule (patience, floor, cap) then trains on from its last
+    # epoch instead of from the start (benchmark.trainer.reaches)
+    keep_checkpoints: bool = False
     leaderboard: str = "leaderboard.md"  # regenerated from all records after every suite run
     datasets: list[str] = field(default_factory=list)  # names; "*" = every real set found under the data root
     models: list[str] = field(default_factory=list)  # keys of benchmark.models.MODELS

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,20 +102,51 @@ def _save_checkpoint(path: Path, blob: dict) -> None:
     os.replace(tmp, path)  # atomic: a kill leaves the previous epoch's checkpoint, never half of one
 
 
-def _load_checkpoint(path: Path | None, identity: str) -> dict | None:
+def _read_checkpoint(path: Path | None) -> dict | None:
     if path is None or not path.exists():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated or foreign: train from the start
         log.warning("ignoring unreadable checkpoint %s: %s", path, err)
         return None
-    return blob if blob.get("identity") == identity else None
+
+
+def _load_checkpoint(path: Path | None, identity: str) -> dict | None:
+    blob = _read_checkpoint(path)
+    return blob if blob is not None and blob.get("identity") == identity else None
+
+
+def reaches(config: TrainConfig, history: list[dict], epoch: int) -> bool:
+    """Whether ``config``'s stopping rule trains a run whose validation curve began as ``history`` (its
+    main-stage entries) through ``epoch``: neither its cap nor patience ends it before. The weights, the
+    optimizer and the best state after an epoch do not depend on the rule, so a run another rule trained
+    that far is this rule's run at that epoch."""
+    best, since_best = -math.inf, 0
+    for entry in (h for h in history if h.get("stage") == "main"):
+        if entry["epoch"] >= epoch:
+            break
+        best, since_best = (entry["valid"], 0) if entry["valid"] > best else (best, since_best + 1)
+        if patience_stops(config, entry["epoch"], since_best):
+            return False
+    return epoch <= config.max_epochs
+
+
+def _load_extendable(paths: Sequence[Path], lineage: str, config: TrainConfig) -> tuple[dict | None, Path | None]:
+    """The first of ``paths`` (checkpoints of the same run under another stopping rule) that this
+    config's rule would have trained at least as far: it resumes from there, and a run that an earlier,
+    stricter rule stopped trains on instead of starting again."""
+    for path in paths:
+        blob = _read_checkpoint(path)
+        if blob is not None and lineage and blob.get("lineage") == lineage \
+                and reaches(config, blob["history"], blob["epoch"]):
+            return blob, path
+    return None, None
 
 
 def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Generator,
           validate: Callable[[RankingModel], float], lr: float, desc: str = "",
-          checkpoint: Path | None = None, identity: str = "",
+          checkpoint: Path | None = None, identity: str = "", lineage: str = "", earlier: Sequence[Path] = (),
           probe: Callable[[RankingModel], dict | None] | None = None) -> TrainResult:
     """Train ``model`` in place with AdamW at ``lr`` (the model config's own, which its tuning search
     chooses); on return it holds the best-validation weights.
@@ -126,7 +157,12 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     uninterrupted one; ``identity`` (the run's settings) must match. The file outlives training: a
     process killed while evaluating the trained model, or a search trial whose settings a later
     process's run shares, resumes from it straight to the same result instead of training again. Its
-    path is ``result.checkpoint``; the caller deletes it once the record is written.
+    path is ``result.checkpoint``; the caller deletes it once the record is written, unless it keeps
+    finished runs' checkpoints. ``lineage`` is ``identity`` without the stopping rule: with no checkpoint
+    of this identity, the run resumes from the first of ``earlier`` of its lineage (the same run under
+    another patience, floor or cap) that this rule would have trained as far (``reaches``), so loosening
+    the rule extends kept runs instead of training them again; a stricter one that would have stopped
+    sooner trains from the start.
     (A model's own private generators, e.g. KARMA's visual-head noise, are not saved.)
     ``probe`` (optional) measures the model after each epoch's validation; what it returns is kept in
     that epoch's history entry under "probe"."""
@@ -147,7 +183,9 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
     train_time, seen, first_epoch = 0.0, 0, 1
     tokens_counted = True
     stages = model.stages(log_, generator) if isinstance(model, StagedTraining) else []
-    resumed = _load_checkpoint(checkpoint, identity)
+    resumed, source = _load_checkpoint(checkpoint, identity), checkpoint
+    if resumed is None:
+        resumed, source = _load_extendable(earlier, lineage, config)
     if resumed is not None:
         model.load_state_dict(resumed["model"], strict=False)
         optimizer.load_state_dict(resumed["optimizer"])
@@ -166,12 +204,12 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
             memory.include(resumed["peak_memory_mb"])
         start -= resumed.get("elapsed", 0.0)  # train_seconds counts the earlier processes' time too
         stages = []  # checkpoints are written after the stages
-        print(f"{desc}: resumed after epoch {resumed['epoch']} from {checkpoint}", flush=True)
+        print(f"{desc}: resumed after epoch {resumed['epoch']} from {source}", flush=True)
 
     def save(epoch: int) -> None:
         if checkpoint is not None and D.is_main():
             _save_checkpoint(checkpoint, {
-                "identity": identity, "epoch": epoch, "model": trainable_state(model),
+                "identity": identity, "lineage": lineage, "epoch": epoch, "model": trainable_state(model),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,

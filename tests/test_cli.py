@@ -553,3 +553,29 @@ def test_a_search_that_selects_another_setting_makes_the_old_selection_stale(tmp
     untuned = compose_config("smoke", [f"data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}",
                                        *TINY, "models=[sasrec]"])
     assert not record_is_current(record, mode_config(untuned, record["mode"]))  # the grid is gone: defaults now
+
+
+def test_a_kept_checkpoint_lets_a_higher_epoch_cap_train_on_from_the_last_epoch(tmp_path, capsys):
+    """keep_checkpoints=true (the full suite's setting) leaves each finished run's checkpoint; the same suite
+    with a higher cap trains the stale run on from its last epoch, to the record of a run trained under the
+    new cap from the start."""
+    from benchmark.run import compose_config
+    from benchmark.runner.execute import checkpoint_dir
+
+    args = [*_args(tmp_path), *TINY, "models=[sasrec]", "keep_checkpoints=true", "train.patience=9"]
+    assert main(["--suite", "smoke", *args]) == 0
+    checkpoints = checkpoint_dir(compose_config("smoke", [f"results_dir={tmp_path / 'results'}"]))
+    assert [p.name.split("__")[0] for p in checkpoints.rglob("*.pt")] == ["sasrec"]  # kept past its record
+    capsys.readouterr()
+    assert main(["--suite", "smoke", *args, "train.max_epochs=4"]) == 0
+    out = capsys.readouterr().out
+    assert "sasrec:default s0: resumed after epoch 2" in out and "s0 epoch 1:" not in out and "s0 epoch 3:" in out
+    taken = json.loads((tmp_path / "results" / "records" / "smoke" / "synthetic" / "none"
+                        / "sasrec__default__seed0.json").read_text())
+    reference = tmp_path / "reference"
+    assert main(["--suite", "smoke", *_args(reference), *TINY, "models=[sasrec]", "train.patience=9",
+                 "train.max_epochs=4"]) == 0
+    plain = json.loads((reference / "results" / "records" / "smoke" / "synthetic" / "none"
+                        / "sasrec__default__seed0.json").read_text())
+    assert taken["selection"]["epochs_run"] == 4
+    assert taken["metrics"] == plain["metrics"] and taken["selection"] == plain["selection"]

@@ -678,3 +678,40 @@ def test_a_sampled_objective_run_gets_the_mode_mean_analysis_against_its_own_u(t
     assert Path(out["figure"]).is_file()
     assert objective_analysis(_model("karma", retrieval_objective="mse"), log, imp, items, cfg, run, tmp_path) is None
     assert objective_analysis(_model("karma"), log, imp, items, cfg, run, tmp_path) is None
+
+
+def test_a_kept_run_trains_on_under_a_looser_stopping_rule_and_again_under_a_stricter_one(tmp_path):
+    """A finished run's checkpoint, of the same settings but another stopping rule (its lineage): a rule that
+    would have trained at least as far resumes from it, to the bits of a run trained under that rule from
+    the start; a rule that would have stopped sooner trains from epoch 1."""
+    from benchmark.trainer import reaches
+
+    log = _log()
+    strict = TrainConfig(max_epochs=10, batch_size=4, patience=1, progress=False)
+    loose = dataclasses.replace(strict, patience=3)
+    curve = [0.1, 0.3, 0.2, 0.25, 0.4, 0.35, 0.3, 0.2, 0.1, 0.1]  # patience 1 stops after 3, patience 3 after 8
+
+    def run(config, start=0, **checkpointing):
+        model, epochs = _model("action_only"), iter(curve[start:])
+        result = train(model, log, config, torch.Generator().manual_seed(0), lambda m: next(epochs), lr=1e-3,
+                       **checkpointing)
+        return model, result
+
+    kept = tmp_path / "strict.pt"
+    _, first = run(strict, checkpoint=kept, identity="strict", lineage="L")
+    assert (first.epochs_run, first.best_epoch, first.checkpoint) == (3, 2, kept)
+    extended, extended_result = run(loose, start=3, checkpoint=tmp_path / "loose.pt", identity="loose",
+                                    lineage="L", earlier=[kept])
+    plain, plain_result = run(loose)
+    assert (plain_result.epochs_run, plain_result.best_epoch) == (8, 5)
+    assert extended_result.history == plain_result.history and extended_result.best_epoch == 5
+    assert all(torch.equal(v, extended.state_dict()[k]) for k, v in plain.state_dict().items())
+    # patience 1 would have stopped the 8-epoch run after epoch 3: its checkpoint is not this rule's run
+    assert not reaches(strict, extended_result.history, 8) and reaches(loose, first.history, 3)
+    assert not reaches(dataclasses.replace(loose, max_epochs=2), first.history, 3)  # nor is one past a lower cap
+    _, again = run(strict, checkpoint=tmp_path / "strict2.pt", identity="strict2", lineage="L",
+                   earlier=[tmp_path / "loose.pt"])
+    assert again.history == first.history
+    # a checkpoint of another lineage (other settings besides the rule) is never extended
+    _, other = run(loose, checkpoint=tmp_path / "other.pt", identity="other", lineage="M", earlier=[kept])
+    assert other.history == plain_result.history and other.history[0]["epoch"] == 1

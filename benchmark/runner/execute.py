@@ -124,12 +124,16 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     with torch.no_grad():  # for the representation-collapse diagnostic: the catalog before training
         model.initial_item_embeddings = model.item_embeddings(search_log).float().cpu().numpy()
     model.initial_attention = attention_before_training(model, search_log, cfg.funnel)
-    identity = checkpoint_identity(run, train_cfg, getattr(model, "config", None), search_log.fingerprint)
-    checkpoint = (checkpoint_dir(cfg) / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
-                  / f"{run.model}__{run.variant}__seed{run.seed}__{identity[:12]}.pt")
-    trained = train(model, search_log, train_cfg, generator, validate,
-                    lr=getattr(getattr(model, "config", None), "lr", 1e-3), desc=desc,
-                    checkpoint=checkpoint, identity=identity, probe=epoch_probe(search_log, cfg.funnel))
+    model_cfg = getattr(model, "config", None)
+    identity = checkpoint_identity(run, train_cfg, model_cfg, search_log.fingerprint)
+    folder = checkpoint_dir(cfg) / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
+    stem = f"{run.model}__{run.variant}__seed{run.seed}__"
+    checkpoint = folder / f"{stem}{identity[:12]}.pt"
+    earlier = sorted(p for p in folder.glob(f"{stem}*.pt") if p != checkpoint) if folder.is_dir() else []
+    trained = train(model, search_log, train_cfg, generator, validate, lr=getattr(model_cfg, "lr", 1e-3), desc=desc,
+                    checkpoint=checkpoint, identity=identity,
+                    lineage=checkpoint_identity(run, without_stopping_rule(train_cfg), model_cfg, search_log.fingerprint),
+                    earlier=earlier, probe=epoch_probe(search_log, cfg.funnel))
     return model, trained, train_cfg
 
 
@@ -146,6 +150,21 @@ def checkpoint_identity(run: RunSpec, train_cfg: TrainConfig, model_cfg, data_fi
                 "model_config": dataclasses.asdict(model_cfg) if model_cfg is not None else {},
                 "data": data_fingerprint}
     return R.config_hash(json.loads(json.dumps(settings, default=str)))
+
+
+def without_stopping_rule(train_cfg: TrainConfig) -> TrainConfig:
+    """``train_cfg`` with the fields that only decide when a run stops set to fixed values: the settings
+    a kept checkpoint must share with a run that extends it under another rule (``trainer.reaches``).
+    The cap stays when a rate schedule spans it."""
+    rule = {"patience": 1, "min_epochs": 0} | ({"max_epochs": 1} if train_cfg.lr_schedule == "constant" else {})
+    return dataclasses.replace(train_cfg, **rule)
+
+
+def settle_checkpoint(trained, cfg) -> None:
+    """After the record is written: delete the finished run's checkpoint, or keep it (``keep_checkpoints``)
+    so that a later, looser stopping rule extends the run from its last epoch."""
+    if not cfg.keep_checkpoints:
+        discard_checkpoint(trained)
 
 
 def catalog_terms(search_log: SearchLog):
@@ -229,7 +248,7 @@ def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_
     if keeps_embeddings(test_emb[0]):  # the funnel pass reads these (benchmark.funnel.runs), not the model
         save_embeddings(embeddings_path(run.record, cfg.results_dir), test_emb[0], valid_emb[1], test_emb[1])
     R.write_record(run.record, record)
-    discard_checkpoint(trained)  # kept by the trainer until now: a kill while evaluating lost no training
+    settle_checkpoint(trained, cfg)  # kept by the trainer until now: a kill while evaluating lost no training
     return record
 
 

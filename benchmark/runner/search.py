@@ -11,12 +11,11 @@ from benchmark import distributed as D
 from benchmark import records as R
 from benchmark.data.schema import SearchLog
 from benchmark.models import tuned_source
-from benchmark.runner.execute import catalog_terms, fit
+from benchmark.runner.execute import catalog_terms, fit, settle_checkpoint
 from benchmark.runner.grids import grid_for, with_overrides
 from benchmark.runner.settings import untuned_settings
 from benchmark.runner.spec import RunSpec
 from benchmark.runner.staleness import best_trial, current_trials, record_is_current, search_path
-from benchmark.trainer import discard_checkpoint
 
 
 def search_file(cfg, run: RunSpec) -> Path | None:
@@ -75,10 +74,10 @@ def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None
         # from it, in this process or a later one (a unit of a variant tuned like this one runs the search).
         if best_trial(done)["overrides"] == overrides:
             if kept is not None:
-                discard_checkpoint(kept[1][1])
+                settle_checkpoint(kept[1][1], cfg)
             kept = (overrides, fitted, memory.peak_mb)
         else:
-            discard_checkpoint(trained)
+            settle_checkpoint(trained, cfg)
         del fitted
     best = best_trial(done)
     reusable = kept[1:] if kept is not None and kept[0] == best["overrides"] else None
