@@ -129,7 +129,7 @@ def fit(run: RunSpec, search_log: SearchLog, cfg, item_terms):
     folder = checkpoint_dir(cfg) / cfg.suite / R.dataset_dirname(run.dataset) / run.mode
     stem = f"{run.model}__{run.variant}__seed{run.seed}__"
     checkpoint = folder / f"{stem}{identity[:12]}.pt"
-    earlier = sorted(p for p in folder.glob(f"{stem}*.pt") if p != checkpoint) if folder.is_dir() else []
+    earlier = sorted(p for p in folder.glob(f"{stem}*.pt") if p != checkpoint)  # a missing folder globs empty
     trained = train(model, search_log, train_cfg, generator, validate, lr=getattr(model_cfg, "lr", 1e-3), desc=desc,
                     checkpoint=checkpoint, identity=identity,
                     lineage=checkpoint_identity(run, without_stopping_rule(train_cfg), model_cfg, search_log.fingerprint),
