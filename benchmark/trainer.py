@@ -88,6 +88,12 @@ def patience_stops(config: TrainConfig, epoch: int, since_best: int) -> bool:
     return since_best >= config.patience and epoch >= config.min_epochs
 
 
+def _tally(best: float, since_best: int, value: float) -> tuple[float, int]:
+    """The best validation value and the epochs since it, after an epoch that validated at ``value``:
+    the one count both the loop and ``reaches`` keep."""
+    return (value, 0) if value > best else (best, since_best + 1)
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """What training changes: the trainable parameters and the persistent buffers (a frozen backbone's
     weights are rebuilt from its checkpoint, so neither selection nor resuming needs a copy)."""
@@ -126,7 +132,7 @@ def reaches(config: TrainConfig, history: list[dict], epoch: int) -> bool:
     for entry in (h for h in history if h.get("stage") == "main"):
         if entry["epoch"] >= epoch:
             break
-        best, since_best = (entry["valid"], 0) if entry["valid"] > best else (best, since_best + 1)
+        best, since_best = _tally(best, since_best, entry["valid"])
         if patience_stops(config, entry["epoch"], since_best):
             return False
     return epoch <= config.max_epochs
@@ -261,11 +267,9 @@ def train(model: RankingModel, log_, config: TrainConfig, generator: torch.Gener
         if not config.progress:  # without bars, one line per epoch shows a long run moving
             print(f"{line} ({time.perf_counter() - epoch_start:.0f} s)", flush=True)
         result.epochs_run = epoch
-        if value > best_value:
-            best_value, best_state, since_best = value, trainable_state(model), 0
-            result.best_epoch = epoch
-        else:
-            since_best += 1
+        best_value, since_best = _tally(best_value, since_best, value)
+        if since_best == 0:
+            best_state, result.best_epoch = trainable_state(model), epoch
         save(epoch)
         if patience_stops(config, epoch, since_best):
             result.stopped_by = "patience"
