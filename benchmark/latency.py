@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import benchmark.config  # noqa: F401  (registers the config schema)
+from benchmark import allocator
 from benchmark.data.download import cache_root, data_root
 from benchmark.records import environment, write_text_atomic
 
@@ -101,4 +102,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.preload()  # first: it re-executes this command with tcmalloc where the machine has it
     raise SystemExit(main())

@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmark import allocator
+
 SCHEMA_VERSION = 2  # 2: the query mode (a part of the run's key and of its path)
 
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -326,6 +328,7 @@ def environment() -> dict:
         "packages": dict(sorted(versions.items())),
         "device": device_string(),
         "cpu": _cpu_name(),  # the processor even where CUDA is available (a run's record adds compute_device)
+        "allocator": allocator.in_use(),  # tcmalloc makes CPU training about 20% faster (benchmark.allocator)
     }
 
 

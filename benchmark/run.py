@@ -30,6 +30,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from benchmark import allocator
 from benchmark.config import typed  # (importing it registers the structured config schema with Hydra)
 
 SUITES_DIR = Path(__file__).parent / "conf" / "suite"
@@ -240,4 +241,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.preload()  # first: it re-executes this command with tcmalloc where the machine has it
     sys.exit(main())

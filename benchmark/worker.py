@@ -22,6 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 import benchmark.config  # noqa: F401  (registers the structured config schema with Hydra)
+from benchmark import allocator
 
 STATUS_FILE = "unit.json"
 
@@ -45,4 +46,5 @@ def job(cfg) -> None:
 
 
 if __name__ == "__main__":
+    allocator.preload()  # first: it re-executes this command with tcmalloc where the machine has it
     job()
