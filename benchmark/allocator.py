@@ -5,10 +5,10 @@ malloc returns such blocks to the OS and faults them in again on the next step: 
 run (``unisrec/Scientific@1020users``, one thread) put 16-24% of its samples in glibc's malloc and
 ``c10::alloc_cpu``. An allocator that keeps freed memory removes that cost without changing a bit.
 Measured on this kind of machine (AMD EPYC, one thread, 12 ``karma:karma`` training steps after an
-untimed one, median seconds per step; losses bit-identical in every case): glibc 6.46-6.59, glibc
-with ``MALLOC_MMAP_MAX_=0`` and a large trim threshold 6.51, jemalloc 7.06, mimalloc with its default
-purging 7.62-7.99, mimalloc with ``MIMALLOC_PURGE_DELAY=-1`` (never return freed pages) 5.21, tcmalloc
-5.02-5.32. mimalloc ships on PyPI (tcmalloc does not), so it is the one the project installs.
+untimed one, median seconds per step; losses bit-identical in every case): glibc 6.43-6.59, glibc
+with ``MALLOC_MMAP_MAX_=0`` and a large trim threshold 6.51, jemalloc 6.65-7.06, mimalloc with its
+default purging 7.62-7.99, mimalloc with ``MIMALLOC_PURGE_DELAY=-1`` (never return freed pages)
+5.10-5.24, tcmalloc 5.02-5.32. mimalloc ships on PyPI (tcmalloc does not), so it is the one the project installs.
 
 An allocator is chosen by ``LD_PRELOAD`` before the interpreter starts, so each command-line entry
 point calls :func:`preload` first: it re-executes the same command once with the library preloaded
@@ -39,8 +39,7 @@ def find_mimalloc() -> str | None:
         files = importlib.metadata.files("cmeel-mimalloc") or []
     except importlib.metadata.PackageNotFoundError:
         return None
-    found = sorted(str(f.locate()) for f in files if Path(str(f)).name.startswith("libmimalloc.so"))
-    return found[0] if found else None
+    return min((str(f.locate()) for f in files if Path(str(f)).name.startswith("libmimalloc.so")), default=None)
 
 
 def in_use(maps: str | None = None) -> str:

@@ -196,5 +196,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    allocator.preload()  # first: it re-executes this command with tcmalloc where the machine has it
+    allocator.preload()  # first: re-executes this command once with mimalloc preloaded
     raise SystemExit(main())

@@ -46,5 +46,5 @@ def job(cfg) -> None:
 
 
 if __name__ == "__main__":
-    allocator.preload()  # first: it re-executes this command with tcmalloc where the machine has it
+    allocator.preload()  # first: re-executes this command once with mimalloc preloaded
     job()
