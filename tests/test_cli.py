@@ -132,6 +132,11 @@ def test_smoke_suite_writes_records_and_leaderboard_then_skips_done_runs(tmp_pat
     # a stale run with no done peer goes by its own old record
     stale = RunSpec("synthetic", "hem", "sasrec2", "default", 0, records[1], stale=True)
     assert estimate_seconds([stale], done) == (pytest.approx(timing["train_s"] + timing["eval_s"]), 0)
+    # ... and so does another seed of it with no record yet; a variant never run goes by its model's runs
+    sibling = RunSpec("synthetic", "hem", "sasrec2", "default", 1, Path("d"))
+    variant = RunSpec("synthetic", "none", "sasrec", "untried", 0, Path("e"))
+    assert estimate_seconds([stale, sibling, variant], done) == (pytest.approx(3 * (timing["train_s"] + timing["eval_s"])), 0)
+    assert estimate_seconds([sibling], done) == (0.0, 1)  # without the stale record to go by
     assert main(["--suite", "smoke", *_args(tmp_path), *TINY]) == 0
     assert records[1].stat().st_mtime_ns == before  # not re-run
     # a run restricted to one model regenerates the whole suite's leaderboard, not just that model

@@ -102,20 +102,24 @@ def run_seconds(record: dict) -> float | None:
 
 
 def estimate_seconds(todo: list[RunSpec], done: list[RunSpec]) -> tuple[float, int]:
-    """The summed time of the runs still to do, each estimated by the median time of the done runs of
-    its unit, else of the same model and variant on its dataset (any mode), else by its own stale
-    record's time; and how many runs had none of these. A planning aid only: the time a run takes depends on when its stopping rule fires, on
-    the machine, and on what ran beside it, and tuning searches still to run are not counted."""
+    """The summed time of the runs still to do, each estimated by the median time of the first of: the done
+    runs of its unit; the done runs of the same model and variant on its dataset (any mode); the stale records
+    of that model and variant there (its own or another seed's: the same run under older settings, a fair
+    guess); the done runs of the same model there in any variant. Also how many runs had none of these. A
+    planning aid only: the time a run takes depends on when its stopping rule fires, on the machine, and on
+    what ran beside it, and tuning searches still to run are not counted."""
     times: dict[tuple, list[float]] = {}
     for r in done:
         if (seconds := run_seconds(R.read_record(r.record))) is not None:
-            times.setdefault(r.unit, []).append(seconds)
-            times.setdefault((r.dataset, r.model, r.variant), []).append(seconds)
+            for key in (r.unit, (r.dataset, r.model, r.variant), (r.dataset, r.model)):
+                times.setdefault(key, []).append(seconds)
+    for r in todo:
+        if r.stale and (seconds := run_seconds(R.read_record(r.record))) is not None:
+            times.setdefault(("stale", r.dataset, r.model, r.variant), []).append(seconds)
     total, unknown = 0.0, 0
     for r in todo:
-        known = times.get(r.unit) or times.get((r.dataset, r.model, r.variant))
-        if not known and r.stale and (seconds := run_seconds(R.read_record(r.record))) is not None:
-            known = [seconds]  # its own stale record: the same run under older settings, a fair guess
+        keys = (r.unit, (r.dataset, r.model, r.variant), ("stale", r.dataset, r.model, r.variant), (r.dataset, r.model))
+        known = next((times[k] for k in keys if times.get(k)), None)
         if known:
             total += statistics.median(known)
         else:
@@ -127,8 +131,8 @@ def estimate_line(todo: list[RunSpec], done: list[RunSpec]) -> str:
     seconds, unknown = estimate_seconds(todo, done)
     units = len({r.unit for r in todo})
     line = (f"{len(todo)} runs to do in {units} units: about {seconds / 3600:.1f} core-hours for the "
-            f"{len(todo) - unknown} with a done run of the same model on the same dataset or a stale record of their own (median train + eval "
-            f"time; searches not counted)")
+            f"{len(todo) - unknown} with a done run or a stale record of the same model on the same dataset "
+            f"(median train + eval time; searches not counted)")
     return line + (f", {unknown} without one" if unknown else "")
 
 
