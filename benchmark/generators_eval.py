@@ -76,7 +76,8 @@ def mode_mean_analysis(samples: dict[str, np.ndarray], references: dict[str, np.
     for name, draws in samples.items():
         n, s, _ = draws.shape
         sims = np.einsum("nsr,ntr->nst", draws, draws)
-        spread[name] = float((1 - sims[:, ~np.eye(s, dtype=bool)]).mean()) if s > 1 else 0.0
+        # a distance is >= 0; float32 unit vectors can have a dot product a rounding step above 1
+        spread[name] = float(np.clip(1 - sims[:, ~np.eye(s, dtype=bool)], 0, None).mean()) if s > 1 else 0.0
         vectors[f"{name}_sample"], vectors[f"{name}_mean"] = draws[:, 0], _unit(draws.mean(1))
     vectors.update(references)
     return {"impressions": int(len(targets)), "samples": int(next(iter(samples.values())).shape[1]), "spread": spread,

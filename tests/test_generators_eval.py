@@ -14,6 +14,16 @@ def test_identical_samples_have_no_spread_and_match_the_mean():
     assert out["cos_centroid"]["ar_mse"] == 1.0 and out["with_centroid"] == 2
 
 
+
+def test_identical_draws_a_rounding_step_past_unit_length_have_no_negative_spread():
+    # float32 normalisation can leave a norm just above 1 (1.00000012 here), so 1 - cos is -2.4e-7:
+    # a distance cannot be negative (seen on a collapsed x0 generator's draws, tests/test_cli.py)
+    v = np.array([np.float32(1.0000001), 0.0], dtype=np.float32)
+    assert 1 - v @ v < 0
+    out = mode_mean_analysis({"diffusion_x0": np.stack([v, v, v])[None]}, references={}, targets=v[None],
+                             centroids=v[None])
+    assert out["spread"] == {"diffusion_x0": 0.0}
+
 def test_samples_around_a_centroid_are_farther_from_it_than_their_mean():
     # two opposite modes at +-45 degrees from the centroid (1, 0): each sample has cosine 0.707, their
     # normalised mean lies exactly on the centroid (cosine 1), and the pairwise distance is 1 - cos 90 = 1
