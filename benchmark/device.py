@@ -16,6 +16,19 @@ import torch
 DEVICE_CHOICES = ("cpu", "cuda", "auto")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX). Without it PyTorch emulates
+    them: on an AVX2-only AMD EPYC (2026-12-02), one decoder-shaped linear layer's forward and backward ran
+    10x slower under bf16 autocast than in fp32 (0.75 against 7.5 steps/s, one thread on a quiet core;
+    ``python -m benchmark.preset_checks bf16_speed``, ``results/preset_bf16_speed_emulated.json``). On an
+    Intel Xeon (model 207) whose flags list AVX512 but neither of the two (2026-12-07), a KARMA training
+    step ran 3.7x slower under bf16 autocast than in fp32 (42.7 against 11.5 s, synthetic@300users, one thread;
+    ``results/step_time_cpu_{emulated_bf16,fp32}_synthetic@300users.json``).
+    The same seed can give other bits with and without them, so every record says which (``records.environment``)."""
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def check(name: str) -> None:
     """Raise at composition for a name that is not a choice, or for cuda on a machine without one."""
     base = name.split(":", 1)[0]

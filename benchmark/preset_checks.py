@@ -16,7 +16,7 @@ blocks kept in fp32: the cosine of each parameter group's bf16 gradient to the f
 the numerics alone, free of the training trajectory's sensitivity to any perturbation). ``bf16_speed``:
 one linear layer of the decoder's MLP shape (1,024 tokens, 576 -> 1,536) forward and backward, in fp32
 and under bf16 autocast, on this CPU; whether it computes bf16 natively decides what ``autocast=auto``
-picks (``karma.user_llm.native_bf16``). Each writes a JSON file under ``results/``; run them on a quiet core.
+picks (``benchmark.device.native_bf16``). Each writes a JSON file under ``results/``; run them on a quiet core.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def gradients(args) -> dict:
 
 def bf16_speed(args) -> dict:
     """Steps per second of one decoder-shaped linear layer (forward + backward) in fp32 and in bf16."""
-    from karma.user_llm import native_bf16
+    from benchmark.device import native_bf16
 
     torch.manual_seed(0)
     x = torch.randn(1024, 576, requires_grad=True)

@@ -329,7 +329,19 @@ def environment() -> dict:
         "device": device_string(),
         "cpu": _cpu_name(),  # the processor even where CUDA is available (a run's record adds compute_device)
         "allocator": allocator.in_use(),  # mimalloc makes CPU training about 20% faster (benchmark.allocator)
+        **_cpu_bf16(),
     }
+
+
+def _cpu_bf16() -> dict:
+    """Whether this CPU computes bf16 in hardware (``native``) or PyTorch emulates it (``emulated``): bf16
+    records made on the two differ in their bits and severalfold in their speed (benchmark.device.native_bf16).
+    Read only where torch is already loaded, so a record of a model without torch does not import it."""
+    if "torch" not in sys.modules:
+        return {}
+    from benchmark.device import native_bf16
+
+    return {"cpu_bf16": "native" if native_bf16() else "emulated"}
 
 
 def peak_memory_mb() -> float:

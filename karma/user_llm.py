@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from benchmark.data.schema import SearchLog
-from benchmark.device import to_device
+from benchmark.device import native_bf16, to_device
 from benchmark.records import write_text_atomic
 from karma import backbones
 
@@ -84,15 +84,6 @@ class UserLLMConfig:
                              f"lora_alpha={self.lora_alpha}, fidelity_floor={self.fidelity_floor}")
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX). Without it PyTorch emulates
-    them: on an AVX2-only AMD EPYC (2026-12-02), one decoder-shaped linear layer's forward and backward ran
-    10x slower under bf16 autocast than in fp32 (0.75 against 7.5 steps/s, one thread on a quiet core;
-    ``python -m benchmark.preset_checks bf16_speed``, ``results/preset_bf16_speed_emulated.json``)."""
-    cpu = torch.cpu
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
 def resolved_autocast(cfg: UserLLMConfig, device_type: str = "cpu") -> str:
     """``bfloat16`` or ``none``: what ``cfg.autocast`` means on a device of ``device_type`` here (``auto``:
     bf16 where that device computes it natively: the CPU's flags, or the GPU's own capability)."""
@@ -107,7 +98,7 @@ def slow_bf16_warning(cfg: UserLLMConfig) -> str | None:
     if cfg.autocast != "bfloat16" or native_bf16():
         return None
     return ("bf16 autocast on a CPU without AVX512-BF16 or AMX: PyTorch emulates it, about 10x slower than fp32 "
-            "(karma.user_llm.native_bf16); autocast=auto or none runs fp32 here, but its "
+            "(benchmark.device.native_bf16); autocast=auto or none runs fp32 here, but its "
             "records are then fp32 ones, not comparable bit for bit with a bf16 table")
 
 

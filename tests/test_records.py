@@ -132,6 +132,17 @@ def test_environment_keys(monkeypatch):
     assert peak_memory_mb() > 0
 
 
+def test_environment_says_whether_the_cpu_computes_bf16_or_emulates_it(monkeypatch):
+    import torch  # noqa: F401  (the field is read only where torch is loaded)
+
+    from benchmark import device
+
+    monkeypatch.setattr(records, "_git", lambda *a: None)
+    for native, word in ((True, "native"), (False, "emulated")):
+        monkeypatch.setattr(device, "native_bf16", lambda native=native: native)
+        assert environment()["cpu_bf16"] == word
+
+
 def test_dirty_flag_ignores_results_and_leaderboard(monkeypatch):
     def fake_git(*args):
         if args[0] == "rev-parse":
