@@ -24,6 +24,7 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmark import machine
 from benchmark import records as R
 from benchmark.data.download import data_root
 from benchmark.data.schema import SearchLog
@@ -79,9 +80,9 @@ def evaluate_model(model: RankingModel | Callable[[SearchLog], RankingModel], da
     metric = run_cfg.eval.selection_metric
     with torch.no_grad():
         model.initial_item_embeddings = model.item_embeddings(log).float().cpu().numpy()
-    with R.PeakMemory() as memory:
+    with machine.PeakMemory() as memory:
         trained = train(model, log, train_cfg, generator,
                         lambda m: evaluate_split(m, log, "valid", run_cfg, None, False)[0].metrics[metric],
                         lr=getattr(config, "lr", 1e-3), desc=run.label)
-    return run_one(run, log, run_cfg, R.environment(), trial=((model, trained, train_cfg), memory.peak_mb),
+    return run_one(run, log, run_cfg, machine.environment(), trial=((model, trained, train_cfg), memory.peak_mb),
                    source=model_source(type(model)))

@@ -24,7 +24,7 @@ def native_bf16() -> bool:
     Intel Xeon (model 207) whose flags list AVX512 but neither of the two (2026-12-07), a KARMA training
     step ran 3.7x slower under bf16 autocast than in fp32 (42.7 against 11.5 s, synthetic@300users, one thread;
     ``results/step_time_cpu_{emulated_bf16,fp32}_synthetic@300users.json``).
-    The same seed can give other bits with and without them, so every record says which (``records.environment``)."""
+    The same seed can give other bits with and without them, so every record says which (``machine.environment``)."""
     cpu = torch.cpu
     return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 

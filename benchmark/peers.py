@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark import machine
 from benchmark import records as R
 
 SETTINGS = ["model.sasrec.hidden=64", "model.sasrec.inner_size=64", "model.sasrec.layers=2", "model.sasrec.heads=1",
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         side["median_valid_s"] = float(np.median([e["valid_s"] for e in side["epochs"]]))
         side["train_s_to_reach_peer_final_NDCG@10"] = seconds_to_reach(side["epochs"], target)
     result = {"dataset": args.dataset, "mode": "none", "peer": peer, "ours": ours, "target_NDCG@10": target,
-              "machine": R.environment()}
+              "machine": machine.environment()}
     R.write_text_atomic(Path(args.out), json.dumps(result, indent=1, default=str))
     print(f"RecBole {peer['median_train_s_per_epoch']:.0f} s/epoch, ours {ours['median_train_s_per_epoch']:.0f}; "
           f"to RecBole's {len(peer['epochs'])}-epoch NDCG@10 {target:.4f}: RecBole "

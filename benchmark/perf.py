@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark import allocator
+from benchmark import allocator, machine
 from benchmark import records as R
 from benchmark.data.download import cache_root, data_root
 
@@ -88,7 +88,7 @@ def measure_model(entry: str, log, cfg, steps: int, repeats: int) -> dict:
 
     name, _, variant = entry.partition(":")
     test = log.split("test")
-    with R.PeakMemory() as memory:
+    with machine.PeakMemory() as memory:
         generator = seed_everything(0)
         model = build(name, variant or "default", log, cfg.model, cache_dir=cache_root() / "models")
         device = place(model, cfg.device)  # device=cuda measures the GPU path; ranking stays on the CPU
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "ratio_range_over_rounds", "first_per_round", "median_seconds",
                                                                   "impressions", "repeats")}
     result["visual_cache"] = measure_visual_cache(log, cfg)
-    result["machine"] = {**R.environment(), "cpu_count": os.cpu_count(), "load_average_before": load_before,
+    result["machine"] = {**machine.environment(), "cpu_count": os.cpu_count(), "load_average_before": load_before,
                          "load_average_after": os.getloadavg()}
     out = Path(args.out) if args.out else Path(cfg.results_dir) / "perf" / f"{R.dataset_dirname(args.dataset)}.json"
     R.write_text_atomic(out, json.dumps(result, indent=1, default=str))

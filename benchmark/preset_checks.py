@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from benchmark.data.download import cache_root, data_root
-from benchmark.records import environment, write_text_atomic
+from benchmark.machine import environment
+from benchmark.records import write_text_atomic
 
 
 def _config_and_log(dataset: str, data_dir: str | None, overrides: list[str]):

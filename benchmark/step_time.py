@@ -22,7 +22,8 @@ import torch
 import benchmark.config  # noqa: F401  (registers the config schema)
 from benchmark import allocator
 from benchmark.data.download import cache_root, data_root
-from benchmark.records import environment, write_text_atomic
+from benchmark.machine import environment
+from benchmark.records import write_text_atomic
 
 DEFAULT_MODELS = ["action_llm:default", "karma:task1", "karma:task2", "karma:karma", "hllm:default"]
 

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from benchmark import distributed as D
 from benchmark.device import module_device, to_device
+from benchmark.machine import PeakMemory
 from benchmark.model import RankingModel, StagedTraining
-from benchmark.records import PeakMemory
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import torch
 
 from baselines.hllm import HLLM, HLLMConfig
 from benchmark.data.schema import SearchLog
-from benchmark.records import PeakMemory
+from benchmark.machine import PeakMemory
 from benchmark.seed import seed_everything
 from benchmark.trainer import TrainConfig, discard_checkpoint, train
 from karma.model import VARIANTS, ContinuousTokenModel, KarmaConfig, effective_decode_fraction

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark import leaderboard, records
+from benchmark import leaderboard, machine, records
 from benchmark.leaderboard import BANNER, Gate, render_leaderboard, write_leaderboard
+from benchmark.machine import environment, peak_memory_mb
 from benchmark.records import (
     Record,
     config_hash,
-    environment,
-    peak_memory_mb,
     read_per_impression,
     read_records,
     record_path,
@@ -120,7 +119,7 @@ def test_config_hash_stable_and_order_independent():
 
 
 def test_environment_keys(monkeypatch):
-    monkeypatch.setattr(records, "_git", lambda *a: None)  # no git process in tests
+    monkeypatch.setattr(machine, "_git", lambda *a: None)  # no git process in tests
     env = environment()
     assert {"git_revision", "git_dirty", "python", "platform", "packages", "device"} <= set(env)
     assert env["git_revision"] == "unknown"
@@ -137,7 +136,7 @@ def test_environment_says_whether_the_cpu_computes_bf16_or_emulates_it(monkeypat
 
     from benchmark import device
 
-    monkeypatch.setattr(records, "_git", lambda *a: None)
+    monkeypatch.setattr(machine, "_git", lambda *a: None)
     for native, word in ((True, "native"), (False, "emulated")):
         monkeypatch.setattr(device, "native_bf16", lambda native=native: native)
         assert environment()["cpu_bf16"] == word
@@ -149,10 +148,10 @@ def test_dirty_flag_ignores_results_and_leaderboard(monkeypatch):
             return "deadbeef\n"
         return " M leaderboard.md\n?? results/records/x.json\n"
 
-    monkeypatch.setattr(records, "_git", fake_git)
-    assert records.git_state() == ("deadbeef", False)
-    monkeypatch.setattr(records, "_git", lambda *a: "deadbeef\n" if a[0] == "rev-parse" else " M benchmark/x.py\n")
-    assert records.git_state() == ("deadbeef", True)
+    monkeypatch.setattr(machine, "_git", fake_git)
+    assert machine.git_state() == ("deadbeef", False)
+    monkeypatch.setattr(machine, "_git", lambda *a: "deadbeef\n" if a[0] == "rev-parse" else " M benchmark/x.py\n")
+    assert machine.git_state() == ("deadbeef", True)
 
 
 def test_per_impression_round_trip(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from benchmark import distributed as D
+from benchmark import machine
 from benchmark import records as R
 from benchmark.collapse_eval import attention_before_training, collapse_diagnostics, epoch_probe
 from benchmark.data import adapt as A
@@ -175,10 +176,10 @@ def catalog_terms(search_log: SearchLog):
 def run_one(run: RunSpec, search_log: SearchLog, cfg, environment: dict, search_summary: dict | None = None,
             trial: tuple | None = None, source: dict | None = None) -> dict | None:
     """Train (or take the search's identical trial: ``(fit, peak memory)``), evaluate, write the record.
-    ``environment``: ``records.environment()`` read once when the suite started (the code that runs is
+    ``environment``: ``machine.environment()`` read once when the suite started (the code that runs is
     the code imported then, whatever happens to the checkout during a long suite)."""
     item_terms = catalog_terms(search_log)
-    with R.PeakMemory() as memory:
+    with machine.PeakMemory() as memory:
         model, trained, train_cfg = fit(run, search_log, cfg, item_terms) if trial is None else trial[0]
         if not D.is_main():  # under DDP, rank 0 evaluates and writes; the other processes only trained
             return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from benchmark import machine
 from benchmark import records as R
 from benchmark.config import typed
 from benchmark.data import adapt as A
@@ -82,7 +83,7 @@ def regenerate_leaderboard(cfg, problems_by_suite: dict[str, dict[str, str]] | N
     suites_dir = results / "records"
     present = sorted(p.name for p in suites_dir.iterdir() if p.is_dir()) if suites_dir.exists() else []
     suites = [s for s in SUITE_ORDER if s in present] + [s for s in present if s not in SUITE_ORDER]
-    revision, dirty = R.git_state()
+    revision, dirty = machine.git_state()
     link_base = Path(cfg.leaderboard).resolve().parent  # figures are linked relative to leaderboard.md
     sections = []
     for suite in suites:

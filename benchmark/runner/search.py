@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from benchmark import distributed as D
+from benchmark import machine
 from benchmark import records as R
 from benchmark.data.schema import SearchLog
 from benchmark.models import tuned_source
@@ -57,7 +58,7 @@ def search(run: RunSpec, search_log: SearchLog, cfg) -> tuple[tuple, dict | None
         if any(t["overrides"] == overrides for t in done):
             continue
         trial_cfg, tuned = with_overrides(cfg, run.model, overrides)
-        with R.PeakMemory() as memory:
+        with machine.PeakMemory() as memory:
             fitted = fit(dataclasses.replace(run, seed=cfg.search.seed, tuned=tuned), search_log, trial_cfg,
                          item_terms)
         trained = fitted[1]

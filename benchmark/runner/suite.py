@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 from benchmark import distributed as D
+from benchmark import machine
 from benchmark import records as R
 from benchmark.data.download import cache_root, data_root
 from benchmark.data.report import DataError
@@ -51,7 +52,7 @@ def run_planned(cfg) -> tuple[dict[str, str], list[str]]:
     """
     # The code revision is read once, when the suite starts: the code that runs is the code that was
     # imported then, whatever happens to the checkout while a long suite runs.
-    environment = R.environment()
+    environment = machine.environment()
     started = time.time()
     root = data_root(cfg.data_dir)
     runs, problems = plan(cfg)
