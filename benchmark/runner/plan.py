@@ -129,13 +129,12 @@ def estimate_seconds(todo: list[RunSpec], done: list[RunSpec]) -> tuple[float, i
 
 def estimate_line(todo: list[RunSpec], done: list[RunSpec]) -> str:
     seconds, unknown = estimate_seconds(todo, done)
-    units = len({r.unit for r in todo})
+    head = f"{len(todo)} runs to do in {len({r.unit for r in todo})} units"
+    basis = "a done run or a stale record of the same model on the same dataset"
     if unknown == len(todo):
-        return (f"{len(todo)} runs to do in {units} units: no time estimate yet (none has a done run or a stale "
-                f"record of the same model on the same dataset)")
-    line = (f"{len(todo)} runs to do in {units} units: about {seconds / 3600:.1f} core-hours for the "
-            f"{len(todo) - unknown} with a done run or a stale record of the same model on the same dataset "
-            f"(median train + eval time; searches not counted)")
+        return f"{head}: no time estimate yet (none has {basis})"
+    line = (f"{head}: about {seconds / 3600:.1f} core-hours for the {len(todo) - unknown} with {basis} "
+            f"(median train + eval time on the machines that made them; searches not counted)")
     return line + (f", {unknown} without one" if unknown else "")
 
 
