@@ -22,7 +22,8 @@ def native_bf16() -> bool:
     10x slower under bf16 autocast than in fp32 (0.75 against 7.5 steps/s, one thread on a quiet core;
     ``python -m benchmark.preset_checks bf16_speed``, ``results/preset_bf16_speed_emulated.json``). On an
     Intel Xeon (model 207) whose flags list AVX512 but neither of the two (2026-12-07), a KARMA training
-    step ran 3.7x slower under bf16 autocast than in fp32 (42.7 against 11.5 s, synthetic@300users, one thread;
+    step ran 2.9x slower under bf16 autocast than in fp32 (36.3 against 12.6 s, synthetic@300users, one thread
+    each, the two side by side;
     ``results/step_time_cpu_{emulated_bf16,fp32}_synthetic@300users.json``).
     The same seed can give other bits with and without them, so every record says which (``machine.environment``)."""
     cpu = torch.cpu

@@ -97,7 +97,7 @@ def slow_bf16_warning(cfg: UserLLMConfig) -> str | None:
     """A line for the user when ``cfg`` asks for bf16 on a CPU that only emulates it, else None."""
     if cfg.autocast != "bfloat16" or native_bf16():
         return None
-    return ("bf16 autocast on a CPU without AVX512-BF16 or AMX: PyTorch emulates it, 4-10x slower than fp32 as "
+    return ("bf16 autocast on a CPU without AVX512-BF16 or AMX: PyTorch emulates it, 3-10x slower than fp32 as "
             "measured (benchmark.device.native_bf16), and several times the estimate from records made where it "
             "was native; autocast=auto or none runs fp32 here, but its records are then fp32 ones, not "
             "comparable bit for bit with a bf16 table")
