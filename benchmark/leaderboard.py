@@ -64,8 +64,13 @@ def _external_sources(records: list[dict]) -> list[str]:
 
 
 def _machines(records: list[dict]) -> str:
-    """Each CPU (or device) that produced records, with its record count, most records first."""
-    counts = Counter(str((rec.get("environment") or {}).get("device") or "unknown") for rec in records)
+    """Each CPU (or device) that produced records, with its record count, most records first; with its bf16
+    (``native`` or ``emulated``) where the records say it (benchmark.machine: the two give other bits)."""
+    def machine(env: dict) -> str:
+        bf16 = env.get("cpu_bf16")
+        return str(env.get("device") or "unknown") + (f" bf16 {bf16}" if bf16 else "")
+
+    counts = Counter(machine(rec.get("environment") or {}) for rec in records)
     return ", ".join(f"{device} ({n})" for device, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 

@@ -204,6 +204,9 @@ def test_leaderboard_names_the_machines_that_made_its_records(tmp_path):
     assert "cpu: AMD EPYC x2 (5), cpu: Intel(R) Xeon(R) Processor x2 (3)" in line
     assert "unknown" not in line
     assert "(8)" in _render(tmp_path, recs=_records()).split("- machines (records): ")[1].splitlines()[0]
+    recs[0].data["environment"]["cpu_bf16"] = "emulated"  # the same CPU name, bf16 emulated: a kind of its own
+    line = next(x for x in _render(tmp_path, recs=recs).splitlines() if x.startswith("- machines (records): "))
+    assert "cpu: AMD EPYC x2 (4), cpu: Intel(R) Xeon(R) Processor x2 (3), cpu: AMD EPYC x2 bf16 emulated (1)" in line
 
 
 def _row(md, model):
